@@ -1,0 +1,89 @@
+"""The app factory: `create_app(settings)` wires settings, middleware, routers and the model-loading lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.language.engine import GenerationEngine
+from service.language.model import load_language_model
+from service.limits import BodySizeLimitMiddleware
+from service.state import LoadedModels
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Generative-AI fundamentals, served: a handwritten-digit classifier, and a causal language model's
+tokenizer, next-token distribution and streamed generation.
+
+Every error is JSON: `{"error": {"message", "type", "param", "code"}}`; invalid fields get 422
+(400 under `/v1`), oversized bodies 413, a full queue 429, a model still loading 503.
+"""
+
+
+def load_models(settings: Settings) -> LoadedModels:
+    """Load every enabled model (blocking). Called by the lifespan, or ahead of it by the CLI for a clean error."""
+    models = LoadedModels()
+    if settings.load_language_model:
+        started = time.perf_counter()
+        models.language = load_language_model(
+            settings.lm_model,
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_dir=settings.cache_dir,
+            revision=settings.lm_revision,
+        )
+        models.load_seconds["language"] = time.perf_counter() - started
+    return models
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    preloaded: LoadedModels | None = app.state.preloaded_models
+    models = preloaded if preloaded is not None else await asyncio.to_thread(load_models, settings)
+    if models.language is not None:
+        models.engine = GenerationEngine(models.language, settings)
+        models.engine.start()
+    app.state.models = models
+    app.state.ready = True
+    log.info("ready")
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        if models.engine is not None:
+            await asyncio.to_thread(models.engine.shutdown)
+
+
+def create_app(settings: Settings | None = None, *, models: LoadedModels | None = None) -> FastAPI:
+    """Build the ASGI app. `models` lets a caller that already loaded them (the CLI, tests) skip loading."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="genai-service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.preloaded_models = models
+    app.state.models = LoadedModels()
+    app.state.ready = False
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    from service.language.router import router as language_router
+    from service.system.router import router as system_router
+
+    app.include_router(system_router)
+    app.include_router(language_router)
+    return app

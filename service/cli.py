@@ -1,0 +1,102 @@
+"""`genai-service` / `python -m service`: serve, provision, train-digits, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from service.config import Settings
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app, load_models
+    from service.language.model import ModelLoadError
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    settings = Settings(**overrides)
+    _configure_logging(settings)
+    started = time.perf_counter()
+    try:
+        models = load_models(settings)
+    except ModelLoadError as exc:
+        print(f"genai-service: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("service").info("models loaded in %.2f s", time.perf_counter() - started)
+    app = create_app(settings, models=models)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Prepare the embedded models (convert the GGUF, train digits if missing) so that `serve` starts fast."""
+    from service.language.model import ModelLoadError, resolve_model_source
+
+    settings = Settings()
+    _configure_logging(settings)
+    try:
+        if settings.load_language_model:
+            source = resolve_model_source(settings.lm_model, settings.cache_dir, settings.lm_revision)
+            print(f"language model: {source.model_id} ({source.description}) -> {source.path_or_id}")
+    except ModelLoadError as exc:
+        print(f"genai-service: {exc}", file=sys.stderr)
+        return 2
+    provision_digits = _digits_provisioner()
+    if provision_digits is not None:
+        print(f"digit model: {provision_digits(settings)}")
+    return 0
+
+
+def _digits_provisioner():  # type: ignore[no-untyped-def]
+    try:
+        from service.digits.model import provision_digit_model
+    except ImportError:
+        return None
+    return provision_digit_model
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    settings = Settings()
+    print(json.dumps(settings.public_view(), indent=2, default=str))
+    return 0
+
+
+def cmd_train_digits(args: argparse.Namespace) -> int:
+    from service.digits.train import main as train_main
+
+    return int(train_main(args.train_args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genai-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the API (settings from GENAI_* variables)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("provision", help="prepare the embedded models so that serve starts fast").set_defaults(func=cmd_provision)
+    sub.add_parser("info", help="print the effective settings").set_defaults(func=cmd_info)
+    train = sub.add_parser("train-digits", help="train the digit classifier (see --help)", add_help=False)
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    train.set_defaults(func=cmd_train_digits)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""All settings in one place: environment variables prefixed `GENAI_` (or a `.env` file)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "genai-service"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. `/info` shows the effective values."""
+
+    model_config = SettingsConfigDict(env_prefix="GENAI_", env_file=".env", extra="ignore")
+
+    # --- language model ---------------------------------------------------------------
+    lm_model: str = Field(
+        default="",
+        description="Empty = the embedded SmolLM2-135M-Instruct; else a Hugging Face id (e.g. `gpt2`), "
+        "a local model directory, or a path to a `.gguf` file.",
+    )
+    lm_revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of `lm_model`.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="`auto` = CUDA when available, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="`auto` = bfloat16 on CUDA, float32 on CPU."
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Where converted models (GGUF → safetensors) and trained digit models are kept.",
+    )
+    load_language_model: bool = Field(default=True, description="Set false to serve only the digit classifier.")
+
+    # --- request limits ---------------------------------------------------------------
+    max_prompt_tokens: int = Field(default=2048, ge=1, description="Longest prompt accepted, in tokens (also capped by the model's context).")
+    max_new_tokens: int = Field(default=512, ge=1, description="Largest `max_new_tokens` a request may ask for.")
+    default_max_new_tokens: int = Field(default=64, ge=1)
+    max_top_k: int = Field(default=100, ge=1, description="Largest `top_k` for next-token candidates.")
+    max_top_alternatives: int = Field(default=20, ge=0, description="Largest `top_alternatives` per generated step.")
+    max_stop_sequences: int = Field(default=8, ge=0)
+    max_text_chars: int = Field(default=100_000, ge=1, description="Longest text accepted by /tokenize and prompts, in characters.")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413.")
+
+    # --- generation engine ------------------------------------------------------------
+    max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together in one step.")
+    max_running_requests: int = Field(default=16, ge=1)
+    max_waiting_requests: int = Field(default=64, ge=0)
+    request_timeout_s: float = Field(default=120.0, gt=0, description="A generation running longer ends with finish_reason `time_limit`.")
+    stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
+
+    # --- digit classifier -------------------------------------------------------------
+    digits_model_path: Path | None = Field(
+        default=None, description="Digit model file (skops). Empty = the packaged default; trained at start-up if missing."
+    )
+    digits_max_batch: int = Field(default=64, ge=1)
+    digits_max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    digits_max_image_pixels: int = Field(default=16_000_000, ge=1)
+
+    # --- HTTP ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS (none by default).")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="When set, model routes need `Authorization: Bearer <key>`.")
+    log_json: bool = False
+    log_prompts: bool = Field(default=False, description="Include prompt text in request logs.")
+    log_level: str = "info"
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """Accept `a,b,c` as well as a JSON list, since env vars are easier to write that way."""
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    def public_view(self) -> dict[str, object]:
+        """The settings as `/info` shows them: secrets masked."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = f"{len(self.api_keys)} configured" if self.api_keys else "none"
+        return data

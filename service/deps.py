@@ -1,0 +1,49 @@
+"""Annotated dependency aliases: how routers reach the settings and the loaded models on `app.state`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.errors import ModelNotReady
+from service.language.engine import GenerationEngine
+from service.language.model import LanguageModel
+from service.state import LoadedModels
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_models(request: Request) -> LoadedModels:
+    return request.app.state.models
+
+
+def get_language_model(request: Request) -> LanguageModel:
+    model = request.app.state.models.language
+    if model is None:
+        raise ModelNotReady("the language model is not loaded (still starting, or disabled by GENAI_LOAD_LANGUAGE_MODEL)")
+    return model
+
+
+def get_engine(request: Request) -> GenerationEngine:
+    engine = request.app.state.models.engine
+    if engine is None or not engine.is_running:
+        raise ModelNotReady("the generation engine is not running (still starting, or shutting down)")
+    return engine
+
+
+def get_digit_classifier(request: Request) -> Any:
+    classifier = request.app.state.models.digits
+    if classifier is None:
+        raise ModelNotReady("the digit classifier is not loaded yet")
+    return classifier
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[LoadedModels, Depends(get_models)]
+LanguageModelDep = Annotated[LanguageModel, Depends(get_language_model)]
+EngineDep = Annotated[GenerationEngine, Depends(get_engine)]
+DigitClassifierDep = Annotated[Any, Depends(get_digit_classifier)]

@@ -1,0 +1,148 @@
+"""One error shape for every endpoint, so clients parse failures one way.
+
+Every 4xx/5xx body is `{"error": {"message", "type", "param", "code", "details"}}`: the same keys as
+OpenAI's error object (so `/v1` clients read it natively), plus `details` listing each invalid field.
+Validation errors are 422 on the native API (FastAPI's and TGI's convention) and 400 under `/v1`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("service.errors")
+
+
+class ServiceError(Exception):
+    """An error the service reports to the client as a 4xx/5xx with a JSON body."""
+
+    status_code: int = 400
+    error_type: str = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if status_code is not None:
+            self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
+        self.headers = headers
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed JSON but its values cannot be served (422 natively, 400 under /v1)."""
+
+    status_code = 422
+
+
+class ModelNotReady(ServiceError):
+    status_code = 503
+    error_type = "model_not_ready"
+
+
+class GenerationError(ServiceError):
+    """The model failed while generating (after validation passed)."""
+
+    status_code = 500
+    error_type = "generation_error"
+
+
+class Overloaded(ServiceError):
+    status_code = 429
+    error_type = "overloaded"
+
+
+def error_body(
+    message: str, *, error_type: str, code: int, param: str | None = None, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"message": message, "type": error_type, "param": param, "code": code}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def _is_openai_route(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def _validation_status(request: Request) -> int:
+    return 400 if _is_openai_route(request) else 422
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) if parts else "body"
+
+
+def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None, list[dict[str, Any]]]:
+    details: list[dict[str, Any]] = []
+    for err in exc.errors():
+        field = _field_name(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value"))
+        if err.get("type") == "json_invalid":
+            msg = f"malformed JSON: {err.get('ctx', {}).get('error', msg)}"
+            field = "body"
+        details.append({"field": field, "message": msg, "type": err.get("type")})
+    if not details:
+        return "invalid request", None, []
+    first = details[0]
+    message = f"{first['field']}: {first['message']}"
+    if len(details) > 1:
+        message += f" (and {len(details) - 1} more problem{'s' if len(details) > 2 else ''})"
+    return message, first["field"], details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure to the shared JSON error shape; nothing reaches the client as an HTML page or a bare 500."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        status = exc.status_code
+        if status == 422 and _is_openai_route(request):
+            status = 400
+        return JSONResponse(
+            error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param),
+            status_code=status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param, details = _describe_validation_error(exc)
+        status = _validation_status(request)
+        return JSONResponse(
+            error_body(message, error_type="invalid_request_error", code=status, param=param, details=details),
+            status_code=status,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
+        return JSONResponse(
+            error_body(str(exc.detail), error_type=error_type, code=exc.status_code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal server error", error_type="server_error", code=500), status_code=500
+        )

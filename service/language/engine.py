@@ -1,0 +1,647 @@
+"""The generation engine: one thread owns the model and serves every request by continuous batching.
+
+Why one thread: on a two-core CPU, model calls that hop between threads (FastAPI's threadpool) run a
+third slower, and the event loop must never run model code so `/health` stays instant.
+
+Each loop iteration (a "step"):
+  1. answers all waiting next-token-distribution requests with one batched forward pass;
+  2. admits waiting generation requests up to the batch limit, prefilling their prompts together
+     (left-padded) and merging their KV caches into the running batch;
+  3. advances every running sequence by one token in one batched forward pass over the shared,
+     left-padded KV cache (no prompt is ever recomputed);
+  4. streams each new token to its request, and retires finished or cancelled sequences.
+
+Per-row positions and the attention mask make a padded row compute what it would compute alone, so
+greedy output in float32 is the same batched or not; each request samples with its own generator,
+so seeded sampling does not depend on what else shares the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from service.config import Settings
+from service.errors import ModelNotReady, Overloaded
+from service.language.model import LanguageModel
+from service.language.sampling import SamplingParams, TokenChooser
+
+log = logging.getLogger("service.engine")
+
+# --------------------------------------------------------------------------------------------
+# What the engine hands back
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    token: str
+    probability: float
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int
+    id: int
+    token: str
+    text: str  # the text this step adds to the output (whole characters only; may be empty)
+    probability: float
+    logprob: float
+    special: bool
+    alternatives: list[Candidate] | None = None
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    finish_reason: str  # length | stop | eos | time_limit | cancelled
+    text: str
+    ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    queue_seconds: float
+    time_to_first_token_seconds: float | None
+    total_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        decode = self.total_seconds - (self.time_to_first_token_seconds or 0.0)
+        if self.completion_tokens <= 1 or decode <= 0:
+            return None
+        return (self.completion_tokens - 1) / decode
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+
+
+EngineEvent = TokenEvent | FinishEvent | ErrorEvent
+
+
+@dataclass(frozen=True)
+class Distribution:
+    candidates: list[Candidate]
+    prompt_tokens: int
+
+
+# --------------------------------------------------------------------------------------------
+# The request side: lives on the event loop
+
+
+class GenerationHandle:
+    """A submitted generation: async-iterate its events, or cancel it (a disconnecting client does)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self._wake = wake
+        self.cancelled = False
+        self.done = False
+
+    def _emit(self, event: EngineEvent) -> None:
+        """Called from the engine thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled = True
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.cancelled = True
+            self._wake()
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, (FinishEvent, ErrorEvent)):
+                self.done = True
+                return
+
+    async def result(self) -> tuple[list[TokenEvent], FinishEvent]:
+        """Wait for the whole generation; cancels it if the waiting task is cancelled (client gone)."""
+        tokens: list[TokenEvent] = []
+        try:
+            async for event in self.events():
+                if isinstance(event, TokenEvent):
+                    tokens.append(event)
+                elif isinstance(event, FinishEvent):
+                    return tokens, event
+                else:
+                    raise GenerationFailed(event.message)
+        finally:
+            if not self.done:
+                self.cancel()
+        raise GenerationFailed("generation ended without a result")
+
+
+class GenerationFailed(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The engine side: lives on the engine thread
+
+
+@dataclass
+class _Sequence:
+    handle: GenerationHandle
+    params: SamplingParams
+    prompt_ids: list[int]
+    chooser: TokenChooser
+    submitted_at: float
+    deadline: float | None
+    generated: list[int] = field(default_factory=list)
+    admitted_at: float = 0.0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    text: str = ""
+    emitted_chars: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class _DistributionRequest:
+    prompt_ids: list[int]
+    top_k: int
+    temperature: float
+    future: concurrent.futures.Future[Distribution]
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prefills: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    finished: int = 0
+    last_batch_size: int = 0
+    distribution_batches: int = 0
+
+
+class GenerationEngine:
+    """Owns the model on one thread and batches every request onto it. Thread-safe `submit` / `next_token_distribution`."""
+
+    def __init__(self, lm: LanguageModel, settings: Settings) -> None:
+        self.lm = lm
+        self.settings = settings
+        self.max_batch = min(settings.max_batch_size, settings.max_running_requests)
+        self.max_waiting = settings.max_waiting_requests
+        self.stats = EngineStats()
+        # Observers (metrics): called on the engine thread, must be cheap.
+        self.step_listeners: list[Callable[[int, float], None]] = []
+        self.finish_listeners: list[Callable[[FinishEvent], None]] = []
+        self.token_listeners: list[Callable[[float | None], None]] = []  # seconds since the previous token (None = first)
+
+        self._cv = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._distributions: deque[_DistributionRequest] = deque()
+        self._running: list[_Sequence] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._accepting = False
+        self._dead: str | None = None
+        self._pad_id = int(lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0)
+        forward_params = inspect.signature(lm.model.forward).parameters
+        self._supports_logits_to_keep = "logits_to_keep" in forward_params
+        # transformers renamed `past_key_values` to `cache` (5.2x); the cache object is updated in place either way.
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._accepting and self._dead is None
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._accepting = True
+        self._thread = threading.Thread(target=self._loop_forever, name="generation-engine", daemon=True)
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def shutdown(self, grace_seconds: float = 0.0) -> None:
+        """Stop admitting, let in-flight work finish for up to `grace_seconds`, cancel the rest, join the thread."""
+        self._accepting = False
+        deadline = time.monotonic() + grace_seconds
+        while (self._running or self._waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "running": self.running_count,
+            "waiting": self.waiting_count,
+            "max_batch_size": self.max_batch,
+            "max_waiting": self.max_waiting,
+            "steps": self.stats.steps,
+            "generated_tokens": self.stats.generated_tokens,
+            "finished_requests": self.stats.finished,
+            "accepting": self._accepting,
+        }
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    # ---- the request side -----------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+        """Queue a generation. Raises Overloaded when the queue is full (the caller answers 429)."""
+        self._check_accepting()
+        loop = asyncio.get_running_loop()
+        handle = GenerationHandle(loop, self._wake)
+        now = time.monotonic()
+        timeout = params.timeout_s if params.timeout_s is not None else self.settings.request_timeout_s
+        seq = _Sequence(
+            handle=handle,
+            params=params,
+            prompt_ids=list(prompt_ids),
+            chooser=TokenChooser.create(params),
+            submitted_at=now,
+            deadline=now + timeout if timeout else None,
+        )
+        with self._cv:
+            if len(self._waiting) >= self.max_waiting and len(self._running) >= self.max_batch:
+                raise Overloaded(
+                    f"the server is at capacity ({len(self._running)} running, {len(self._waiting)} waiting); retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            self._waiting.append(seq)
+            self._cv.notify_all()
+        return handle
+
+    async def next_token_distribution(self, prompt_ids: list[int], top_k: int, temperature: float = 1.0) -> Distribution:
+        """The model's next-token distribution after `prompt_ids`; concurrent calls share one forward pass."""
+        self._check_accepting()
+        future: concurrent.futures.Future[Distribution] = concurrent.futures.Future()
+        with self._cv:
+            if len(self._distributions) >= self.max_waiting + self.max_batch:
+                raise Overloaded("too many next-token requests waiting; retry shortly", headers={"Retry-After": "1"})
+            self._distributions.append(_DistributionRequest(list(prompt_ids), top_k, temperature, future))
+            self._cv.notify_all()
+        return await asyncio.wrap_future(future)
+
+    def _check_accepting(self) -> None:
+        if self._dead is not None:
+            raise ModelNotReady(f"the generation engine stopped: {self._dead}")
+        if not self._accepting:
+            raise ModelNotReady("the service is shutting down and accepts no new work", headers={"Retry-After": "5"})
+
+    # ---- the engine thread ----------------------------------------------------------------
+
+    def _loop_forever(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cv:
+                        while not (self._stopping or self._waiting or self._distributions or self._running):
+                            self._cv.wait()
+                        if self._stopping:
+                            break
+                        distributions = list(self._distributions)
+                        self._distributions.clear()
+                        admitted: list[_Sequence] = []
+                        while self._waiting and len(self._running) + len(admitted) < self.max_batch:
+                            admitted.append(self._waiting.popleft())
+                    try:
+                        if distributions:
+                            self._serve_distributions(distributions)
+                        self._retire_cancelled_and_expired()
+                        if admitted:
+                            self._admit(admitted)
+                        if self._running:
+                            self._decode_step()
+                    except Exception as exc:  # a model error must not kill the engine: fail the affected requests
+                        log.exception("engine step failed")
+                        self._fail_all(admitted, distributions, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # pragma: no cover - only on interpreter shutdown
+            self._dead = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._drain_on_stop()
+
+    def _drain_on_stop(self) -> None:
+        with self._cv:
+            leftovers = list(self._waiting)
+            self._waiting.clear()
+            distributions = list(self._distributions)
+            self._distributions.clear()
+        for seq in leftovers + self._running:
+            seq.handle._emit(ErrorEvent("the service shut down before this generation finished"))
+        self._running = []
+        self._cache = None
+        self._mask = None
+        for req in distributions:
+            if not req.future.done():
+                req.future.set_exception(ModelNotReady("the service is shutting down"))
+
+    def _fail_all(self, admitted: list[_Sequence], distributions: list[_DistributionRequest], message: str) -> None:
+        for req in distributions:
+            if not req.future.done():
+                req.future.set_exception(GenerationFailed(message))
+        for seq in {id(s): s for s in admitted + self._running}.values():
+            if seq.finish_reason is None:
+                seq.handle._emit(ErrorEvent(message))
+        self._running = []
+        self._cache = None
+        self._mask = None
+
+    # ---- forward passes -------------------------------------------------------------------
+
+    def _left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = self.lm.device
+        return ids.to(device), mask.to(device), positions.to(device)
+
+    def _forward(self, kv_cache: Any = None, **kwargs: Any) -> Any:
+        if kv_cache is not None:
+            kwargs[self._cache_kwarg] = kv_cache
+        if self._supports_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.lm.model(**kwargs)
+
+    def _serve_distributions(self, requests: list[_DistributionRequest]) -> None:
+        live = [r for r in requests if not r.future.cancelled()]
+        # Bound the padded batch so one long prompt does not make many short ones expensive.
+        live.sort(key=lambda r: len(r.prompt_ids))
+        chunk: list[_DistributionRequest] = []
+        for req in live:
+            if chunk and (len(chunk) + 1) * len(req.prompt_ids) > 8192:
+                self._distribution_batch(chunk)
+                chunk = []
+            chunk.append(req)
+        if chunk:
+            self._distribution_batch(chunk)
+
+    def _distribution_batch(self, requests: list[_DistributionRequest]) -> None:
+        ids, mask, positions = self._left_padded([r.prompt_ids for r in requests])
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        logits = out.logits[:, -1, :].float()
+        self.stats.distribution_batches += 1
+        for row, req in enumerate(requests):
+            row_logits = logits[row, : self.lm.vocab_size]
+            logprobs = torch.log_softmax(row_logits / req.temperature, dim=-1)
+            top = torch.topk(logprobs, req.top_k)
+            candidates = self._candidates(top.indices.tolist(), top.values.tolist())
+            if not req.future.done():
+                req.future.set_result(Distribution(candidates=candidates, prompt_tokens=len(req.prompt_ids)))
+
+    def _candidates(self, ids: list[int], logprobs: list[float]) -> list[Candidate]:
+        return [
+            Candidate(id=i, token=self.lm.token_text(i), probability=math.exp(lp), logprob=lp)
+            for i, lp in zip(ids, logprobs)
+        ]
+
+    def _admit(self, sequences: list[_Sequence]) -> None:
+        """Prefill new prompts together, take each one's first token, and merge their caches into the batch."""
+        from transformers import DynamicCache
+
+        now = time.monotonic()
+        live = []
+        for seq in sequences:
+            seq.admitted_at = now
+            if seq.handle.cancelled:
+                self._finish(seq, "cancelled")
+            else:
+                live.append(seq)
+        if not live:
+            return
+        ids, mask, positions = self._left_padded([s.prompt_ids for s in live])
+        cache = DynamicCache(config=self.lm.model.config)
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, kv_cache=cache, use_cache=True)
+        self.stats.prefills += 1
+        # Zero the padded slots so nothing but masked zeros ever sits in the cache.
+        keep = mask[:, None, :, None].to(self.lm.dtype)
+        layers = [(layer.keys * keep, layer.values * keep) for layer in cache.layers]
+        for seq in live:
+            self.stats.prompt_tokens += len(seq.prompt_ids)
+        self._take_tokens(live, out.logits[:, -1, :].float())
+        survivors = [row for row, seq in enumerate(live) if seq.finish_reason is None]
+        if not survivors:
+            return
+        index = torch.tensor(survivors, device=mask.device)
+        new_layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
+        new_mask = mask.index_select(0, index)
+        self._merge([live[row] for row in survivors], new_layers, new_mask, DynamicCache)
+
+    def _merge(self, sequences: list[_Sequence], layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor, cache_cls: Any) -> None:
+        if self._cache is None or not self._running:
+            self._cache = cache_cls(ddp_cache_data=layers)
+            self._mask = mask
+            self._running = list(sequences)
+            return
+        assert self._mask is not None
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+
+        def pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
+            if length == width:
+                return t
+            pad_shape = list(t.shape)
+            pad_shape[-2 if t.dim() == 4 else -1] = width - length
+            return torch.cat([t.new_zeros(pad_shape), t], dim=-2 if t.dim() == 4 else -1)
+
+        merged = []
+        for (ok, ov), (nk, nv) in zip(((layer.keys, layer.values) for layer in self._cache.layers), layers):
+            merged.append((torch.cat([pad_left(ok, old_len), pad_left(nk, new_len)]), torch.cat([pad_left(ov, old_len), pad_left(nv, new_len)])))
+        self._cache = cache_cls(ddp_cache_data=merged)
+        self._mask = torch.cat([pad_left(self._mask, old_len), pad_left(mask, new_len)])
+        self._running.extend(sequences)
+
+    def _decode_step(self) -> None:
+        assert self._mask is not None
+        started = time.perf_counter()
+        device = self.lm.device
+        batch = self._running
+        input_ids = torch.tensor([[s.generated[-1]] for s in batch], dtype=torch.long, device=device)
+        # The token fed now sits right after the prompt and the tokens generated before it.
+        positions = torch.tensor([[len(s.prompt_ids) + len(s.generated) - 1] for s in batch], dtype=torch.long, device=device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(batch), 1))], dim=1)
+        out = self._forward(
+            input_ids=input_ids, attention_mask=self._mask, position_ids=positions, kv_cache=self._cache, use_cache=True
+        )
+        self._take_tokens(batch, out.logits[:, -1, :].float())
+        self.stats.steps += 1
+        self.stats.last_batch_size = len(batch)
+        self._retire_finished()
+        elapsed = time.perf_counter() - started
+        for listener in self.step_listeners:
+            listener(len(batch), elapsed)
+
+    # ---- choosing, streaming and retiring -------------------------------------------------
+
+    def _take_tokens(self, batch: list[_Sequence], logits: torch.Tensor) -> list[_Sequence]:
+        """Choose one token per row, stream it, and mark finished rows. Returns the rows that finished."""
+        logits = logits[:, : self.lm.vocab_size]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        greedy_rows = [row for row, s in enumerate(batch) if s.params.is_plain_greedy]
+        chosen: list[int] = [0] * len(batch)
+        if greedy_rows:
+            argmax = torch.argmax(logits[greedy_rows], dim=-1).tolist()
+            for row, token in zip(greedy_rows, argmax):
+                chosen[row] = token
+        for row, seq in enumerate(batch):
+            if not seq.params.is_plain_greedy:
+                chosen[row] = seq.chooser.choose(logits[row], seq.prompt_ids + seq.generated)
+        chosen_logprobs = logprobs.gather(-1, torch.tensor(chosen, device=logprobs.device)[:, None])[:, 0].tolist()
+        finished = []
+        now = time.monotonic()
+        for row, seq in enumerate(batch):
+            alternatives = None
+            if seq.params.top_alternatives:
+                top = torch.topk(logprobs[row], seq.params.top_alternatives)
+                alternatives = self._candidates(top.indices.tolist(), top.values.tolist())
+            self._append_token(seq, chosen[row], chosen_logprobs[row], alternatives, now)
+            if seq.finish_reason is not None:
+                finished.append(seq)
+        return finished
+
+    def _append_token(self, seq: _Sequence, token_id: int, logprob: float, alternatives: list[Candidate] | None, now: float) -> None:
+        gap = None if seq.last_token_at is None else now - seq.last_token_at
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        seq.last_token_at = now
+        seq.generated.append(token_id)
+        self.stats.generated_tokens += 1
+        for listener in self.token_listeners:
+            listener(gap)
+
+        is_eos = token_id in self.lm.eos_token_ids
+        special = is_eos or token_id in getattr(self.lm.tokenizer, "all_special_ids", ())
+        reason = None
+        if is_eos and not seq.params.ignore_eos:
+            reason = "eos"
+        text_ids = [t for t in seq.generated if t not in self.lm.eos_token_ids] if self.lm.eos_token_ids else seq.generated
+        text = self.lm.tokenizer.decode(text_ids, skip_special_tokens=True)
+        if seq.params.stop:
+            window_start = max(0, len(seq.text) - max(len(s) for s in seq.params.stop))
+            hits = [text.find(s, window_start) for s in seq.params.stop]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                text = text[: min(hits)]
+                reason = "stop"
+        seq.text = text
+        if reason is None:
+            if len(seq.generated) >= seq.params.max_new_tokens:
+                reason = "length"
+            elif len(seq.prompt_ids) + len(seq.generated) >= self.lm.context_length:
+                reason = "length"
+            elif seq.deadline is not None and now >= seq.deadline:
+                reason = "time_limit"
+
+        if reason is None:
+            safe = len(text.rstrip("\ufffd")) if text.endswith("\ufffd") else len(text)
+            if seq.params.stop:
+                safe = min(safe, len(text) - (max(len(s) for s in seq.params.stop) - 1))
+            safe = max(safe, seq.emitted_chars)
+        else:
+            safe = len(text)
+        increment = text[seq.emitted_chars:safe]
+        seq.emitted_chars = safe
+        seq.handle._emit(
+            TokenEvent(
+                index=len(seq.generated) - 1,
+                id=token_id,
+                token=self.lm.token_text(token_id),
+                text=increment,
+                probability=math.exp(logprob),
+                logprob=logprob,
+                special=bool(special),
+                alternatives=alternatives,
+            )
+        )
+        if reason is not None:
+            self._finish(seq, reason)
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        now = time.monotonic()
+        event = FinishEvent(
+            finish_reason=reason,
+            text=seq.text,
+            ids=list(seq.generated),
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.generated),
+            queue_seconds=max(0.0, (seq.admitted_at or now) - seq.submitted_at),
+            time_to_first_token_seconds=(seq.first_token_at - seq.submitted_at) if seq.first_token_at else None,
+            total_seconds=now - seq.submitted_at,
+        )
+        self.stats.finished += 1
+        seq.handle._emit(event)
+        for listener in self.finish_listeners:
+            listener(event)
+
+    def _retire_cancelled_and_expired(self) -> None:
+        now = time.monotonic()
+        changed = False
+        for seq in self._running:
+            if seq.finish_reason is None and seq.handle.cancelled:
+                self._finish(seq, "cancelled")
+                changed = True
+            elif seq.finish_reason is None and seq.deadline is not None and now >= seq.deadline:
+                self._finish(seq, "time_limit")
+                changed = True
+        with self._cv:
+            expired = [s for s in self._waiting if s.handle.cancelled or (s.deadline is not None and now >= s.deadline)]
+            for seq in expired:
+                self._waiting.remove(seq)
+        for seq in expired:
+            self._finish(seq, "cancelled" if seq.handle.cancelled else "time_limit")
+        if changed:
+            self._retire_finished()
+
+    def _retire_finished(self) -> None:
+        keep = [row for row, seq in enumerate(self._running) if seq.finish_reason is None]
+        if len(keep) == len(self._running):
+            return
+        if not keep:
+            self._running, self._cache, self._mask = [], None, None
+            return
+        assert self._mask is not None
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        # Drop columns that are padding for every remaining row, so the cache does not keep growing.
+        used = mask.sum(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        mask = mask[:, first:]
+        layers = [
+            (layer.keys.index_select(0, index)[:, :, first:, :], layer.values.index_select(0, index)[:, :, first:, :])
+            for layer in self._cache.layers
+        ]
+        self._cache = type(self._cache)(ddp_cache_data=layers)
+        self._mask = mask
+        self._running = [self._running[row] for row in keep]

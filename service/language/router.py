@@ -1,0 +1,183 @@
+"""Language endpoints: HTTP in, calls to the model layer and engine, HTTP out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from service.deps import EngineDep, LanguageModelDep, SettingsDep
+from service.disconnect import ClientDisconnected, cancel_on_disconnect
+from service.errors import GenerationError, InvalidInput
+from service.language.engine import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
+from service.language.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    GenerateRequest,
+    GenerateResponse,
+    NextTokenRequest,
+    NextTokenResponse,
+    StepDetail,
+    Timing,
+    TokenCandidate,
+    TokenizeRequest,
+    TokenizeResponse,
+    Usage,
+)
+from service.language.validation import (
+    check_text_length,
+    check_token_ids,
+    check_top_k,
+    encode_prompt,
+    sampling_params,
+)
+
+router = APIRouter(tags=["language"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Request body too large"},
+    422: {"description": "Invalid field: the body names it and the limit"},
+    429: {"description": "Queue full: retry after `Retry-After` seconds"},
+    503: {"description": "Model still loading, or shutting down"},
+}
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS, summary="Split text into the model's tokens")
+async def tokenize(body: TokenizeRequest, lm: LanguageModelDep, settings: SettingsDep) -> TokenizeResponse:
+    check_text_length(body.text, settings, "text")
+    result = lm.tokenize(body.text, add_special_tokens=body.add_special_tokens)
+    return TokenizeResponse(ids=result.ids, tokens=result.tokens, offsets=result.offsets, count=len(result.ids), model=lm.model_id)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS, summary="Turn token ids back into text")
+async def detokenize(body: DetokenizeRequest, lm: LanguageModelDep, settings: SettingsDep) -> DetokenizeResponse:
+    if len(body.ids) > settings.max_text_chars:
+        raise InvalidInput(f"at most {settings.max_text_chars} ids per request", param="ids")
+    check_token_ids(lm, body.ids)
+    return DetokenizeResponse(text=lm.detokenize(body.ids, skip_special_tokens=body.skip_special_tokens), model=lm.model_id)
+
+
+def _candidate(c: Candidate) -> TokenCandidate:
+    return TokenCandidate(id=c.id, token=c.token, probability=c.probability, logprob=c.logprob)
+
+
+@router.post(
+    "/next-token-probs",
+    response_model=NextTokenResponse,
+    responses=_ERRORS,
+    summary="The model's probability distribution over the next token, top-k",
+)
+async def next_token_probs(
+    body: NextTokenRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
+) -> NextTokenResponse:
+    check_top_k(body.top_k, lm, settings)
+    ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens)
+    temperature = body.temperature or 1.0
+    distribution = await engine.next_token_distribution(ids, body.top_k, temperature)
+    return NextTokenResponse(
+        candidates=[_candidate(c) for c in distribution.candidates],
+        prompt_tokens=distribution.prompt_tokens,
+        temperature=temperature,
+        model=lm.model_id,
+    )
+
+
+def _step(event: TokenEvent) -> StepDetail:
+    return StepDetail(
+        index=event.index,
+        id=event.id,
+        token=event.token,
+        probability=event.probability,
+        logprob=event.logprob,
+        alternatives=[_candidate(c) for c in event.alternatives] if event.alternatives is not None else None,
+    )
+
+
+def _usage(finish: FinishEvent) -> Usage:
+    return Usage(prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens, total_tokens=finish.prompt_tokens + finish.completion_tokens)
+
+
+def _timing(finish: FinishEvent) -> Timing:
+    return Timing(
+        queue_seconds=round(finish.queue_seconds, 6),
+        time_to_first_token_seconds=round(finish.time_to_first_token_seconds, 6) if finish.time_to_first_token_seconds is not None else None,
+        total_seconds=round(finish.total_seconds, 6),
+        tokens_per_second=round(finish.tokens_per_second, 3) if finish.tokens_per_second is not None else None,
+    )
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "The generation; with `stream: true`, `text/event-stream` events `token` (one per token), then `done` (or `error`).",
+            "content": {"text/event-stream": {}},
+        },
+    },
+    summary="Generate text, greedy or sampled; optionally streamed token by token",
+)
+async def generate(
+    body: GenerateRequest, request: Request, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
+) -> Response | GenerateResponse:
+    ids = encode_prompt(lm, settings, prompt=body.prompt, messages=body.messages, add_special_tokens=body.add_special_tokens)
+    params = sampling_params(body, len(ids), lm, settings)
+    handle = engine.submit(ids, params)
+    if body.stream:
+        return EventSourceResponse(
+            _stream_events(handle.events(), handle.cancel, body.top_alternatives > 0, lm.model_id),
+            ping=int(max(1, settings.stream_ping_s)),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        tokens, finish = await cancel_on_disconnect(request, handle.result())
+    except ClientDisconnected:
+        return Response(status_code=499)
+    except GenerationFailed as exc:
+        raise GenerationError(str(exc)) from exc
+    return GenerateResponse(
+        text=finish.text,
+        ids=finish.ids,
+        finish_reason=finish.finish_reason,  # type: ignore[arg-type]
+        usage=_usage(finish),
+        timing=_timing(finish),
+        steps=[_step(t) for t in tokens] if body.top_alternatives > 0 else None,
+        model=lm.model_id,
+    )
+
+
+async def _stream_events(events: AsyncIterator[Any], cancel: Any, with_alternatives: bool, model_id: str) -> AsyncIterator[ServerSentEvent]:
+    """SSE events: `token` per generated token, then `done` with usage and timing, or `error`."""
+    try:
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                data: dict[str, Any] = {
+                    "index": event.index,
+                    "id": event.id,
+                    "token": event.token,
+                    "text": event.text,
+                    "probability": event.probability,
+                    "logprob": event.logprob,
+                    "special": event.special,
+                }
+                if with_alternatives and event.alternatives is not None:
+                    data["alternatives"] = [_candidate(c).model_dump() for c in event.alternatives]
+                yield ServerSentEvent(data=json.dumps(data), event="token")
+            elif isinstance(event, FinishEvent):
+                done = {
+                    "text": event.text,
+                    "ids": event.ids,
+                    "finish_reason": event.finish_reason,
+                    "usage": _usage(event).model_dump(),
+                    "timing": _timing(event).model_dump(),
+                    "model": model_id,
+                }
+                yield ServerSentEvent(data=json.dumps(done), event="done")
+            elif isinstance(event, ErrorEvent):
+                yield ServerSentEvent(data=json.dumps({"error": {"message": event.message, "type": "generation_error"}}), event="error")
+    finally:
+        cancel()  # a no-op when finished; frees the batch slot when the client went away
