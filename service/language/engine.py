@@ -35,6 +35,7 @@ import torch
 from service.config import Settings
 from service.errors import ModelNotReady, Overloaded
 from service.language.model import LanguageModel
+from service.language.detokenize import TextAssembler
 from service.language.sampling import SamplingParams, TokenChooser
 
 log = logging.getLogger("service.engine")
@@ -163,12 +164,11 @@ class _Sequence:
     chooser: TokenChooser
     submitted_at: float
     deadline: float | None
+    assembler: TextAssembler
     generated: list[int] = field(default_factory=list)
     admitted_at: float = 0.0
     first_token_at: float | None = None
     last_token_at: float | None = None
-    text: str = ""
-    emitted_chars: int = 0
     finish_reason: str | None = None
 
 
@@ -287,6 +287,7 @@ class GenerationEngine:
             chooser=TokenChooser.create(params),
             submitted_at=now,
             deadline=now + timeout if timeout else None,
+            assembler=TextAssembler(self.lm.tokenizer, self.lm.eos_token_ids, params.stop),
         )
         with self._cv:
             if len(self._waiting) >= self.max_waiting and len(self._running) >= self.max_batch:
@@ -541,37 +542,20 @@ class GenerationEngine:
             listener(gap)
 
         is_eos = token_id in self.lm.eos_token_ids
-        special = is_eos or token_id in getattr(self.lm.tokenizer, "all_special_ids", ())
+        increment = seq.assembler.push(token_id)
         reason = None
         if is_eos and not seq.params.ignore_eos:
             reason = "eos"
-        text_ids = [t for t in seq.generated if t not in self.lm.eos_token_ids] if self.lm.eos_token_ids else seq.generated
-        text = self.lm.tokenizer.decode(text_ids, skip_special_tokens=True)
-        if seq.params.stop:
-            window_start = max(0, len(seq.text) - max(len(s) for s in seq.params.stop))
-            hits = [text.find(s, window_start) for s in seq.params.stop]
-            hits = [h for h in hits if h >= 0]
-            if hits:
-                text = text[: min(hits)]
-                reason = "stop"
-        seq.text = text
-        if reason is None:
-            if len(seq.generated) >= seq.params.max_new_tokens:
-                reason = "length"
-            elif len(seq.prompt_ids) + len(seq.generated) >= self.lm.context_length:
-                reason = "length"
-            elif seq.deadline is not None and now >= seq.deadline:
-                reason = "time_limit"
-
-        if reason is None:
-            safe = len(text.rstrip("\ufffd")) if text.endswith("\ufffd") else len(text)
-            if seq.params.stop:
-                safe = min(safe, len(text) - (max(len(s) for s in seq.params.stop) - 1))
-            safe = max(safe, seq.emitted_chars)
-        else:
-            safe = len(text)
-        increment = text[seq.emitted_chars:safe]
-        seq.emitted_chars = safe
+        elif seq.assembler.stopped:
+            reason = "stop"
+        elif len(seq.generated) >= seq.params.max_new_tokens:
+            reason = "length"
+        elif len(seq.prompt_ids) + len(seq.generated) >= self.lm.context_length:
+            reason = "length"
+        elif seq.deadline is not None and now >= seq.deadline:
+            reason = "time_limit"
+        if reason is not None:
+            increment += seq.assembler.flush()
         seq.handle._emit(
             TokenEvent(
                 index=len(seq.generated) - 1,
@@ -580,7 +564,7 @@ class GenerationEngine:
                 text=increment,
                 probability=math.exp(logprob),
                 logprob=logprob,
-                special=bool(special),
+                special=token_id in self.lm.special_token_ids,
                 alternatives=alternatives,
             )
         )
@@ -592,7 +576,7 @@ class GenerationEngine:
         now = time.monotonic()
         event = FinishEvent(
             finish_reason=reason,
-            text=seq.text,
+            text=seq.assembler.text,
             ids=list(seq.generated),
             prompt_tokens=len(seq.prompt_ids),
             completion_tokens=len(seq.generated),

@@ -51,6 +51,7 @@ class LanguageModel:
     context_length: int
     load_seconds: float
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    special_token_ids: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def vocab_size(self) -> int:
@@ -290,6 +291,7 @@ def load_language_model(
         context_length=context,
         load_seconds=time.perf_counter() - started,
         eos_token_ids=frozenset(eos_ids),
+        special_token_ids=frozenset(int(i) for i in tokenizer.all_special_ids) | frozenset(eos_ids),
     )
     log.info(
         "language model %s loaded from %s on %s (%s) in %.2f s",
