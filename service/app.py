@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.config import Settings
@@ -16,6 +17,9 @@ from service.errors import install_error_handlers
 from service.language.engine import GenerationEngine
 from service.language.model import load_language_model
 from service.limits import BodySizeLimitMiddleware
+from service.observability.metrics import ServiceMetrics
+from service.observability.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from service.security import ApiKey
 from service.state import LoadedModels
 
 log = logging.getLogger("service")
@@ -54,12 +58,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models.engine = GenerationEngine(models.language, settings)
         models.engine.start()
     app.state.models = models
+    app.state.metrics.bind(models)
     app.state.ready = True
     log.info("ready")
     try:
         yield
     finally:
         app.state.ready = False
+        app.state.metrics.unbind()
         if models.engine is not None:
             await asyncio.to_thread(models.engine.shutdown)
 
@@ -77,13 +83,33 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.state.preloaded_models = models
     app.state.models = LoadedModels()
     app.state.ready = False
+    app.state.started_at = time.time()
+    app.state.metrics = ServiceMetrics()
 
     install_error_handlers(app)
+    # Outermost last: request ids/logs/metrics see everything, CORS answers preflights before the body limit.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, log_prompts=settings.log_prompts)
 
     from service.language.router import router as language_router
     from service.system.router import router as system_router
+    from service.web.router import router as web_router
+
+    from service.observability.router import router as metrics_router
+    from service.openai.router import router as openai_router
 
     app.include_router(system_router)
-    app.include_router(language_router)
+    app.include_router(metrics_router)
+    # Model routes need an API key when GENAI_API_KEYS is set (`/v1` and `/v2` routers carry their own).
+    app.include_router(language_router, dependencies=[ApiKey])
+    app.include_router(openai_router)
+    app.include_router(web_router)
     return app

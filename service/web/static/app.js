@@ -1,0 +1,796 @@
+// genai-service playground: a plain-JavaScript client of the service's public endpoints.
+//
+//   POST /classify-digit      {"image": "<base64 PNG>"}                 -> the digit and ten probabilities
+//   POST /tokenize            {"text": "..."}                           -> ids, tokens, offsets, count
+//   POST /next-token-probs    {"prompt": "...", "top_k": 10}            -> candidates with probabilities
+//   POST /generate            {"prompt": "...", "stream": true, ...}    -> Server-Sent Events: token*, then done | error
+//
+// Errors always come back as {"error": {"message", "type", "param", "code"}}; `api()` turns them into
+// ApiError, and each panel shows the message. No library, no build step.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------------------------------
+  // HTTP helpers
+  // ---------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(message, status, body) {
+      super(message);
+      this.name = "ApiError";
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  const KEY_STORAGE = "genai-service.api-key";
+
+  function authHeaders() {
+    const key = ($("api-key-input").value || "").trim();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  function describeError(status, body, fallback) {
+    const err = body && typeof body === "object" ? body.error : null;
+    let message = err && err.message ? String(err.message) : fallback || `HTTP ${status}`;
+    if (err && Array.isArray(err.details) && err.details.length > 1) {
+      message += "\n" + err.details.map((d) => `• ${d.field}: ${d.message}`).join("\n");
+    }
+    if (status === 503) message = `The service is not ready: ${message}`;
+    else if (status === 429) message = `The service is busy, try again in a moment: ${message}`;
+    else if (status === 401) message = `${message} (set the API key at the top of the page)`;
+    return message;
+  }
+
+  async function readError(response) {
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      /* not JSON: keep the status line */
+    }
+    return new ApiError(describeError(response.status, body, `${response.status} ${response.statusText}`.trim()), response.status, body);
+  }
+
+  /** POST a JSON body; resolve to the parsed JSON answer, or throw ApiError with a readable message. */
+  async function api(path, body, { signal } = {}) {
+    let response;
+    try {
+      response = await fetch(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders() },
+        body: JSON.stringify(body),
+        signal,
+      });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError("Cannot reach the service. Is it still running?", 0, null);
+    }
+    if (!response.ok) throw await readError(response);
+    return response.json();
+  }
+
+  /**
+   * POST a JSON body and read the answer as Server-Sent Events, calling onEvent(name, data) per event.
+   * (EventSource cannot POST, so this parses the stream from fetch: blocks separated by a blank line,
+   * `event:` and `data:` lines, `:` comments are keep-alive pings.)
+   */
+  async function streamEvents(path, body, onEvent, { signal } = {}) {
+    let response;
+    try {
+      response = await fetch(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() },
+        body: JSON.stringify(body),
+        signal,
+      });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError("Cannot reach the service. Is it still running?", 0, null);
+    }
+    if (!response.ok) throw await readError(response);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    const dispatch = (block) => {
+      let name = "message";
+      const data = [];
+      for (const line of block.split(/\r\n|\r|\n/)) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") name = value;
+        else if (field === "data") data.push(value);
+      }
+      if (!data.length) return;
+      let parsed;
+      try {
+        parsed = JSON.parse(data.join("\n"));
+      } catch (_) {
+        parsed = data.join("\n");
+      }
+      onEvent(name, parsed);
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      const blocks = buffer.split(/\r\n\r\n|\n\n|\r\r/);
+      buffer = blocks.pop();
+      blocks.forEach(dispatch);
+    }
+    buffer += decoder.decode();
+    if (buffer.trim()) dispatch(buffer);
+  }
+
+  function debounce(fn, ms) {
+    let timer = null;
+    const debounced = (...args) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fn(...args), ms);
+    };
+    debounced.flush = (...args) => {
+      clearTimeout(timer);
+      fn(...args);
+    };
+    return debounced;
+  }
+
+  /** Run `task(signal)` so that only the latest call's result counts: a newer call aborts the older one. */
+  function latestOnly(task) {
+    let controller = null;
+    return async (...args) => {
+      if (controller) controller.abort();
+      const mine = new AbortController();
+      controller = mine;
+      try {
+        return await task(mine.signal, ...args);
+      } catch (err) {
+        if (err.name !== "AbortError") throw err;
+        return undefined;
+      } finally {
+        if (controller === mine) controller = null;
+      }
+    };
+  }
+
+  function showError(el, err) {
+    if (!err) {
+      el.hidden = true;
+      el.textContent = "";
+      return;
+    }
+    el.textContent = err instanceof ApiError ? err.message : `Something went wrong: ${err.message || err}`;
+    el.hidden = false;
+  }
+
+  const pct = (p) => {
+    const v = p * 100;
+    if (v >= 99.95) return "100%";
+    if (v >= 10) return `${v.toFixed(1)}%`;
+    if (v >= 0.1) return `${v.toFixed(1)}%`;
+    return v > 0 ? "<0.1%" : "0%";
+  };
+
+  /** Token text with invisible characters made visible: spaces as ·, newlines as ↵, tabs as →. */
+  function visibleToken(text, container) {
+    container.textContent = "";
+    if (text === "") {
+      const empty = document.createElement("span");
+      empty.className = "ws";
+      empty.textContent = "∅";
+      container.append(empty);
+      return;
+    }
+    const parts = text.split(/( +|\n|\t)/);
+    for (const part of parts) {
+      if (!part) continue;
+      if (/^ +$/.test(part) || part === "\n" || part === "\t") {
+        const ws = document.createElement("span");
+        ws.className = "ws";
+        ws.textContent = part === "\n" ? "↵" : part === "\t" ? "→" : "·".repeat(part.length);
+        container.append(ws);
+      } else {
+        container.append(document.createTextNode(part));
+      }
+    }
+  }
+
+  /** A row of a bar chart: label, bar, percentage. */
+  function barRow(labelNode, probability, { top = false } = {}) {
+    const row = document.createElement("div");
+    row.className = "bar-row" + (top ? " top" : "");
+    const label = document.createElement("span");
+    label.className = "bar-label";
+    label.append(labelNode);
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.style.width = `${Math.max(0, Math.min(1, probability)) * 100}%`;
+    track.append(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = pct(probability);
+    row.append(label, track, value);
+    return row;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Service status
+  // ---------------------------------------------------------------------------------------
+
+  async function checkService() {
+    const pill = $("service-status");
+    try {
+      const ready = await fetch("/ready", { headers: authHeaders() });
+      const info = await fetch("/info", { headers: authHeaders() }).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+      const lm = info && info.language_model ? info.language_model : null;
+      const lmName = lm ? lm.model_id || lm.name || lm.id || "" : "";
+      if (ready.ok) {
+        pill.dataset.state = "ready";
+        pill.textContent = lmName ? `Ready · ${lmName}` : "Ready";
+      } else {
+        pill.dataset.state = "loading";
+        pill.textContent = "Loading models…";
+        setTimeout(checkService, 2000);
+      }
+      if (info && info.service) {
+        const versions = info.service.versions || {};
+        $("footer-info").textContent = `genai-service ${versions["genai-service"] || ""}` + (lmName ? ` · language model ${lmName}` : "");
+      }
+      if (info && info.limits) {
+        if (info.limits.max_top_k) $("nt-topk").max = info.limits.max_top_k;
+        if (info.limits.max_new_tokens) $("gen-max").max = info.limits.max_new_tokens;
+      }
+    } catch (_) {
+      pill.dataset.state = "error";
+      pill.textContent = "Service unreachable";
+      setTimeout(checkService, 4000);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Digit pad
+  // ---------------------------------------------------------------------------------------
+
+  function setupDigits() {
+    const canvas = $("digit-canvas");
+    const ctx = canvas.getContext("2d");
+    const drop = $("digit-drop");
+    const placeholder = $("digit-placeholder");
+    const bars = $("digit-bars");
+    const prediction = $("digit-prediction");
+    const confidence = $("digit-confidence");
+    const errorEl = $("digit-error");
+    const BRUSH = canvas.width / 14; // MNIST strokes are about 2 of the digit's 20 pixels
+    let blank = true;
+    let drawing = null; // {id, x, y}
+
+    const barItems = [];
+    for (let d = 0; d < 10; d++) {
+      const li = document.createElement("li");
+      li.dataset.digit = String(d);
+      li.append(barRow(document.createTextNode(String(d)), 0));
+      bars.append(li);
+      barItems.push(li);
+    }
+
+    function paintBackground() {
+      ctx.fillStyle = "#000";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+    }
+
+    function resetResult() {
+      prediction.textContent = "–";
+      delete prediction.dataset.digit;
+      confidence.textContent = "";
+      barItems.forEach((li) => {
+        li.firstChild.classList.remove("top");
+        li.querySelector(".bar-fill").style.width = "0%";
+        li.querySelector(".bar-value").textContent = "0%";
+      });
+    }
+
+    function clear() {
+      classify.cancel();
+      paintBackground();
+      blank = true;
+      placeholder.hidden = false;
+      resetResult();
+      showError(errorEl, null);
+    }
+
+    /** Pull the probabilities out of the answer (one image in, one prediction out). */
+    function readPrediction(answer) {
+      let p = answer;
+      if (Array.isArray(p.predictions)) p = p.predictions[0];
+      else if (Array.isArray(p.results)) p = p.results[0];
+      let probs = p.probabilities ?? p.probs ?? p.scores;
+      if (probs && !Array.isArray(probs) && typeof probs === "object") {
+        probs = Array.from({ length: 10 }, (_, d) => Number(probs[d] ?? probs[String(d)] ?? 0));
+      }
+      const digit = p.digit ?? p.label ?? p.prediction ?? (probs ? probs.indexOf(Math.max(...probs)) : null);
+      return { digit: Number(digit), probs: probs || null };
+    }
+
+    function showPrediction({ digit, probs }) {
+      prediction.textContent = String(digit);
+      prediction.dataset.digit = String(digit);
+      confidence.textContent = probs ? `${pct(probs[digit])} sure` : "";
+      barItems.forEach((li, d) => {
+        const p = probs ? probs[d] : d === digit ? 1 : 0;
+        li.firstChild.classList.toggle("top", d === digit);
+        li.querySelector(".bar-fill").style.width = `${p * 100}%`;
+        li.querySelector(".bar-value").textContent = pct(p);
+      });
+    }
+
+    const send = latestOnly(async (signal, base64Png) => {
+      const answer = await api("/classify-digit", { image: base64Png }, { signal });
+      if (signal.aborted) return;
+      showPrediction(readPrediction(answer));
+      showError(errorEl, null);
+    });
+
+    async function classifyNow(base64Png) {
+      try {
+        await send(base64Png);
+      } catch (err) {
+        showError(errorEl, err);
+      }
+    }
+
+    const canvasPng = () => canvas.toDataURL("image/png").split(",", 2)[1];
+    let pending = null;
+    const classify = {
+      // While drawing: at most one request every 200 ms, and one when the stroke ends.
+      soon() {
+        if (pending) return;
+        pending = setTimeout(() => {
+          pending = null;
+          if (!blank) classifyNow(canvasPng());
+        }, 200);
+      },
+      now() {
+        this.cancel();
+        if (!blank) classifyNow(canvasPng());
+      },
+      cancel() {
+        clearTimeout(pending);
+        pending = null;
+      },
+    };
+
+    function point(event) {
+      const rect = canvas.getBoundingClientRect();
+      return {
+        x: ((event.clientX - rect.left) / rect.width) * canvas.width,
+        y: ((event.clientY - rect.top) / rect.height) * canvas.height,
+      };
+    }
+
+    function stroke(from, to) {
+      ctx.strokeStyle = "#fff";
+      ctx.fillStyle = "#fff";
+      ctx.lineWidth = BRUSH;
+      ctx.lineCap = "round";
+      ctx.lineJoin = "round";
+      ctx.beginPath();
+      ctx.moveTo(from.x, from.y);
+      ctx.lineTo(to.x, to.y);
+      ctx.stroke();
+    }
+
+    canvas.addEventListener("pointerdown", (event) => {
+      if (event.button !== 0) return;
+      event.preventDefault();
+      canvas.setPointerCapture(event.pointerId);
+      const p = point(event);
+      drawing = { id: event.pointerId, ...p };
+      stroke(p, p);
+      blank = false;
+      placeholder.hidden = true;
+      classify.soon();
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (!drawing || event.pointerId !== drawing.id) return;
+      const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+      for (const e of events.length ? events : [event]) {
+        const p = point(e);
+        stroke(drawing, p);
+        drawing.x = p.x;
+        drawing.y = p.y;
+      }
+      classify.soon();
+    });
+    const endStroke = (event) => {
+      if (!drawing || event.pointerId !== drawing.id) return;
+      drawing = null;
+      classify.now();
+    };
+    canvas.addEventListener("pointerup", endStroke);
+    canvas.addEventListener("pointercancel", endStroke);
+
+    $("digit-clear").addEventListener("click", clear);
+
+    // Dropped or chosen images: shown on the pad, and sent as they are (the server prepares them like MNIST).
+    async function useFile(file) {
+      if (!file) return;
+      if (!file.type.startsWith("image/")) {
+        showError(errorEl, new ApiError(`“${file.name}” is not an image.`, 0, null));
+        return;
+      }
+      const dataUrl = await new Promise((resolve, reject) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(reader.result);
+        reader.onerror = () => reject(reader.error);
+        reader.readAsDataURL(file);
+      });
+      const img = new Image();
+      img.onload = () => {
+        paintBackground();
+        const scale = Math.min(canvas.width / img.width, canvas.height / img.height);
+        const w = img.width * scale;
+        const h = img.height * scale;
+        ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+      };
+      img.src = dataUrl;
+      blank = false;
+      placeholder.hidden = true;
+      classify.cancel();
+      classifyNow(String(dataUrl).split(",", 2)[1]);
+    }
+    $("digit-file").addEventListener("change", (event) => {
+      useFile(event.target.files[0]);
+      event.target.value = "";
+    });
+    drop.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      drop.classList.add("dragover");
+    });
+    drop.addEventListener("dragleave", () => drop.classList.remove("dragover"));
+    drop.addEventListener("drop", (event) => {
+      event.preventDefault();
+      drop.classList.remove("dragover");
+      useFile(event.dataTransfer.files[0]);
+    });
+
+    clear();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Tokenizer
+  // ---------------------------------------------------------------------------------------
+
+  function setupTokenizer() {
+    const text = $("tok-text");
+    const special = $("tok-special");
+    const showIds = $("tok-show-ids");
+    const chips = $("tok-chips");
+    const count = $("tok-count");
+    const chars = $("tok-chars");
+    const errorEl = $("tok-error");
+
+    const run = latestOnly(async (signal) => {
+      const value = text.value;
+      const answer = await api("/tokenize", { text: value, add_special_tokens: special.checked }, { signal });
+      if (signal.aborted) return;
+      chips.textContent = "";
+      answer.tokens.forEach((token, i) => {
+        const chip = document.createElement("span");
+        const offset = answer.offsets && answer.offsets[i];
+        const isSpecial = offset && offset[0] === offset[1] && token !== "";
+        chip.className = `chip c${i % 8}` + (isSpecial ? " special" : "");
+        chip.title = `id ${answer.ids[i]}` + (offset ? ` · characters ${offset[0]}–${offset[1]}` : "") + ` · ${JSON.stringify(token)}`;
+        chip.dataset.id = String(answer.ids[i]);
+        const body = document.createElement("span");
+        body.className = "chip-text";
+        visibleToken(token, body);
+        const id = document.createElement("span");
+        id.className = "chip-id";
+        id.textContent = String(answer.ids[i]);
+        chip.append(body, id);
+        chips.append(chip);
+      });
+      count.textContent = String(answer.count);
+      chars.textContent = String([...value].length);
+      showError(errorEl, null);
+    });
+
+    const refresh = debounce(() => run().catch((err) => showError(errorEl, err)), 250);
+    text.addEventListener("input", () => refresh());
+    special.addEventListener("change", () => refresh.flush());
+    showIds.addEventListener("change", () => chips.classList.toggle("show-ids", showIds.checked));
+    refresh.flush();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Next token, one step at a time
+  // ---------------------------------------------------------------------------------------
+
+  function setupNextToken() {
+    const prompt = $("nt-prompt");
+    const topk = $("nt-topk");
+    const temp = $("nt-temp");
+    const list = $("nt-candidates");
+    const info = $("nt-info");
+    const undo = $("nt-undo");
+    const errorEl = $("nt-error");
+    const history = [];
+
+    const run = latestOnly(async (signal) => {
+      if (!prompt.value) {
+        list.textContent = "";
+        info.textContent = "Type a prompt to see what the model expects next.";
+        showError(errorEl, null);
+        return;
+      }
+      const body = { prompt: prompt.value, top_k: Number(topk.value) || 10 };
+      const t = Number(temp.value);
+      if (temp.value !== "" && t !== 1) body.temperature = t;
+      const answer = await api("/next-token-probs", body, { signal });
+      if (signal.aborted) return;
+      list.textContent = "";
+      const covered = answer.candidates.reduce((sum, c) => sum + c.probability, 0);
+      answer.candidates.forEach((c, i) => {
+        const li = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "candidate";
+        button.dataset.token = c.token;
+        button.title = `id ${c.id} · probability ${c.probability.toFixed(4)} · log-probability ${c.logprob.toFixed(3)} — click to append`;
+        const tok = document.createElement("span");
+        tok.className = "tok";
+        visibleToken(c.token, tok);
+        const row = barRow(document.createTextNode(""), c.probability, { top: i === 0 });
+        const track = row.querySelector(".bar-track");
+        const value = row.querySelector(".bar-value");
+        button.append(tok, track, value);
+        button.setAttribute("aria-label", `Append ${JSON.stringify(c.token)}, probability ${pct(c.probability)}`);
+        button.addEventListener("click", () => append(c.token));
+        li.append(button);
+        list.append(li);
+      });
+      info.innerHTML = "";
+      const strong = document.createElement("strong");
+      strong.textContent = String(answer.prompt_tokens);
+      info.append(strong, ` prompt tokens · the top ${answer.candidates.length} cover ${pct(covered)} of the probability`);
+      showError(errorEl, null);
+    });
+
+    const refresh = debounce(() => run().catch((err) => showError(errorEl, err)), 350);
+
+    function append(token) {
+      history.push(prompt.value);
+      undo.disabled = false;
+      prompt.value += token;
+      refresh.flush();
+      // Keep keyboard users in the list: focus the new first candidate once it is there.
+      const focusFirst = () => {
+        const first = list.querySelector("button");
+        if (first && document.activeElement && document.activeElement.closest && !document.activeElement.closest("#nt-candidates")) first.focus();
+      };
+      setTimeout(focusFirst, 0);
+    }
+
+    undo.addEventListener("click", () => {
+      if (!history.length) return;
+      prompt.value = history.pop();
+      undo.disabled = history.length === 0;
+      refresh.flush();
+    });
+    prompt.addEventListener("input", () => refresh());
+    topk.addEventListener("change", () => refresh.flush());
+    temp.addEventListener("change", () => refresh.flush());
+    $("nt-refresh").addEventListener("click", () => refresh.flush());
+    refresh.flush();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Generation (streamed)
+  // ---------------------------------------------------------------------------------------
+
+  function setupGeneration() {
+    const form = $("gen-form");
+    const prompt = $("gen-prompt");
+    const temp = $("gen-temp");
+    const topp = $("gen-topp");
+    const maxTokens = $("gen-max");
+    const seed = $("gen-seed");
+    const chat = $("gen-chat");
+    const start = $("gen-start");
+    const stop = $("gen-stop");
+    const output = $("gen-output");
+    const status = $("gen-status");
+    const inspector = $("gen-inspector");
+    const errorEl = $("gen-error");
+    let controller = null;
+    let selected = null;
+
+    const setStatus = (state, text) => {
+      status.dataset.state = state;
+      status.textContent = text;
+    };
+
+    /** Red (unlikely) through amber to green (likely). */
+    const tint = (p) => `hsl(${Math.round(Math.max(0, Math.min(1, p)) * 130)} 80% 80%)`;
+
+    function inspect(span, step) {
+      if (selected) selected.classList.remove("selected");
+      selected = span;
+      span.classList.add("selected");
+      inspector.textContent = "";
+      const title = document.createElement("h3");
+      title.textContent = `Step ${step.index + 1}: picked ${JSON.stringify(step.token)} with probability ${pct(step.probability)}`;
+      inspector.append(title);
+      const alternatives = step.alternatives || [];
+      alternatives.forEach((a) => {
+        const label = document.createElement("span");
+        visibleToken(a.token, label);
+        inspector.append(barRow(label, a.probability, { top: a.id === step.id }));
+      });
+      if (!alternatives.length) inspector.append("No alternatives for this step.");
+      inspector.hidden = false;
+    }
+
+    function tokenSpan(step) {
+      const span = document.createElement("span");
+      span.className = "gen-token" + (step.special ? " special" : "");
+      span.textContent = step.text !== undefined && step.text !== null ? step.text : step.token;
+      span.style.backgroundColor = tint(step.probability);
+      const alts = (step.alternatives || []).map((a) => `${JSON.stringify(a.token)} ${pct(a.probability)}`).join("\n");
+      span.title = `${JSON.stringify(step.token)} · probability ${pct(step.probability)}` + (alts ? `\nalternatives:\n${alts}` : "");
+      span.addEventListener("click", () => inspect(span, step));
+      return span;
+    }
+
+    function readNumber(input, name, { integer = false, optional = false } = {}) {
+      const raw = input.value.trim();
+      if (raw === "") {
+        if (optional) return undefined;
+        throw new ApiError(`${name}: enter a number`, 0, null);
+      }
+      const value = Number(raw);
+      if (!Number.isFinite(value) || (integer && !Number.isInteger(value))) {
+        throw new ApiError(`${name}: “${raw}” is not ${integer ? "a whole number" : "a number"}`, 0, null);
+      }
+      return value;
+    }
+
+    async function generate() {
+      if (controller) return;
+      showError(errorEl, null);
+      let body;
+      try {
+        const temperature = readNumber(temp, "Temperature");
+        body = {
+          max_new_tokens: readNumber(maxTokens, "Max tokens", { integer: true }),
+          temperature,
+          top_p: readNumber(topp, "Top p"),
+          do_sample: temperature > 0,
+          top_alternatives: 5,
+          stream: true,
+        };
+        const s = readNumber(seed, "Seed", { integer: true, optional: true });
+        if (s !== undefined) body.seed = s;
+        if (!prompt.value) throw new ApiError("Prompt: type something for the model to continue.", 0, null);
+        if (chat.checked) body.messages = [{ role: "user", content: prompt.value }];
+        else body.prompt = prompt.value;
+      } catch (err) {
+        showError(errorEl, err);
+        return;
+      }
+
+      output.textContent = "";
+      inspector.hidden = true;
+      selected = null;
+      if (!chat.checked) {
+        const p = document.createElement("span");
+        p.className = "prompt";
+        p.textContent = prompt.value;
+        output.append(p);
+      }
+      controller = new AbortController();
+      start.disabled = true;
+      stop.disabled = false;
+      let count = 0;
+      const began = performance.now();
+      setStatus("running", "Generating…");
+      try {
+        let finished = false;
+        await streamEvents(
+          "/generate",
+          body,
+          (event, data) => {
+            if (event === "token") {
+              count += 1;
+              output.append(tokenSpan(data));
+              output.scrollTop = output.scrollHeight;
+              const secs = (performance.now() - began) / 1000;
+              setStatus("running", `Generating… ${count} token${count === 1 ? "" : "s"} · ${(count / Math.max(secs, 1e-3)).toFixed(1)} tokens/s`);
+            } else if (event === "done") {
+              finished = true;
+              const t = data.timing || {};
+              const speed = t.tokens_per_second ? ` · ${t.tokens_per_second.toFixed(1)} tokens/s` : "";
+              const total = t.total_seconds !== undefined ? ` in ${t.total_seconds.toFixed(2)} s` : "";
+              const n = data.usage ? data.usage.completion_tokens : count;
+              setStatus("done", `Done (${data.finish_reason}): ${n} token${n === 1 ? "" : "s"}${total}${speed}`);
+            } else if (event === "error") {
+              finished = true;
+              const message = describeError(500, data, "generation failed");
+              setStatus("error", "Failed.");
+              showError(errorEl, new ApiError(message, 500, data));
+            }
+          },
+          { signal: controller.signal },
+        );
+        if (!finished) setStatus("stopped", `The stream ended early after ${count} tokens.`);
+      } catch (err) {
+        if (err.name === "AbortError") {
+          setStatus("stopped", `Stopped after ${count} token${count === 1 ? "" : "s"}.`);
+        } else {
+          setStatus("error", "Failed.");
+          showError(errorEl, err);
+        }
+      } finally {
+        controller = null;
+        start.disabled = false;
+        stop.disabled = true;
+      }
+    }
+
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      generate();
+    });
+    prompt.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        generate();
+      }
+    });
+    stop.addEventListener("click", () => {
+      if (controller) controller.abort(); // closing the connection makes the server cancel the generation
+      start.focus();
+    });
+    $("gen-clear").addEventListener("click", () => {
+      if (controller) controller.abort();
+      output.innerHTML = '<span class="placeholder">The generated text appears here.</span>';
+      inspector.hidden = true;
+      showError(errorEl, null);
+      setStatus("idle", "Ready.");
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  function setupApiKey() {
+    const input = $("api-key-input");
+    try {
+      input.value = sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (_) {
+      /* storage blocked: the key lives in the field only */
+    }
+    input.addEventListener("change", () => {
+      try {
+        sessionStorage.setItem(KEY_STORAGE, input.value.trim());
+      } catch (_) {
+        /* ignore */
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    setupApiKey();
+    checkService();
+    setupDigits();
+    setupTokenizer();
+    setupNextToken();
+    setupGeneration();
+  });
+})();

@@ -1,0 +1,202 @@
+"""Browser fixtures: the real service on a free localhost port, and Debian's chromium driven by Playwright.
+
+The service runs in a thread (uvicorn.Server) on the models the session already loaded. Chromium is the
+system one (`/usr/bin/chromium`, `apt-get install chromium`); Playwright's own browser download is never
+used. Without chromium the tests skip on a developer machine and fail in CI (`CI` set), where `.ci/run`
+installs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.config import Settings
+from service.state import LoadedModels
+
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root in a container
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a developer machine; in CI a missing browser is a failure, never a skip."""
+    if _in_ci():
+        pytest.fail(f"{reason} (CI must run the browser tests: .ci/run installs chromium)", pytrace=False)
+    pytest.skip(reason)
+
+
+def find_chromium() -> str | None:
+    explicit = os.environ.get("CHROMIUM_PATH")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    for name in CHROMIUM_CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29; newer ones skip this off the main thread
+        pass
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings, loaded_models: LoadedModels) -> Iterator[str]:
+    """The real app on 127.0.0.1:<free port>, as a base URL.
+
+    It gets its own `LoadedModels` (same model objects, engine None) so that its lifespan starts and stops
+    its own generation engine without touching the engine of the in-process `app` fixture.
+    """
+    models = dataclasses.replace(loaded_models, engine=None, load_seconds=dict(loaded_models.load_seconds))
+    app = create_app(settings, models=models)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    server = _ThreadedServer(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="live-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the live server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+# --- the browser ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = find_chromium()
+    if path is None:
+        _unavailable("chromium is not installed (apt-get install chromium)")
+    return path  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+async def browser(chromium_path: str) -> AsyncIterator[Any]:
+    """Playwright's async API, so that it shares the test session's event loop with the other async tests."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[dev]')")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@dataclasses.dataclass
+class PageProblems:
+    """What went wrong in the page: console errors, uncaught exceptions, requests that left localhost."""
+
+    console_errors: list[str] = dataclasses.field(default_factory=list)
+    page_errors: list[str] = dataclasses.field(default_factory=list)
+    external_requests: list[str] = dataclasses.field(default_factory=list)
+    expect_http_errors: bool = False  # a test that provokes 4xx answers sets this (the browser logs each one)
+
+    def assert_clean(self) -> None:
+        assert not self.external_requests, f"the page reached outside the service: {self.external_requests}"
+        assert not self.page_errors, f"uncaught errors in the page: {self.page_errors}"
+        console = self.console_errors
+        if self.expect_http_errors:
+            console = [m for m in console if "the server responded with a status of 4" not in m]
+        assert not console, f"console errors in the page: {console}"
+
+
+async def _open_page(browser: Any, live_server: str, viewport: dict[str, int], **context_args: Any) -> tuple[Any, Any, PageProblems]:
+    context = await browser.new_context(viewport=viewport, **context_args)
+    context.set_default_timeout(30_000)
+    problems = PageProblems()
+
+    async def guard(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(live_server) or url.startswith("data:") or url.startswith("blob:"):
+            await route.continue_()
+        else:
+            problems.external_requests.append(url)
+            await route.abort()
+
+    await context.route("**/*", guard)
+    page = await context.new_page()
+    page.on("console", lambda msg: problems.console_errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.page_errors.append(str(exc)))
+    await page.goto(live_server + "/")
+    await page.wait_for_function("() => document.getElementById('service-status').dataset.state === 'ready'")
+    return context, page, problems
+
+
+@pytest.fixture
+async def page_and_problems(browser: Any, live_server: str) -> AsyncIterator[tuple[Any, PageProblems]]:
+    """A fresh desktop-sized page on the playground, checked for errors and external requests afterwards."""
+    context, page, problems = await _open_page(browser, live_server, {"width": 1280, "height": 1000})
+    try:
+        yield page, problems
+    finally:
+        await context.close()
+    problems.assert_clean()
+
+
+@pytest.fixture
+def page(page_and_problems: tuple[Any, PageProblems]) -> Any:
+    return page_and_problems[0]
+
+
+@pytest.fixture
+async def phone_page(browser: Any, live_server: str) -> AsyncIterator[Any]:
+    """The playground on a phone-sized touch screen."""
+    context, page, problems = await _open_page(
+        browser, live_server, {"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
+    try:
+        yield page
+    finally:
+        await context.close()
+    problems.assert_clean()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(output_dir: Path) -> Path:
+    path = output_dir / "web"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
