@@ -1,0 +1,149 @@
+"""Prometheus metrics, named `genai_*`, in one registry per app (so several apps in one process never clash).
+
+HTTP metrics are recorded by the request middleware; generation metrics by listeners on the engine
+(called on the engine thread; prometheus-client is thread-safe); queue gauges are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from service.language.engine import FinishEvent, GenerationEngine
+    from service.state import LoadedModels
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_TOKEN_COUNT_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class ServiceMetrics:
+    """Every metric the service exports. `bind(models)` hooks the engine in once the lifespan has started it."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # the `*_created` series double the output and no dashboard reads them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # --- HTTP ---------------------------------------------------------------------------
+        self.http_requests = Counter(
+            "genai_http_requests", "HTTP requests answered, by route template, method and status code.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.http_latency = Histogram(
+            "genai_http_request_duration_seconds", "Time from request start to the end of the response (streams included).",
+            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.http_in_progress = Gauge(
+            "genai_http_requests_in_progress", "HTTP requests being served right now.", registry=r
+        )
+        # --- generation -----------------------------------------------------------------------
+        self.ttft = Histogram(
+            "genai_time_to_first_token_seconds", "From submission to the first generated token (queueing and prefill).",
+            buckets=_TTFT_BUCKETS, registry=r,
+        )
+        self.inter_token = Histogram(
+            "genai_inter_token_latency_seconds", "Gap between consecutive generated tokens of one request.",
+            buckets=_TOKEN_LATENCY_BUCKETS, registry=r,
+        )
+        self.e2e = Histogram(
+            "genai_generation_duration_seconds", "From submission to the end of a generation.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_time = Histogram(
+            "genai_generation_queue_seconds", "Time a generation waited for a place in the batch.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.generated_tokens = Counter("genai_generated_tokens", "Tokens generated.", registry=r)
+        self.prompt_tokens = Counter("genai_prompt_tokens", "Prompt tokens prefilled for generations.", registry=r)
+        self.generated_per_request = Histogram(
+            "genai_generation_tokens_per_request", "Tokens generated per request.", buckets=_TOKEN_COUNT_BUCKETS, registry=r
+        )
+        self.prompt_per_request = Histogram(
+            "genai_prompt_tokens_per_request", "Prompt tokens per generation request.", buckets=_TOKEN_COUNT_BUCKETS, registry=r
+        )
+        self.generations = Counter(
+            "genai_generations", "Finished generations, by finish reason (eos, stop, length, time_limit, cancelled).",
+            ["finish_reason"], registry=r,
+        )
+        self.batch_size = Histogram(
+            "genai_batch_size", "Sequences decoded together per engine step.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.step_seconds = Histogram(
+            "genai_engine_step_seconds", "Duration of one batched decode step.", buckets=_TOKEN_LATENCY_BUCKETS, registry=r
+        )
+        self.running = Gauge("genai_requests_running", "Generations in the running batch.", registry=r)
+        self.waiting = Gauge("genai_requests_waiting", "Generations queued for a place in the batch.", registry=r)
+        # --- digits and models ---------------------------------------------------------------
+        self.digit_predictions = Counter(
+            "genai_digit_predictions", "Digit classifications served, by predicted digit and endpoint.",
+            ["digit", "endpoint"], registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "genai_model_load_seconds", "Time taken to load each model at start-up.", ["model"], registry=r
+        )
+        self.ready = Gauge("genai_ready", "1 when the models are loaded and the service accepts work.", registry=r)
+        self._engine: GenerationEngine | None = None
+        self.running.set_function(lambda: self._engine.running_count if self._engine is not None else 0)
+        self.waiting.set_function(lambda: self._engine.waiting_count if self._engine is not None else 0)
+
+    # ---- wiring ------------------------------------------------------------------------------
+
+    def bind(self, models: LoadedModels) -> None:
+        """Record load times and observe the engine the lifespan started."""
+        for name, seconds in models.load_seconds.items():
+            self.model_load_seconds.labels(model=name).set(seconds)
+        engine = models.engine
+        if engine is not None and engine is not self._engine:
+            engine.step_listeners.append(self._on_step)
+            engine.token_listeners.append(self._on_token)
+            engine.finish_listeners.append(self._on_finish)
+            self._engine = engine
+
+    def unbind(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        for listeners, fn in (
+            (engine.step_listeners, self._on_step),
+            (engine.token_listeners, self._on_token),
+            (engine.finish_listeners, self._on_finish),
+        ):
+            if fn in listeners:
+                listeners.remove(fn)
+
+    # ---- engine listeners (engine thread) --------------------------------------------------
+
+    def _on_step(self, batch_size: int, seconds: float) -> None:
+        self.batch_size.observe(batch_size)
+        self.step_seconds.observe(seconds)
+
+    def _on_token(self, gap: float | None) -> None:
+        if gap is not None:
+            self.inter_token.observe(gap)
+
+    def _on_finish(self, event: FinishEvent) -> None:
+        self.generations.labels(finish_reason=event.finish_reason).inc()
+        self.generated_tokens.inc(event.completion_tokens)
+        self.prompt_tokens.inc(event.prompt_tokens)
+        self.generated_per_request.observe(event.completion_tokens)
+        self.prompt_per_request.observe(event.prompt_tokens)
+        self.e2e.observe(event.total_seconds)
+        self.queue_time.observe(event.queue_seconds)
+        if event.time_to_first_token_seconds is not None:
+            self.ttft.observe(event.time_to_first_token_seconds)
+
+    # ---- other recorders ---------------------------------------------------------------------
+
+    def record_digits(self, digits: list[int], endpoint: str) -> None:
+        for digit in digits:
+            self.digit_predictions.labels(digit=str(int(digit)), endpoint=endpoint).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

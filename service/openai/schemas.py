@@ -1,0 +1,315 @@
+"""Request and response bodies of the OpenAI-compatible API (`/v1/completions`, `/v1/chat/completions`, `/v1/models`).
+
+Fields follow OpenAI's API reference. Fields this service cannot honour are refused with a 400 that
+names them (never silently ignored), except `user`, which only labels a request. Unknown fields are
+refused too. `top_k`, `repetition_penalty` and `ignore_eos` are extensions (vLLM's names), sent with
+the `openai` client through `extra_body`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+MAX_LOGPROBS = 20
+MAX_CHOICES = 16
+
+
+def _stop_list(value: str | list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    if any(s == "" for s in items):
+        raise ValueError("stop strings must not be empty")
+    return items or None
+
+
+def _refuse(value: Any, allowed: tuple[Any, ...], reason: str) -> Any:
+    """Field validators below use this so that the error's `param` names the refused field."""
+    if value is not None and value not in allowed:
+        raise ValueError(f"not supported by this server ({reason})")
+    return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = Field(default=False, description="Send a last chunk with empty `choices` and the usage (usage also rides on each choice's final chunk).")
+    continuous_usage_stats: bool = Field(default=False, description="Accepted for vLLM compatibility; ignored.")
+
+
+class _SamplingFields(BaseModel):
+    """What completions and chat share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="The served model's id (see `GET /v1/models`); empty = that model.")
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False, description="0 = greedy; default 1 (sampling), as OpenAI.")
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description=f"Choices per prompt (at most {MAX_CHOICES} in all).")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(default=None, description="Up to GENAI_MAX_STOP_SEQUENCES strings; the text ends before the first one.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Same seed + same request = same text (choice i uses seed + i).")
+    presence_penalty: float | None = Field(default=None, description="Only 0 (refused otherwise; see `repetition_penalty`).")
+    frequency_penalty: float | None = Field(default=None, description="Only 0 (refused otherwise; see `repetition_penalty`).")
+    logit_bias: dict[str, float] | None = Field(default=None, description="Refused unless empty.")
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+    # extensions, as vLLM names them
+    top_k: int = Field(default=0, ge=0, description="Extension: sample among the k most likely tokens (0 = all).")
+    repetition_penalty: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False, description="Extension: > 1 discourages repeats (CTRL's penalty).")
+    ignore_eos: bool = Field(default=False, description="Extension: keep generating past the end-of-sequence token.")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> list[str] | None:
+        return _stop_list(value)
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalties(cls, value: float | None) -> float | None:
+        return _refuse(value, (0, 0.0), "only 0; use the extension `repetition_penalty` instead")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("not supported by this server (only an empty map)")
+        return value
+
+
+class CompletionRequest(_SamplingFields):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+                {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "logprobs": 3},
+                {"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0.8, "seed": 42, "stream": True},
+            ]
+        },
+    )
+
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
+    max_tokens: int | None = Field(default=None, ge=0, description="Default 16 (as OpenAI). 0 only with `echo` (score the prompt).")
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, description=f"Return each token's logprob and the top `logprobs` alternatives (0..{MAX_LOGPROBS}).")
+    echo: bool = Field(default=False, description="Prepend the prompt to the text (with `logprobs`: the prompt tokens' logprobs too).")
+    best_of: int | None = Field(default=None, description="Refused unless 1 or equal to `n`.")
+    suffix: str | None = Field(default=None, description="Refused (no insertion mode).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, (str, list)) and len(value) == 0:
+            raise ValueError("prompt must not be empty")
+        if isinstance(value, list) and any(isinstance(p, (str, list)) and len(p) == 0 for p in value):
+            raise ValueError("no prompt in the list may be empty")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return _refuse(value, (1, info.data.get("n", 1)), "only 1 or equal to `n`")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        return _refuse(value, (), "no insertion mode")
+
+    @model_validator(mode="after")
+    def _zero_tokens(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens = 0 is only meaningful with `echo: true` (to score the prompt)")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = Field(default=None, description="Accepted and ignored.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatMessageIn:
+        if self.role in ("tool", "function"):
+            raise ValueError(f"role `{self.role}` is not supported by this server (no tool calling)")
+        if self.content is None:
+            raise ValueError("content is required")
+        if isinstance(self.content, list):
+            for part in self.content:
+                if part.get("type") != "text":
+                    raise ValueError(f"content parts of type `{part.get('type')}` are not supported (text only)")
+                TextPart.model_validate(part)
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(str(part["text"]) for part in self.content or [])
+
+    def template_role(self) -> Literal["system", "user", "assistant"]:
+        return "system" if self.role == "developer" else self.role  # type: ignore[return-value]
+
+
+class ChatCompletionRequest(_SamplingFields):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "temperature": 0},
+                {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2},
+            ]
+        },
+    )
+
+    messages: list[ChatMessageIn] = Field(min_length=1, description="Rendered with the model's chat template; text content only.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Default GENAI_DEFAULT_MAX_NEW_TOKENS (capped by the context).")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="OpenAI's newer name for `max_tokens`.")
+    logprobs: bool = Field(default=False, description="Return each generated token's logprob.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, description=f"With `logprobs`, the top alternatives per token (0..{MAX_LOGPROBS}).")
+    tools: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
+    tool_choice: Any = Field(default=None, description="Only `none`.")
+    functions: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
+    function_call: Any = Field(default=None, description="Only `none`.")
+    parallel_tool_calls: bool | None = Field(default=None, description="Accepted and ignored.")
+    response_format: dict[str, Any] | None = Field(default=None, description="Only `{\"type\": \"text\"}`.")
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("not supported by this server (no tool calling)")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        return _refuse(value, ("none",), "no tool calling; only `none`")
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError('not supported by this server (only {"type": "text"})')
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("needs `logprobs: true`")
+        return value
+
+    @model_validator(mode="after")
+    def _one_max_tokens(self) -> ChatCompletionRequest:
+        if self.max_tokens is not None and self.max_completion_tokens is not None and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("give `max_tokens` or `max_completion_tokens`, not two different values")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+# ---- responses ------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "genai-service"
+    max_model_len: int | None = Field(default=None, description="Extension (as vLLM): the model's context length.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
