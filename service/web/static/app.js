@@ -143,7 +143,7 @@
   /** Run `task(signal)` so that only the latest call's result counts: a newer call aborts the older one. */
   function latestOnly(task) {
     let controller = null;
-    return async (...args) => {
+    const run = async (...args) => {
       if (controller) controller.abort();
       const mine = new AbortController();
       controller = mine;
@@ -156,6 +156,10 @@
         if (controller === mine) controller = null;
       }
     };
+    run.cancel = () => {
+      if (controller) controller.abort();
+    };
+    return run;
   }
 
   function showError(el, err) {
@@ -171,7 +175,6 @@
   const pct = (p) => {
     const v = p * 100;
     if (v >= 99.95) return "100%";
-    if (v >= 10) return `${v.toFixed(1)}%`;
     if (v >= 0.1) return `${v.toFixed(1)}%`;
     return v > 0 ? "<0.1%" : "0%";
   };
@@ -266,6 +269,8 @@
     const bars = $("digit-bars");
     const prediction = $("digit-prediction");
     const confidence = $("digit-confidence");
+    const preparedCanvas = $("digit-prepared");
+    const preparedCtx = preparedCanvas.getContext("2d");
     const errorEl = $("digit-error");
     const BRUSH = canvas.width / 14; // MNIST strokes are about 2 of the digit's 20 pixels
     let blank = true;
@@ -286,7 +291,9 @@
     }
 
     function resetResult() {
-      prediction.textContent = "–";
+      prediction.textContent = "?";
+      preparedCtx.fillStyle = "#000";
+      preparedCtx.fillRect(0, 0, 28, 28);
       delete prediction.dataset.digit;
       confidence.textContent = "";
       barItems.forEach((li) => {
@@ -298,6 +305,7 @@
 
     function clear() {
       classify.cancel();
+      send.cancel();
       paintBackground();
       blank = true;
       placeholder.hidden = false;
@@ -315,10 +323,25 @@
         probs = Array.from({ length: 10 }, (_, d) => Number(probs[d] ?? probs[String(d)] ?? 0));
       }
       const digit = p.digit ?? p.label ?? p.prediction ?? (probs ? probs.indexOf(Math.max(...probs)) : null);
-      return { digit: Number(digit), probs: probs || null };
+      return { digit: Number(digit), probs: probs || null, prepared: p.prepared || null };
     }
 
-    function showPrediction({ digit, probs }) {
+    /** Draw the 28x28 input the model saw (0..255, ink high), so people see what MNIST preparation did. */
+    function showPrepared(rows) {
+      if (!Array.isArray(rows) || rows.length !== 28) return;
+      const img = preparedCtx.createImageData(28, 28);
+      rows.forEach((row, y) =>
+        row.forEach((v, x) => {
+          const i = (y * 28 + x) * 4;
+          img.data[i] = img.data[i + 1] = img.data[i + 2] = v;
+          img.data[i + 3] = 255;
+        }),
+      );
+      preparedCtx.putImageData(img, 0, 0);
+    }
+
+    function showPrediction({ digit, probs, prepared }) {
+      showPrepared(prepared);
       prediction.textContent = String(digit);
       prediction.dataset.digit = String(digit);
       confidence.textContent = probs ? `${pct(probs[digit])} sure` : "";
@@ -331,17 +354,27 @@
     }
 
     const send = latestOnly(async (signal, base64Png) => {
-      const answer = await api("/classify-digit", { image: base64Png }, { signal });
+      const answer = await api("/classify-digit", { image: base64Png, include_prepared: true }, { signal });
       if (signal.aborted) return;
       showPrediction(readPrediction(answer));
       showError(errorEl, null);
     });
 
+    // aria-busy on the result while a prediction is due or on its way (tests and screen readers wait on it).
+    const result = bars.closest(".digit-result");
+    let inFlight = 0;
+    const updateBusy = () => result.setAttribute("aria-busy", String(inFlight > 0 || pending !== null));
+
     async function classifyNow(base64Png) {
+      inFlight += 1;
+      updateBusy();
       try {
         await send(base64Png);
       } catch (err) {
         showError(errorEl, err);
+      } finally {
+        inFlight -= 1;
+        updateBusy();
       }
     }
 
@@ -354,7 +387,9 @@
         pending = setTimeout(() => {
           pending = null;
           if (!blank) classifyNow(canvasPng());
+          updateBusy();
         }, 200);
+        updateBusy();
       },
       now() {
         this.cancel();
@@ -363,6 +398,7 @@
       cancel() {
         clearTimeout(pending);
         pending = null;
+        updateBusy();
       },
     };
 
@@ -641,7 +677,18 @@
     function tokenSpan(step) {
       const span = document.createElement("span");
       span.className = "gen-token" + (step.special ? " special" : "");
-      span.textContent = step.text !== undefined && step.text !== null ? step.text : step.token;
+      const text = step.text !== undefined && step.text !== null ? step.text : step.token;
+      // Newlines are shown as ↵ (then the line break itself), so that they can be seen and hovered.
+      text.split(/(\n)/).forEach((part) => {
+        if (part === "\n") {
+          const mark = document.createElement("span");
+          mark.className = "nl";
+          mark.textContent = "↵";
+          span.append(mark, "\n");
+        } else if (part) {
+          span.append(part);
+        }
+      });
       span.style.backgroundColor = tint(step.probability);
       const alts = (step.alternatives || []).map((a) => `${JSON.stringify(a.token)} ${pct(a.probability)}`).join("\n");
       span.title = `${JSON.stringify(step.token)} · probability ${pct(step.probability)}` + (alts ? `\nalternatives:\n${alts}` : "");
