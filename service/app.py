@@ -13,9 +13,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.config import Settings
+from service.digits.model import DigitModelError, load_digit_classifier
 from service.errors import install_error_handlers
 from service.language.engine import GenerationEngine
-from service.language.model import load_language_model
+from service.language.model import ModelLoadError, load_language_model
 from service.limits import BodySizeLimitMiddleware
 from service.observability.metrics import ServiceMetrics
 from service.observability.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -36,6 +37,13 @@ Every error is JSON: `{"error": {"message", "type", "param", "code"}}`; invalid 
 def load_models(settings: Settings) -> LoadedModels:
     """Load every enabled model (blocking). Called by the lifespan, or ahead of it by the CLI for a clean error."""
     models = LoadedModels()
+    # Digits first: a bad digit model file should fail start-up before a slow language-model load.
+    started = time.perf_counter()
+    try:
+        models.digits = load_digit_classifier(settings)
+    except DigitModelError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    models.load_seconds["digits"] = time.perf_counter() - started
     if settings.load_language_model:
         started = time.perf_counter()
         models.language = load_language_model(
@@ -99,6 +107,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, log_prompts=settings.log_prompts)
 
+    from service.digits.router import router as digits_router
     from service.language.router import router as language_router
     from service.system.router import router as system_router
     from service.web.router import router as web_router
@@ -110,6 +119,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.include_router(metrics_router)
     # Model routes need an API key when GENAI_API_KEYS is set (`/v1` and `/v2` routers carry their own).
     app.include_router(language_router, dependencies=[ApiKey])
+    app.include_router(digits_router, dependencies=[ApiKey])
     app.include_router(openai_router)
     app.include_router(web_router)
     return app

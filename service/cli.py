@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-digits"]:  # argparse's REMAINDER rejects options that come first (`train-digits --full`)
+        return cmd_train_digits(argparse.Namespace(train_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

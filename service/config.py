@@ -59,7 +59,7 @@ class Settings(BaseSettings):
 
     # --- digit classifier -------------------------------------------------------------
     digits_model_path: Path | None = Field(
-        default=None, description="Digit model file (skops). Empty = the packaged default; trained at start-up if missing."
+        default=None, description="Digit model file (.npz arrays, see `make train-digits`). Empty = the packaged default; trained at start-up if missing."
     )
     digits_max_batch: int = Field(default=64, ge=1)
     digits_max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=1)

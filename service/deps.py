@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.config import Settings
+from service.digits.model import DigitClassifier
 from service.errors import ModelNotReady
 from service.language.engine import GenerationEngine
 from service.language.model import LanguageModel
@@ -35,7 +36,7 @@ def get_engine(request: Request) -> GenerationEngine:
     return engine
 
 
-def get_digit_classifier(request: Request) -> Any:
+def get_digit_classifier(request: Request) -> DigitClassifier:
     classifier = request.app.state.models.digits
     if classifier is None:
         raise ModelNotReady("the digit classifier is not loaded yet")
@@ -46,4 +47,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[LoadedModels, Depends(get_models)]
 LanguageModelDep = Annotated[LanguageModel, Depends(get_language_model)]
 EngineDep = Annotated[GenerationEngine, Depends(get_engine)]
-DigitClassifierDep = Annotated[Any, Depends(get_digit_classifier)]
+DigitClassifierDep = Annotated[DigitClassifier, Depends(get_digit_classifier)]
