@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     from service.web.router import router as web_router
 
     from service.observability.router import router as metrics_router
+    from service.oip.router import router as oip_router
     from service.openai.router import router as openai_router
 
     app.include_router(system_router)
@@ -121,5 +122,6 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.include_router(language_router, dependencies=[ApiKey])
     app.include_router(digits_router, dependencies=[ApiKey])
     app.include_router(openai_router)
+    app.include_router(oip_router)
     app.include_router(web_router)
     return app

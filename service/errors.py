@@ -3,6 +3,7 @@
 Every 4xx/5xx body is `{"error": {"message", "type", "param", "code", "details"}}`: the same keys as
 OpenAI's error object (so `/v1` clients read it natively), plus `details` listing each invalid field.
 Validation errors are 422 on the native API (FastAPI's and TGI's convention) and 400 under `/v1`.
+Under `/v2` (Open Inference Protocol) the protocol fixes the body as `{"error": "<message>"}`, with 400.
 """
 
 from __future__ import annotations
@@ -79,8 +80,20 @@ def _is_openai_route(request: Request) -> bool:
     return request.url.path.startswith("/v1/")
 
 
+def _is_oip_route(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def _validation_status(request: Request) -> int:
-    return 400 if _is_openai_route(request) else 422
+    return 400 if _is_openai_route(request) or _is_oip_route(request) else 422
+
+
+def _error_response(request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The shared shape, except under `/v2`, where the Open Inference Protocol fixes it as `{"error": "<message>"}`."""
+    if _is_oip_route(request):
+        body = {"error": body["error"]["message"]}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -112,21 +125,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         status = exc.status_code
-        if status == 422 and _is_openai_route(request):
+        if status == 422 and (_is_openai_route(request) or _is_oip_route(request)):
             status = 400
-        return JSONResponse(
-            error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param),
-            status_code=status,
-            headers=exc.headers,
+        return _error_response(
+            request, error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param), status, exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param, details = _describe_validation_error(exc)
         status = _validation_status(request)
-        return JSONResponse(
-            error_body(message, error_type="invalid_request_error", code=status, param=param, details=details),
-            status_code=status,
+        return _error_response(
+            request, error_body(message, error_type="invalid_request_error", code=status, param=param, details=details), status
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -134,10 +144,9 @@ def install_error_handlers(app: FastAPI) -> None:
         error_type = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
         )
-        return JSONResponse(
-            error_body(str(exc.detail), error_type=error_type, code=exc.status_code),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+        return _error_response(
+            request, error_body(str(exc.detail), error_type=error_type, code=exc.status_code), exc.status_code,
+            getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)

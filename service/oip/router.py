@@ -1,0 +1,189 @@
+"""Open Inference Protocol (KServe v2 / Triton / MLServer) for the digit classifier, model name `mnist`.
+
+Health and server metadata stay open for probes; the model's metadata and inference need the API key
+when GENAI_API_KEYS is set. Errors under `/v2` take the protocol's shape, `{"error": "<message>"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service import __version__
+from service.deps import DigitClassifierDep, ModelsDep
+from service.errors import ServiceError
+from service.observability.context import annotate
+from service.oip.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    LiveResponse,
+    ModelMetadata,
+    ModelReadyResponse,
+    ReadyResponse,
+    ServerMetadata,
+    TensorMetadata,
+    inline_schema,
+)
+from service.oip.tensors import (
+    INPUT_NAME,
+    MODEL_NAME,
+    MODEL_VERSION,
+    OUTPUT_DIGITS,
+    OUTPUT_PROBABILITIES,
+    decode_input,
+    encode_outputs,
+    parse_request,
+)
+from service.security import ApiKey
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request: `{\"error\": \"<message>\"}`"},
+    401: {"description": "Missing or wrong API key (when GENAI_API_KEYS is set)"},
+    404: {"description": "Unknown model or version"},
+    503: {"description": "Model not loaded yet"},
+}
+
+
+class ModelNotFound(ServiceError):
+    status_code = 404
+    error_type = "not_found"
+
+
+def _check_model(name: str, version: str | None = None) -> None:
+    if name != MODEL_NAME:
+        raise ModelNotFound(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", param="model_name")
+    if version is not None and version != MODEL_VERSION:
+        raise ModelNotFound(f"unknown version {version!r} of {name!r}; available: [{MODEL_VERSION!r}]", param="model_version")
+
+
+def _not_ready(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="genai-service", version=__version__, extensions=["binary_tensor_data"])
+
+
+@router.get("/health/live", response_model=LiveResponse, summary="Liveness (open)")
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
+
+
+@router.get("/health/ready", response_model=ReadyResponse, responses={503: {"description": "Not ready"}}, summary="Readiness (open)")
+async def ready(request: Request, models: ModelsDep) -> ReadyResponse | JSONResponse:
+    if not request.app.state.ready or models.digits is None:
+        return _not_ready({"ready": False})
+    return ReadyResponse(ready=True)
+
+
+def _metadata(classifier: Any) -> ModelMetadata:
+    describe = classifier.describe() if hasattr(classifier, "describe") else {}
+    return ModelMetadata(
+        name=MODEL_NAME,
+        versions=[MODEL_VERSION],
+        platform="numpy-mlp",
+        inputs=[
+            TensorMetadata(
+                name=INPUT_NAME,
+                datatype="FP32",
+                shape=[-1, 784],
+                parameters={
+                    "also_accepted": {"datatype": ["FP64", "UINT8"], "shape": [[-1, 28, 28]]},
+                    "value_range": "FP32/FP64: 0-1 (ink = 1), or 0-255 with parameters.value_range; UINT8: 0-255",
+                },
+            )
+        ],
+        outputs=[
+            TensorMetadata(name=OUTPUT_PROBABILITIES, datatype="FP32", shape=[-1, 10]),
+            TensorMetadata(name=OUTPUT_DIGITS, datatype="INT64", shape=[-1]),
+        ],
+        parameters={k: describe.get(k) for k in ("architecture", "training_set", "heldout_accuracy") if k in describe},
+    )
+
+
+@router.get("/models/{model_name}", response_model=ModelMetadata, responses=_ERRORS, dependencies=[ApiKey], summary="Model metadata: input and output tensors")
+async def model_metadata(model_name: str, classifier: DigitClassifierDep) -> ModelMetadata:
+    _check_model(model_name)
+    return _metadata(classifier)
+
+
+@router.get(
+    "/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=_ERRORS, dependencies=[ApiKey],
+    summary="Model metadata of one version",
+)
+async def model_version_metadata(model_name: str, model_version: str, classifier: DigitClassifierDep) -> ModelMetadata:
+    _check_model(model_name, model_version)
+    return _metadata(classifier)
+
+
+@router.get("/models/{model_name}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model readiness (open)")
+async def model_ready(model_name: str, request: Request, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
+    _check_model(model_name)
+    if not request.app.state.ready or models.digits is None:
+        return _not_ready({"name": model_name, "ready": False})
+    return ModelReadyResponse(name=model_name, ready=True)
+
+
+@router.get("/models/{model_name}/versions/{model_version}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model version readiness (open)")
+async def model_version_ready(model_name: str, model_version: str, request: Request, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
+    _check_model(model_name, model_version)
+    return await model_ready(model_name, request, models)
+
+
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferenceRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Binary tensor extension: JSON header (length in `Inference-Header-Content-Length`) followed by raw tensors.",
+            },
+        },
+    }
+}
+
+
+async def _infer(model_name: str, model_version: str | None, request: Request, classifier: Any) -> Response:
+    _check_model(model_name, model_version)
+    raw = await request.body()
+    infer_request, binary = parse_request(raw, request.headers.get("inference-header-content-length"))
+    decoded = decode_input(infer_request, binary, request.app.state.settings.digits_max_batch)
+    probabilities = np.asarray(classifier.predict_proba(decoded.images), dtype=np.float64)
+    digits = probabilities.argmax(axis=1)
+    request.app.state.metrics.record_digits(digits.tolist(), endpoint="oip")
+    annotate(model=MODEL_NAME, images=int(digits.shape[0]))
+    encoded = encode_outputs(infer_request, probabilities, digits)
+    response = InferenceResponse(
+        model_name=MODEL_NAME, model_version=MODEL_VERSION, id=infer_request.id, outputs=encoded.outputs
+    )
+    body = response.model_dump_json(exclude_none=True).encode()
+    if not encoded.binary:
+        return Response(body, media_type="application/json")
+    return Response(
+        body + b"".join(encoded.binary),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(body))},
+    )
+
+
+@router.post(
+    "/models/{model_name}/infer", response_model=InferenceResponse, responses=_ERRORS, dependencies=[ApiKey],
+    openapi_extra=_INFER_DOC, summary="Classify digits: [N,784] or [N,28,28] pixels in, probabilities [N,10] and digits [N] out",
+)
+async def infer(model_name: str, request: Request, classifier: DigitClassifierDep) -> Response:
+    return await _infer(model_name, None, request, classifier)
+
+
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer", response_model=InferenceResponse, responses=_ERRORS,
+    dependencies=[ApiKey], openapi_extra=_INFER_DOC, summary="Classify digits with one model version",
+)
+async def infer_version(model_name: str, model_version: str, request: Request, classifier: DigitClassifierDep) -> Response:
+    return await _infer(model_name, model_version, request, classifier)

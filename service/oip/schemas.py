@@ -1,0 +1,118 @@
+"""Open Inference Protocol (KServe v2) bodies: server and model metadata, inference requests and responses.
+
+JSON tensors follow the protocol (`data` row-major, flat or nested, restored by `shape`); the binary
+tensor extension (Triton's: `binary_data_size` and an `Inference-Header-Content-Length` header) is
+parsed in the router, since such bodies are not JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerMetadata(BaseModel):
+    name: str = Field(examples=["genai-service"])
+    version: str = Field(examples=["0.1.0"])
+    extensions: list[str] = Field(examples=[["binary_tensor_data"]])
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+
+
+class ModelMetadata(BaseModel):
+    name: str = Field(examples=["mnist"])
+    versions: list[str] = Field(examples=[["1"]])
+    platform: str = Field(examples=["numpy-mlp"])
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(description="The input's name (this model has one input, `input`).")
+    shape: list[int] = Field(description="`[N, 784]` or `[N, 28, 28]`.")
+    datatype: str = Field(description="`FP32` (0..1, or 0..255 with parameters.value_range = \"0-255\"), `FP64`, or `UINT8` (0..255).")
+    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data_size` (binary extension); `value_range`.")
+    data: Any = Field(default=None, description="Row-major values, flat or nested. Absent with the binary extension.")
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data: true` returns the tensor as raw bytes after the JSON.")
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}],
+                    "outputs": [{"name": "digits"}, {"name": "probabilities"}],
+                }
+            ]
+        },
+    )
+
+    id: str | None = Field(default=None, description="Echoed in the response.")
+    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data_output: true` returns every output as raw bytes.")
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = Field(default=None, description="Which outputs to return (default: all).")
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined, for an `openapi_extra` request body."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)

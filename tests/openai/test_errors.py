@@ -1,0 +1,71 @@
+"""Invalid or unsupported requests under /v1 get 400 (404 for an unknown model) in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+PROMPT = "Hello"
+
+
+def _assert_openai_error(response: httpx.Response, status: int, param: str | None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": PROMPT, "max_tokens": 100000}, "max_tokens"),
+        ("/v1/completions", {"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
+        ("/v1/completions", {"prompt": PROMPT, "frequency_penalty": 1}, "frequency_penalty"),
+        ("/v1/completions", {"prompt": PROMPT, "logit_bias": {"1": 5}}, "logit_bias"),
+        ("/v1/completions", {"prompt": PROMPT, "best_of": 3}, "best_of"),
+        ("/v1/completions", {"prompt": PROMPT, "suffix": "x"}, "suffix"),
+        ("/v1/completions", {"prompt": PROMPT, "logprobs": 21}, "logprobs"),
+        ("/v1/completions", {"prompt": PROMPT, "temperature": 2.5}, "temperature"),
+        ("/v1/completions", {"prompt": PROMPT, "max_tokens": 0}, None),
+        ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": [999999999]}, "prompt"),
+        ("/v1/completions", {"prompt": PROMPT, "stop": ["a"] * 50}, "stop"),
+        ("/v1/completions", {"prompt": PROMPT, "made_up": 1}, "made_up"),
+        ("/v1/completions", {}, "prompt"),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, None),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, "response_format"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 25}, "top_logprobs"),
+    ],
+)
+async def test_invalid_requests_get_400(client: httpx.AsyncClient, path: str, body: dict, param: str | None) -> None:
+    error = _assert_openai_error(await client.post(path, json=body), 400, param)
+    assert error["type"] == "invalid_request_error"
+
+
+async def test_malformed_json_gets_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/completions", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    _assert_openai_error(response, 400, "body")
+
+
+async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    error = _assert_openai_error(await client.post("/v1/completions", json={"model": "gpt-4o", "prompt": PROMPT}), 404, "model")
+    assert "gpt-4o" in error["message"]
+
+
+async def test_the_client_raises_typed_errors(aclient: openai.AsyncOpenAI, model_id: str) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        await aclient.completions.create(model=model_id, prompt=PROMPT, presence_penalty=1.0)
+    assert "presence_penalty" in str(bad.value)
+    with pytest.raises(openai.NotFoundError):
+        await aclient.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    # the service is unharmed
+    ok = await aclient.completions.create(model=model_id, prompt=PROMPT, max_tokens=1, temperature=0)
+    assert ok.usage is not None and ok.usage.completion_tokens == 1
