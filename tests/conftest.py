@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -120,3 +120,23 @@ def threaded_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+async def make_app(loaded_models: LoadedModels) -> AsyncIterator[Callable[[Settings], Awaitable[FastAPI]]]:
+    """Build and start another app with other settings (API keys, CORS, logging), reusing the loaded models.
+
+    Each app gets its own copy of the models container, so its lifespan starts (and stops) its own engine
+    instead of replacing the session app's. The apps stop at the end of the session."""
+    import dataclasses
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+
+        async def build(app_settings: Settings) -> FastAPI:
+            models = dataclasses.replace(loaded_models, engine=None, load_seconds=dict(loaded_models.load_seconds))
+            application = create_app(app_settings, models=models)
+            await stack.enter_async_context(application.router.lifespan_context(application))
+            return application
+
+        yield build
