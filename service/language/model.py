@@ -52,6 +52,7 @@ class LanguageModel:
     load_seconds: float
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     special_token_ids: frozenset[int] = field(default_factory=frozenset)
+    _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -74,8 +75,13 @@ class LanguageModel:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_text(self, token_id: int) -> str:
-        """The text one token stands for on its own (a lone byte of a multi-byte character shows as U+FFFD)."""
-        return self.tokenizer.decode([token_id])
+        """The text one token stands for on its own (a lone byte of a multi-byte character shows as U+FFFD).
+
+        Memoised: every generated token and every candidate needs it, and the vocabulary is fixed."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def token_bytes(self, token_id: int) -> list[int]:
         """The raw bytes of one token, so clients can rebuild characters split across tokens."""
