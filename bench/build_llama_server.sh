@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out=.cache/llama.cpp
 mkdir -p "$out"
 if [ -x "$out/build/bin/llama-server" ]; then echo "$out/build/bin/llama-server"; exit 0; fi
-python3 -m pip download --no-deps --no-binary :all: -d "$out" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION:-0.3.36}" >&2
+python3 -m pip download --no-deps --no-binary llama-cpp-python -d "$out" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION:-0.3.36}" >&2
 tar -xzf "$out"/llama_cpp_python-*.tar.gz -C "$out"
 src=$(ls -d "$out"/llama_cpp_python-*/vendor/llama.cpp)
 # ggml's AMX path crashes at start-up on this project's CPUs, hence -mno-amx-*.
