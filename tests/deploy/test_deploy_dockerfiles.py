@@ -167,26 +167,33 @@ def test_dockerignore_keeps_the_venv_git_and_secrets_out() -> None:
 
 def test_every_data_file_of_the_package_ships_in_the_wheel() -> None:
     """The images install the project as a wheel (`pip install .`), not editable: a data file under
-    service/ (a packaged model, the web page) reaches the image only if pyproject's package-data
-    globs match it. Otherwise the image lacks it, and e.g. trains or fails at start-up."""
+    service/ (the packaged digit model, the web page) reaches the image only if pyproject's
+    package-data globs match it. Otherwise the image lacks it, and e.g. trains or fails at start-up.
+    Packages are found as setuptools finds them from pyproject.toml (namespace folders included)."""
     import subprocess
     import tomllib
 
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    setuptools_config = config.get("tool", {}).get("setuptools", {})
+    from setuptools import find_namespace_packages, find_packages
+
+    setuptools_config = tomllib.loads((REPO / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
     package_data: dict[str, list[str]] = setuptools_config.get("package-data", {})
+    find = setuptools_config.get("packages", {}).get("find", {})
+    finder = find_namespace_packages if find.get("namespaces", True) else find_packages
+    packages = finder(where=str(REPO), include=find.get("include", ["*"]), exclude=find.get("exclude", []))
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "service"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split()
-    files = {REPO / name for name in listed if (REPO / name).is_file()}
-    data_files = {p for p in files if p.suffix not in {".py", ".pyc", ".pyi"} and "__pycache__" not in p.parts}
-    packages = {p.parent for p in files if p.name == "__init__.py"}
+    data_files = {
+        REPO / name
+        for name in listed
+        if (REPO / name).is_file() and Path(name).suffix not in {".py", ".pyc", ".pyi"} and "__pycache__" not in name
+    }
     shipped: set[Path] = set()
-    for package in packages:
-        dotted = ".".join(package.relative_to(REPO).parts)
+    for dotted in packages:
+        folder = REPO.joinpath(*dotted.split("."))
         for pattern in package_data.get("*", []) + package_data.get(dotted, []):
-            shipped.update(path for path in package.glob(pattern) if path.is_file())
+            shipped.update(path for path in folder.glob(pattern) if path.is_file())
     missing = sorted(p.relative_to(REPO).as_posix() for p in data_files - shipped)
     assert not missing, (
         f"not in the wheel, so not in the Docker image: {missing}; add globs for them to "
