@@ -67,10 +67,10 @@ W2_PROMPTS = [
     "The first step in any project",
 ]
 
-# About 30 tokens with the SmolLM2 tokenizer (bench/run.py prints the exact count in its notes).
+# 30 tokens with the SmolLM2 tokenizer (bench/run.py prints the count the service reports).
 W3_PROMPT = (
     "The old lighthouse keeper climbed the narrow stairs every evening, lit the great lamp, "
-    "and watched the ships pass safely along the rocky"
+    "and watched the ships pass safely along the dark and rocky coast of the"
 )
 
 _W4_SOURCE = (
@@ -86,7 +86,7 @@ _W4_SOURCE = (
     "one kilobyte of plain English, a typical size for a prompt sent to a small model running on a "
     "laptop or a modest server with two cores and no accelerator at all."
 )
-W4_TEXT = _W4_SOURCE[:1024]
+W4_TEXT = _W4_SOURCE[:1024]  # 205 tokens with the SmolLM2 tokenizer
 
 REQUEST_TIMEOUT_S = 600.0
 HEALTH_TIMEOUT_S = 10.0

@@ -172,18 +172,18 @@ class Row:
 
 
 ROWS = [
-    Row("w1_tps", "W1 tokens/s (1 client, 128 tokens, median)", "{:.1f}", ("per_request",), ">=2x per_request"),
-    Row("w2_tps", "W2 aggregate tokens/s (8 clients, 64 tokens)", "{:.1f}", ("llama",), ">=1.0x llama"),
+    Row("w1_tps", "W1 tokens/s (1 client, {w1_tokens} tokens, median of {w1_runs})", "{:.1f}", ("per_request",), ">=2x per_request"),
+    Row("w2_tps", "W2 aggregate tokens/s ({clients} clients, {w2_tokens}-token requests)", "{:.1f}", ("llama",), ">=1.0x llama"),
     Row("w2_p50", "W2 latency p50 (s)", "{:.2f}"),
     Row("w2_p95", "W2 latency p95 (s)", "{:.2f}", ("llama",), "<=1.0x llama"),
     Row("w2_ttft_p50", "W2 time to first token p50 (s)", "{:.3f}"),
     Row("w2_ttft_p95", "W2 time to first token p95 (s)", "{:.3f}"),
     Row("w2_health_p99", "W2 /health p99 meanwhile (ms)", "{:.1f}", (), "<50 ms"),
     Row("w2_requests", "W2 requests done (failed)", "{}"),
-    Row("w3_rps", "W3 next-token top-5 req/s (8 clients)", "{:.2f}", ("llama",), ">=2x llama"),
+    Row("w3_rps", "W3 next-token top-5 req/s ({clients} clients)", "{:.2f}", ("llama",), ">=2x llama"),
     Row("w3_p50", "W3 latency p50 (ms)", "{:.0f}"),
     Row("w3_p95", "W3 latency p95 (ms)", "{:.0f}"),
-    Row("w4_rps", "W4 tokenize 1 KB req/s (wrk, 8 conns; empty: its empty route)", "{:.0f}", ("empty", "llama"), ">=0.8x empty, >=1.0x llama"),
+    Row("w4_rps", "W4 tokenize 1 KB req/s (wrk, {clients} connections; empty: its empty route)", "{:.0f}", ("empty", "llama"), ">=0.8x empty, >=1.0x llama"),
     Row("w4_p50", "W4 latency p50 (ms)", "{:.2f}"),
     Row("w4_p99", "W4 latency p99 (ms)", "{:.2f}"),
 ]
@@ -242,7 +242,7 @@ def _verdict(results: dict[str, Any], row: Row) -> str:
     return "; ".join(parts)
 
 
-def render_table(results: dict[str, Any], servers: list[str]) -> str:
+def render_table(results: dict[str, Any], servers: list[str], plan: loadgen.Plan) -> str:
     ratio_columns = [o for o in RATIO_COLUMNS if "service" in servers and o in servers]
     with_target = "service" in servers
     header = ["Metric", *servers, *(f"service/{o}" for o in ratio_columns), *(["Target (service)"] if with_target else [])]
@@ -254,7 +254,7 @@ def render_table(results: dict[str, Any], servers: list[str]) -> str:
     for row in ROWS:
         if WORKLOAD_OF[row.key] not in ran:
             continue
-        cells = [row.label, *(_cell(results, row, s) for s in servers)]
+        cells = [row.label.format(**vars(plan)), *(_cell(results, row, s) for s in servers)]
         for other in ratio_columns:
             ratio = _ratio(results, row.key, other) if other in row.ratios else None
             cells.append(f"{ratio:.2f}x" if ratio is not None else "")
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted: printing what was measured")
 
     kind = "quick smoke run (shortened durations: not comparable with full runs)" if args.quick else "full run"
-    table = render_table(results, servers)
+    table = render_table(results, servers, plan)
     notes = render_notes(results, servers, plan, args)
     command = "bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join([
