@@ -145,7 +145,8 @@ class PageProblems:
 
 
 async def _open_page(browser: Any, live_server: str, viewport: dict[str, int], **context_args: Any) -> tuple[Any, Any, PageProblems]:
-    context = await browser.new_context(viewport=viewport, **context_args)
+    # reduced motion: the page then skips its bar animations, so screenshots show final values
+    context = await browser.new_context(viewport=viewport, reduced_motion="reduce", **context_args)
     context.set_default_timeout(30_000)
     problems = PageProblems()
 

@@ -162,6 +162,22 @@
     return run;
   }
 
+  /** Mark `el` aria-busy (dimmed by the CSS) while any of the promises handed to the result is pending. */
+  function busyWhile(el) {
+    let pending = 0;
+    el.setAttribute("aria-busy", "false");
+    return async (promise) => {
+      pending += 1;
+      el.setAttribute("aria-busy", "true");
+      try {
+        return await promise;
+      } finally {
+        pending -= 1;
+        if (pending === 0) el.setAttribute("aria-busy", "false");
+      }
+    };
+  }
+
   function showError(el, err) {
     if (!err) {
       el.hidden = true;
@@ -410,6 +426,13 @@
       };
     }
 
+    function dot(p) {
+      ctx.fillStyle = "#fff";
+      ctx.beginPath();
+      ctx.arc(p.x, p.y, BRUSH / 2, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+
     function stroke(from, to) {
       ctx.strokeStyle = "#fff";
       ctx.fillStyle = "#fff";
@@ -428,7 +451,7 @@
       canvas.setPointerCapture(event.pointerId);
       const p = point(event);
       drawing = { id: event.pointerId, ...p };
-      stroke(p, p);
+      dot(p); // a tap is a dot (a zero-length line would draw nothing)
       blank = false;
       placeholder.hidden = true;
       classify.soon();
@@ -538,7 +561,8 @@
       showError(errorEl, null);
     });
 
-    const refresh = debounce(() => run().catch((err) => showError(errorEl, err)), 250);
+    const busy = busyWhile(chips);
+    const refresh = debounce(() => busy(run()).catch((err) => showError(errorEl, err)), 250);
     text.addEventListener("input", () => refresh());
     special.addEventListener("change", () => refresh.flush());
     showIds.addEventListener("change", () => chips.classList.toggle("show-ids", showIds.checked));
@@ -571,6 +595,8 @@
       if (temp.value !== "" && t !== 1) body.temperature = t;
       const answer = await api("/next-token-probs", body, { signal });
       if (signal.aborted) return;
+      // Keyboard users who picked a candidate stay in the list: the new first candidate takes the focus.
+      const hadFocus = list.contains(document.activeElement);
       list.textContent = "";
       const covered = answer.candidates.reduce((sum, c) => sum + c.probability, 0);
       answer.candidates.forEach((c, i) => {
@@ -592,6 +618,7 @@
         li.append(button);
         list.append(li);
       });
+      if (hadFocus && list.firstElementChild) list.firstElementChild.firstElementChild.focus();
       info.innerHTML = "";
       const strong = document.createElement("strong");
       strong.textContent = String(answer.prompt_tokens);
@@ -599,19 +626,14 @@
       showError(errorEl, null);
     });
 
-    const refresh = debounce(() => run().catch((err) => showError(errorEl, err)), 350);
+    const busy = busyWhile(list);
+    const refresh = debounce(() => busy(run()).catch((err) => showError(errorEl, err)), 350);
 
     function append(token) {
       history.push(prompt.value);
       undo.disabled = false;
       prompt.value += token;
       refresh.flush();
-      // Keep keyboard users in the list: focus the new first candidate once it is there.
-      const focusFirst = () => {
-        const first = list.querySelector("button");
-        if (first && document.activeElement && document.activeElement.closest && !document.activeElement.closest("#nt-candidates")) first.focus();
-      };
-      setTimeout(focusFirst, 0);
     }
 
     undo.addEventListener("click", () => {
