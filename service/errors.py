@@ -105,7 +105,7 @@ def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | 
     details: list[dict[str, Any]] = []
     for err in exc.errors():
         field = _field_name(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value"))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             msg = f"malformed JSON: {err.get('ctx', {}).get('error', msg)}"
             field = "body"

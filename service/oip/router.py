@@ -107,14 +107,18 @@ def _metadata(classifier: Any) -> ModelMetadata:
     )
 
 
-@router.get("/models/{model_name}", response_model=ModelMetadata, responses=_ERRORS, dependencies=[ApiKey], summary="Model metadata: input and output tensors")
+@router.get(
+    "/models/{model_name}", response_model=ModelMetadata, response_model_exclude_none=True, responses=_ERRORS, dependencies=[ApiKey],
+    summary="Model metadata: input and output tensors",
+)
 async def model_metadata(model_name: str, classifier: DigitClassifierDep) -> ModelMetadata:
     _check_model(model_name)
     return _metadata(classifier)
 
 
 @router.get(
-    "/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=_ERRORS, dependencies=[ApiKey],
+    "/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, response_model_exclude_none=True, responses=_ERRORS,
+    dependencies=[ApiKey],
     summary="Model metadata of one version",
 )
 async def model_version_metadata(model_name: str, model_version: str, classifier: DigitClassifierDep) -> ModelMetadata:
@@ -157,7 +161,7 @@ async def _infer(model_name: str, model_version: str | None, request: Request, c
     decoded = decode_input(infer_request, binary, request.app.state.settings.digits_max_batch)
     probabilities = np.asarray(classifier.predict_proba(decoded.images), dtype=np.float64)
     digits = probabilities.argmax(axis=1)
-    request.app.state.metrics.record_digits(digits.tolist(), endpoint="oip")
+    request.app.state.metrics.record_digits(digits.tolist(), endpoint="/v2/models/mnist/infer")
     annotate(model=MODEL_NAME, images=int(digits.shape[0]))
     encoded = encode_outputs(infer_request, probabilities, digits)
     response = InferenceResponse(

@@ -61,7 +61,7 @@ async def test_counters_move_with_traffic(client: httpx.AsyncClient) -> None:
     assert delta("genai_inter_token_latency_seconds_count") == 2
     assert delta("genai_batch_size_count") >= 2
     assert delta("genai_generation_tokens_per_request_sum") == 3
-    assert delta("genai_digit_predictions_total", endpoint="oip") == 1
+    assert delta("genai_digit_predictions_total", endpoint="/v2/models/mnist/infer") == 1
 
     assert value(after, "genai_requests_running") == 0
     assert value(after, "genai_requests_waiting") == 0
