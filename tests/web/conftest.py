@@ -8,6 +8,7 @@ installs it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -70,12 +71,12 @@ class _ThreadedServer(uvicorn.Server):
         pass
 
 
-@pytest.fixture(scope="session")
-def live_server(settings: Settings, loaded_models: LoadedModels) -> Iterator[str]:
-    """The real app on 127.0.0.1:<free port>, as a base URL.
+@contextlib.contextmanager
+def serve(settings: Settings, loaded_models: LoadedModels) -> Iterator[str]:
+    """Run the real app on 127.0.0.1:<free port> in a thread; yield its base URL.
 
-    It gets its own `LoadedModels` (same model objects, engine None) so that its lifespan starts and stops
-    its own generation engine without touching the engine of the in-process `app` fixture.
+    The app gets its own `LoadedModels` (same model objects, engine None) so that its lifespan starts and
+    stops its own generation engine without touching the engine of the in-process `app` fixture.
     """
     models = dataclasses.replace(loaded_models, engine=None, load_seconds=dict(loaded_models.load_seconds))
     app = create_app(settings, models=models)
@@ -85,7 +86,7 @@ def live_server(settings: Settings, loaded_models: LoadedModels) -> Iterator[str
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
     server = _ThreadedServer(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="live-server", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"live-server-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
@@ -98,6 +99,23 @@ def live_server(settings: Settings, loaded_models: LoadedModels) -> Iterator[str
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings, loaded_models: LoadedModels) -> Iterator[str]:
+    """The service with the default settings, for the whole session."""
+    with serve(settings, loaded_models) as url:
+        yield url
+
+
+API_KEY = "playground-test-key"
+
+
+@pytest.fixture
+def locked_server(settings: Settings, loaded_models: LoadedModels) -> Iterator[tuple[str, str]]:
+    """(base URL, key) of the service with GENAI_API_KEYS set: model routes answer 401 without the key."""
+    with serve(settings.model_copy(update={"api_keys": [API_KEY]}), loaded_models) as url:
+        yield url, API_KEY
 
 
 # --- the browser ----------------------------------------------------------------------------
@@ -144,7 +162,9 @@ class PageProblems:
         assert not console, f"console errors in the page: {console}"
 
 
-async def _open_page(browser: Any, live_server: str, viewport: dict[str, int], **context_args: Any) -> tuple[Any, Any, PageProblems]:
+async def _open_page(
+    browser: Any, live_server: str, viewport: dict[str, int], *, wait_ready: bool = True, **context_args: Any
+) -> tuple[Any, Any, PageProblems]:
     # reduced motion: the page then skips its bar animations, so screenshots show final values
     context = await browser.new_context(viewport=viewport, reduced_motion="reduce", **context_args)
     context.set_default_timeout(30_000)
@@ -163,7 +183,8 @@ async def _open_page(browser: Any, live_server: str, viewport: dict[str, int], *
     page.on("console", lambda msg: problems.console_errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: problems.page_errors.append(str(exc)))
     await page.goto(live_server + "/")
-    await page.wait_for_function("() => document.getElementById('service-status').dataset.state === 'ready'")
+    if wait_ready:
+        await page.wait_for_function("() => document.getElementById('service-status').dataset.state === 'ready'")
     return context, page, problems
 
 
@@ -194,6 +215,23 @@ async def phone_page(browser: Any, live_server: str) -> AsyncIterator[Any]:
     finally:
         await context.close()
     problems.assert_clean()
+
+
+@pytest.fixture
+async def open_page(browser: Any) -> AsyncIterator[Any]:
+    """`await open_page(base_url)` -> (page, problems) on any server; closed and checked afterwards."""
+    opened: list[tuple[Any, PageProblems]] = []
+
+    async def _open(base_url: str, *, wait_ready: bool = True) -> tuple[Any, PageProblems]:
+        context, page, problems = await _open_page(browser, base_url, {"width": 1280, "height": 1000}, wait_ready=wait_ready)
+        opened.append((context, problems))
+        return page, problems
+
+    yield _open
+    for context, _ in opened:
+        await context.close()
+    for _, problems in opened:
+        problems.assert_clean()
 
 
 @pytest.fixture(scope="session")

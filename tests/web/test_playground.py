@@ -319,3 +319,50 @@ async def test_page_fits_a_phone_screen(phone_page: Any, screenshot_dir: Path) -
     box = await page.locator("#digit-canvas").bounding_box()
     assert box is not None and box["width"] <= 390
     await _shot(page, screenshot_dir, "playground-phone")
+
+
+async def test_digit_pad_takes_a_finger(phone_page: Any, screenshot_dir: Path) -> None:
+    """Touch input (as from a finger on a phone) draws too: Chrome turns touches into pointer events."""
+    page = phone_page
+    index, label, image = _heldout_digits([1])[0]
+    await page.locator("#digit-canvas").scroll_into_view_if_needed()
+    box = await page.locator("#digit-canvas").bounding_box()
+    scale = box["width"] / 28
+    cdp = await page.context.new_cdp_session(page)
+    for row, first, last in _ink_strokes(image):
+        y = box["y"] + row * scale
+        xs = [first + (last - first) * t / 4 for t in range(5)]
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": box["x"] + xs[0] * scale, "y": y}]})
+        for x in xs[1:]:
+            await cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": box["x"] + x * scale, "y": y}]})
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    await page.wait_for_function(
+        "() => document.querySelector('.digit-result').getAttribute('aria-busy') === 'false'"
+        " && document.getElementById('digit-prediction').dataset.digit !== undefined"
+    )
+    await _shot(page, screenshot_dir, "digit-pad-phone-touch", "#digits")
+    assert await page.locator("#digit-prediction").inner_text() == str(label)
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+async def test_api_key_errors_are_readable_and_the_key_field_fixes_them(open_page: Any, locked_server: tuple[str, str]) -> None:
+    url, api_key = locked_server
+    page, problems = await open_page(url)
+    problems.expect_http_errors = True
+    error = page.locator("#tok-error")
+    await error.wait_for(state="visible")
+    message = await error.inner_text()
+    assert "API key" in message and "set the API key at the top of the page" in message
+
+    await page.click(".api-key summary")
+    await page.fill("#api-key-input", api_key)
+    await page.press("#api-key-input", "Tab")
+    await page.fill("#tok-text", "Keys open the door.")
+    await error.wait_for(state="hidden")
+    assert await page.locator("#tok-chips .chip").count() > 3
+    await page.click("#nt-refresh")
+    await page.locator("#nt-error").wait_for(state="hidden")
+    await page.wait_for_function("() => document.querySelectorAll('#nt-candidates .candidate').length > 0")
+    assert await page.evaluate("() => sessionStorage.getItem('genai-service.api-key')") == api_key
