@@ -35,6 +35,8 @@ def route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str) and path:
         return path
+    if scope.get("method") == "OPTIONS" and any(name == b"access-control-request-method" for name, _ in scope.get("headers") or []):
+        return "cors-preflight"  # answered by the CORS middleware before routing
     return "unmatched"
 
 

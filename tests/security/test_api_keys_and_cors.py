@@ -145,6 +145,8 @@ async def test_preflight_from_an_allowed_origin_needs_no_key(secured: httpx.Asyn
     assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "POST" in response.headers["access-control-allow-methods"]
     assert "authorization" in response.headers["access-control-allow-headers"].lower()
+    metrics = (await secured.get("/metrics")).text
+    assert 'genai_http_requests_total{method="OPTIONS",route="cors-preflight",status="200"}' in metrics
 
 
 async def test_cors_headers_on_allowed_origin_only(secured: httpx.AsyncClient) -> None:
