@@ -206,9 +206,10 @@ def page(page_and_problems: tuple[Any, PageProblems]) -> Any:
 
 @pytest.fixture
 async def phone_page(browser: Any, live_server: str) -> AsyncIterator[Any]:
-    """The playground on a phone-sized touch screen."""
+    """The playground on a phone-sized touch screen, in dark mode."""
     context, page, problems = await _open_page(
-        browser, live_server, {"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+        browser, live_server, {"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
+        color_scheme="dark",
     )
     try:
         yield page

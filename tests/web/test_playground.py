@@ -307,7 +307,21 @@ async def test_whole_page_on_desktop(page: Any, screenshot_dir: Path) -> None:
               .map(el => el.id)"""
     )
     assert unlabelled == []
+    # every panel in use: a drawn digit, a finished generation
+    index, label, image = _heldout_digits([2])[0]
+    await _draw(page, image)
+    await page.fill("#gen-temp", "0")
+    await page.fill("#gen-max", "24")
+    await page.click("#gen-start")
+    await page.wait_for_function("() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)")
+    await page.locator("#gen-output .gen-token").nth(3).click()
+    await page.wait_for_function(
+        "() => document.querySelector('.digit-result').getAttribute('aria-busy') === 'false'"
+        " && document.getElementById('digit-prediction').dataset.digit !== undefined"
+    )
+    await page.mouse.move(0, 0)
     await _shot(page, screenshot_dir, "playground-desktop")
+    assert await page.locator("#digit-prediction").inner_text() == str(label)
 
 
 async def test_page_fits_a_phone_screen(phone_page: Any, screenshot_dir: Path) -> None:
