@@ -252,10 +252,14 @@ def load_digit_classifier(settings: Settings) -> DigitClassifier:
         model = DigitClassifier.load(path)
         log.info("digit model loaded from %s (held-out accuracy %s)", path, model.meta.get("heldout_accuracy"))
         return model
-    log.warning("digit model %s not found: training the default model now (about a minute)", path)
+    fallback = Path(settings.cache_dir) / "digits" / path.name  # where start-up training saves if `path` is read-only
+    if fallback.exists():
+        model = DigitClassifier.load(fallback)
+        log.info("digit model %s not found; loaded the one trained earlier at %s", path, fallback)
+        return model
+    log.warning("digit model %s not found: training the default model now (a minute or two)", path)
     from service.digits.train import TrainConfig, train_default_and_save
 
-    fallback = Path(settings.cache_dir) / "digits" / path.name
     saved = train_default_and_save(path, TrainConfig(), fallback_path=fallback, progress=log.info)
     return DigitClassifier.load(saved)
 

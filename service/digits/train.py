@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -243,7 +244,10 @@ def save(model: DigitClassifier, metrics: dict[str, Any], path: Path) -> Path:
     model.save(path)
     metrics = {"model_file": path.name, **metrics, "model_bytes": path.stat().st_size}
     mpath = metrics_path_for(path)
-    mpath.write_text(json.dumps(metrics, indent=1) + "\n")
+    text = json.dumps(metrics, indent=1)
+    # Keep number lists (confusion-matrix rows, held-out indices) on one line each: readable, and a short file.
+    text = re.sub(r"\[\s+([-\d.e,\s]+?)\s+\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+    mpath.write_text(text + "\n")
     return mpath
 
 

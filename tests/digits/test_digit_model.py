@@ -89,7 +89,7 @@ def test_describe_names_file_training_set_and_accuracy(classifier: DigitClassifi
 
 
 def _settings(path: Path) -> Settings:
-    return Settings(load_language_model=False, digits_model_path=path, api_keys=[])
+    return Settings(load_language_model=False, digits_model_path=path, api_keys=[], cache_dir=path.parent / "cache")
 
 
 def test_corrupt_file_is_a_clear_startup_error(tmp_path: Path) -> None:
@@ -147,3 +147,24 @@ def test_missing_file_is_trained_at_startup_and_saved(tmp_path: Path, monkeypatc
     # The next start loads the saved file instead of training again.
     assert DigitClassifier.load(path).meta == models.digits.meta
     assert str(path) in provision_digit_model(_settings(path))
+
+
+def test_unwritable_model_path_falls_back_to_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package directory may be read-only: start-up training then saves under cache_dir, and reuses it."""
+    real_config = train_module.TrainConfig
+    monkeypatch.setattr(train_module, "TrainConfig", lambda: real_config(hidden=(8,), epochs=1, augment_copies=0))
+    path = tmp_path / "readonly" / "digits.npz"
+    real_save = DigitClassifier.save
+
+    def save(self: DigitClassifier, target: Path) -> None:
+        if target == path:
+            raise PermissionError(13, "Permission denied", str(target))
+        real_save(self, target)
+
+    monkeypatch.setattr(DigitClassifier, "save", save)
+    model = load_digit_classifier(_settings(path))
+    fallback = tmp_path / "readonly" / "cache" / "digits" / "digits.npz"
+    assert model.path == fallback and fallback.exists() and not path.exists()
+
+    monkeypatch.setattr(train_module, "TrainConfig", None)  # a second start must not train again
+    assert load_digit_classifier(_settings(path)).path == fallback
