@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -61,7 +62,11 @@ def load_models(settings: Settings) -> LoadedModels:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     preloaded: LoadedModels | None = app.state.preloaded_models
-    models = preloaded if preloaded is not None else await asyncio.to_thread(load_models, settings)
+    if preloaded is not None:
+        # A copy: apps built from the same preloaded models (tests do this) each run their own engine.
+        models = dataclasses.replace(preloaded, engine=None, load_seconds=dict(preloaded.load_seconds))
+    else:
+        models = await asyncio.to_thread(load_models, settings)
     if models.language is not None:
         models.engine = GenerationEngine(models.language, settings)
         models.engine.start()
@@ -75,7 +80,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         app.state.metrics.unbind()
         if models.engine is not None:
+            # uvicorn has already waited GENAI_SHUTDOWN_GRACE_S for open requests; what is left is cancelled.
             await asyncio.to_thread(models.engine.shutdown)
+
+
+def begin_draining(app: FastAPI) -> None:
+    """First step of a graceful shutdown: readiness turns 503 and no new generation is admitted,
+    while requests already admitted run on to the end (or the grace period)."""
+    app.state.ready = False
+    engine = app.state.models.engine
+    if engine is not None:
+        engine.stop_accepting()
+    log.info("draining: not ready, admitting no new work")
 
 
 def create_app(settings: Settings | None = None, *, models: LoadedModels | None = None) -> FastAPI:

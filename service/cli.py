@@ -12,10 +12,10 @@ from service.config import Settings
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """One stderr handler for every logger (uvicorn's too): `key=value` text, or JSON lines with GENAI_LOG_JSON."""
+    from service.observability.logs import configure_logging
+
+    configure_logging(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -35,8 +35,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger("service").info("models loaded in %.2f s", time.perf_counter() - started)
     app = create_app(settings, models=models)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    # log_config=None keeps the logging configured above; the app writes its own access line per request.
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None, log_config=None, access_log=False,
+    )
+    from service.server import DrainingServer
+
+    DrainingServer(config, app).run()
     return 0
+
 
 
 def cmd_provision(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     max_running_requests: int = Field(default=16, ge=1)
     max_waiting_requests: int = Field(default=64, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0, description="A generation running longer ends with finish_reason `time_limit`.")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM: stop admitting, then let in-flight work finish for this long.")
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
 
     # --- digit classifier -------------------------------------------------------------

@@ -62,6 +62,13 @@ class GenerationError(ServiceError):
     error_type = "generation_error"
 
 
+class TimedOut(ServiceError):
+    """The request's time limit passed before its first token (TGI answers such requests 504 too)."""
+
+    status_code = 504
+    error_type = "timeout"
+
+
 class Overloaded(ServiceError):
     status_code = 429
     error_type = "overloaded"

@@ -61,6 +61,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[str]:
     """The service as `make serve` runs it: a real uvicorn process on a free localhost port."""

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import ServerSentEvent
 
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
-from service.errors import GenerationError, InvalidInput
+from service.streaming import event_stream_response
+from service.errors import GenerationError, InvalidInput, TimedOut
 from service.language.engine import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
 from service.language.schemas import (
     DetokenizeRequest,
@@ -128,10 +129,16 @@ async def generate(
     params = sampling_params(body, len(ids), lm, settings)
     handle = engine.submit(ids, params)
     if body.stream:
-        return EventSourceResponse(
-            _stream_events(handle.events(), handle.cancel, body.top_alternatives > 0, lm.model_id),
-            ping=int(max(1, settings.stream_ping_s)),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Wait for the first event before answering, so a request that never gets a token can still
+        # get a proper status (504, 500) instead of a 200 stream that carries only an error.
+        events = handle.events()
+        try:
+            first = await cancel_on_disconnect(request, anext(events))
+        except ClientDisconnected:
+            return Response(status_code=499)
+        _raise_if_failed_before_first_token(first)
+        return event_stream_response(
+            _stream_events(_prepend(first, events), handle.cancel, body.top_alternatives > 0, lm.model_id), settings
         )
     try:
         tokens, finish = await cancel_on_disconnect(request, handle.result())
@@ -139,6 +146,7 @@ async def generate(
         return Response(status_code=499)
     except GenerationFailed as exc:
         raise GenerationError(str(exc)) from exc
+    _raise_if_failed_before_first_token(finish)
     return GenerateResponse(
         text=finish.text,
         ids=finish.ids,
@@ -148,6 +156,22 @@ async def generate(
         steps=[_step(t) for t in tokens] if body.top_alternatives > 0 else None,
         model=lm.model_id,
     )
+
+
+def _raise_if_failed_before_first_token(event: Any) -> None:
+    if isinstance(event, ErrorEvent):
+        raise GenerationError(event.message)
+    if isinstance(event, FinishEvent) and event.finish_reason == "time_limit" and event.completion_tokens == 0:
+        raise TimedOut(
+            f"no token within the time limit of the request (GENAI_REQUEST_TIMEOUT_S); waited {event.total_seconds:.1f} s",
+            headers={"Retry-After": "1"},
+        )
+
+
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 async def _stream_events(events: AsyncIterator[Any], cancel: Any, with_alternatives: bool, model_id: str) -> AsyncIterator[ServerSentEvent]:

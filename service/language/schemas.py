@@ -99,6 +99,11 @@ class GenerateRequest(BaseModel):
     ignore_eos: bool = Field(default=False, description="Keep generating past the end-of-sequence token (exact lengths for benchmarks).")
     top_alternatives: int = Field(default=0, ge=0, description="Per step, also return the k most likely tokens with their probabilities (at most GENAI_MAX_TOP_ALTERNATIVES).")
     stream: bool = Field(default=False, description="Answer as Server-Sent Events, one event per token.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="Time limit for this request (at most GENAI_REQUEST_TIMEOUT_S): past it the generation ends with "
+        "finish_reason `time_limit`, or 504 if no token was produced yet.",
+    )
     add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens (ignored for messages).")
 
     @field_validator("stop")

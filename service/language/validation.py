@@ -94,6 +94,11 @@ def sampling_params(request: GenerateRequest, prompt_tokens: int, lm: LanguageMo
         )
     for text in stop:
         check_text_length(text, settings, "stop")
+    if request.timeout_s is not None and request.timeout_s > settings.request_timeout_s:
+        raise InvalidInput(
+            f"timeout_s = {request.timeout_s} exceeds the limit of {settings.request_timeout_s} (GENAI_REQUEST_TIMEOUT_S)",
+            param="timeout_s",
+        )
     return SamplingParams(
         max_new_tokens=request.max_new_tokens,
         do_sample=request.do_sample and request.temperature > 0,
@@ -105,4 +110,5 @@ def sampling_params(request: GenerateRequest, prompt_tokens: int, lm: LanguageMo
         stop=stop,
         ignore_eos=request.ignore_eos,
         top_alternatives=request.top_alternatives,
+        timeout_s=request.timeout_s,
     )

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from service.config import Settings
+from service.streaming import event_stream_response
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.language.engine import ErrorEvent, FinishEvent, GenerationHandle, TokenEvent
@@ -82,11 +83,7 @@ async def retrieve_model(model_id: str, request: Request, lm: LanguageModelDep) 
 
 
 def _stream_response(chunks: AsyncIterator[str], settings: Settings) -> EventSourceResponse:
-    return EventSourceResponse(
-        chunks,
-        ping=int(max(1, settings.stream_ping_s)),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream_response(chunks, settings)
 
 
 # ---- /v1/completions ----------------------------------------------------------------------------

@@ -15,11 +15,11 @@ from service.config import Settings
 async def strict_client(app, loaded_models) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
     """An app with small limits over the engine that the session's `app` fixture runs."""
     settings = Settings(max_prompt_tokens=8, max_new_tokens=16, max_top_k=5, max_text_chars=200, max_body_bytes=4096)
-    app = create_app(settings, models=loaded_models)
-    # The engine is shared with the main app: this app must not shut it down when its lifespan ends.
-    app.state.models = loaded_models
-    app.state.ready = True
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://strict") as client:
+    strict = create_app(settings, models=loaded_models)
+    # Share the session app's running engine instead of starting another (no lifespan entered here).
+    strict.state.models = app.state.models
+    strict.state.ready = True
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=strict), base_url="http://strict") as client:
         yield client
 
 
