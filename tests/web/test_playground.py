@@ -223,7 +223,7 @@ async def test_next_token_candidates_grow_the_prompt(page: Any, live_server: str
     await _candidates_for(page, live_server, prompt, 8)
 
 
-async def test_service_errors_are_shown_as_readable_messages(page_and_problems: Any) -> None:
+async def test_service_errors_are_shown_as_readable_messages(page_and_problems: Any, screenshot_dir: Path) -> None:
     page, problems = page_and_problems
     problems.expect_http_errors = True
     await page.fill("#nt-prompt", "Hello")
@@ -232,6 +232,7 @@ async def test_service_errors_are_shown_as_readable_messages(page_and_problems: 
     error = page.locator("#nt-error")
     await error.wait_for(state="visible")
     assert "top_k" in await error.inner_text()
+    await _shot(page, screenshot_dir, "error-message", "#next-token")
     await page.fill("#nt-topk", "5")
     await page.click("#nt-refresh")
     await error.wait_for(state="hidden")
@@ -361,7 +362,9 @@ async def test_digit_pad_takes_a_finger(phone_page: Any, screenshot_dir: Path) -
 # --- API keys ------------------------------------------------------------------------------------
 
 
-async def test_api_key_errors_are_readable_and_the_key_field_fixes_them(open_page: Any, locked_server: tuple[str, str]) -> None:
+async def test_api_key_errors_are_readable_and_the_key_field_fixes_them(
+    open_page: Any, locked_server: tuple[str, str], screenshot_dir: Path
+) -> None:
     url, api_key = locked_server
     page, problems = await open_page(url)
     problems.expect_http_errors = True
@@ -369,14 +372,15 @@ async def test_api_key_errors_are_readable_and_the_key_field_fixes_them(open_pag
     await error.wait_for(state="visible")
     message = await error.inner_text()
     assert "API key" in message and "set the API key at the top of the page" in message
+    await page.click(".api-key summary")
+    await _shot(page, screenshot_dir, "api-key-needed")
+    await page.click(".api-key summary")
 
     await page.click(".api-key summary")
     await page.fill("#api-key-input", api_key)
-    await page.press("#api-key-input", "Tab")
-    await page.fill("#tok-text", "Keys open the door.")
+    await page.press("#api-key-input", "Tab")  # a changed key makes the panels ask again
     await error.wait_for(state="hidden")
-    assert await page.locator("#tok-chips .chip").count() > 3
-    await page.click("#nt-refresh")
     await page.locator("#nt-error").wait_for(state="hidden")
+    assert await page.locator("#tok-chips .chip").count() > 3
     await page.wait_for_function("() => document.querySelectorAll('#nt-candidates .candidate').length > 0")
     assert await page.evaluate("() => sessionStorage.getItem('genai-service.api-key')") == api_key

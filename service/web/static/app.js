@@ -565,6 +565,7 @@
     const refresh = debounce(() => busy(run()).catch((err) => showError(errorEl, err)), 250);
     text.addEventListener("input", () => refresh());
     special.addEventListener("change", () => refresh.flush());
+    document.addEventListener("api-key-changed", () => refresh.flush());
     showIds.addEventListener("change", () => chips.classList.toggle("show-ids", showIds.checked));
     refresh.flush();
   }
@@ -646,6 +647,7 @@
     topk.addEventListener("change", () => refresh.flush());
     temp.addEventListener("change", () => refresh.flush());
     $("nt-refresh").addEventListener("click", () => refresh.flush());
+    document.addEventListener("api-key-changed", () => refresh.flush());
     refresh.flush();
   }
 
@@ -851,6 +853,7 @@
       } catch (_) {
         /* ignore */
       }
+      document.dispatchEvent(new Event("api-key-changed")); // the live panels ask again with the new key
     });
   }
 
