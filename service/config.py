@@ -43,17 +43,17 @@ class Settings(BaseSettings):
     # --- request limits ---------------------------------------------------------------
     max_prompt_tokens: int = Field(default=2048, ge=1, description="Longest prompt accepted, in tokens (also capped by the model's context).")
     max_new_tokens: int = Field(default=512, ge=1, description="Largest `max_new_tokens` a request may ask for.")
-    default_max_new_tokens: int = Field(default=64, ge=1)
+    default_max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated when an OpenAI chat request gives no max_tokens.")
     max_top_k: int = Field(default=100, ge=1, description="Largest `top_k` for next-token candidates.")
     max_top_alternatives: int = Field(default=20, ge=0, description="Largest `top_alternatives` per generated step.")
-    max_stop_sequences: int = Field(default=8, ge=0)
+    max_stop_sequences: int = Field(default=8, ge=0, description="Most stop strings one request may give.")
     max_text_chars: int = Field(default=100_000, ge=1, description="Longest text accepted by /tokenize and prompts, in characters.")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413.")
 
     # --- generation engine ------------------------------------------------------------
     max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together in one step.")
-    max_running_requests: int = Field(default=16, ge=1)
-    max_waiting_requests: int = Field(default=64, ge=0)
+    max_running_requests: int = Field(default=16, ge=1, description="Generations running at once (also capped by the batch size).")
+    max_waiting_requests: int = Field(default=64, ge=0, description="Generations queued behind them; past this a request gets 429 with Retry-After.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="A generation running longer ends with finish_reason `time_limit`.")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM: stop admitting, then let in-flight work finish for this long.")
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
@@ -62,18 +62,18 @@ class Settings(BaseSettings):
     digits_model_path: Path | None = Field(
         default=None, description="Digit model file (.npz arrays, see `make train-digits`). Empty = the packaged default; trained at start-up if missing."
     )
-    digits_max_batch: int = Field(default=64, ge=1)
-    digits_max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
-    digits_max_image_pixels: int = Field(default=16_000_000, ge=1)
+    digits_max_batch: int = Field(default=64, ge=1, description="Most digits in one /classify-digit batch.")
+    digits_max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest encoded image accepted (bytes).")
+    digits_max_image_pixels: int = Field(default=16_000_000, ge=1, description="Largest decoded image accepted (width × height); guards against decompression bombs.")
 
     # --- HTTP ---------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field(default="127.0.0.1", description="Interface `serve` binds (`make serve HOST=…`).")
+    port: int = Field(default=8000, description="Port `serve` listens on (`make serve PORT=…`).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS (none by default).")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="When set, model routes need `Authorization: Bearer <key>`.")
-    log_json: bool = False
+    log_json: bool = Field(default=False, description="Write logs as JSON lines.")
     log_prompts: bool = Field(default=False, description="Include prompt text in request logs.")
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
