@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+
 import httpx
 import numpy as np
 import pytest
@@ -20,6 +24,16 @@ async def scrape(client: httpx.AsyncClient) -> dict[Key, float]:
         for sample in family.samples:
             values[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return values
+
+
+async def scrape_when(client: httpx.AsyncClient, ready: Callable[[dict[Key, float]], bool], seconds: float = 10.0) -> dict[Key, float]:
+    """Scrape until `ready` holds: the engine thread records a generation's metrics just after the client has its last byte."""
+    deadline = time.monotonic() + seconds
+    while True:
+        samples = await scrape(client)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        await asyncio.sleep(0.05)
 
 
 def value(samples: dict[Key, float], name: str, **labels: str) -> float:
@@ -43,7 +57,11 @@ async def test_counters_move_with_traffic(client: httpx.AsyncClient) -> None:
     infer = await client.post("/v2/models/mnist/infer", json={"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": pixels}]})
     assert infer.status_code == 200
 
-    after = await scrape(client)
+    after = await scrape_when(
+        client,
+        lambda s: total(s, "genai_generations_total") > total(before, "genai_generations_total")
+        and total(s, "genai_batch_size_count") >= total(before, "genai_batch_size_count") + 2,
+    )
 
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
@@ -85,7 +103,7 @@ async def test_stream_latency_is_recorded_once(client: httpx.AsyncClient) -> Non
         assert response.status_code == 200
         lines = [line async for line in response.aiter_lines()]
     assert "data: [DONE]" in lines
-    after = await scrape(client)
+    after = await scrape_when(client, lambda s: total(s, "genai_generations_total") > total(before, "genai_generations_total"))
     route = "/v1/chat/completions"
     assert total(after, "genai_http_requests_total", route=route, status="200") - total(before, "genai_http_requests_total", route=route, status="200") == 1
     assert total(after, "genai_generated_tokens_total") - total(before, "genai_generated_tokens_total") == 2
