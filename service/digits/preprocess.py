@@ -119,10 +119,10 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "im
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DigitInputError(f"{param} has too many pixels to decode", param=param, too_large=True) from None
-    except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise DigitInputError(
-            f"{param} could not be decoded as an image (PNG, JPEG, WebP, GIF or BMP): {type(exc).__name__}", param=param
-        ) from None
+    except Image.UnidentifiedImageError:
+        raise DigitInputError(f"{param} is not a PNG, JPEG, WebP, GIF or BMP image", param=param) from None
+    except Exception as exc:  # Pillow raises many types for damaged files (OSError, SyntaxError, ValueError, ...)
+        raise DigitInputError(f"{param} could not be decoded (damaged or truncated image: {exc})", param=param) from None
     return img
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings
 from service.deps import DigitClassifierDep, SettingsDep
@@ -161,6 +162,13 @@ def _read_json(body: bytes, settings: Settings) -> _Job:
 
 
 async def _read_multipart(request: Request, settings: Settings) -> _Job:
+    try:
+        return await _parse_multipart(request, settings)
+    except StarletteHTTPException as exc:  # Starlette's 400 for a malformed body or too many files/fields
+        raise InvalidInput(f"multipart body rejected: {exc.detail}", param="file") from None
+
+
+async def _parse_multipart(request: Request, settings: Settings) -> _Job:
     limit = settings.digits_max_batch
     async with request.form(max_files=limit, max_fields=len(_MULTIPART_FIELDS) + limit) as form:
         unknown = sorted(set(form.keys()) - _MULTIPART_FIELDS)

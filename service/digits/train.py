@@ -15,7 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1  # BLAS threads; small-batch SGD gains little from more, and loses badly on a busy machine
     full: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -201,7 +200,7 @@ def train(config: TrainConfig, progress: Progress = print) -> tuple[DigitClassif
     progress(f"digits: {len(data.train_x)} training / {len(data.test_x)} held-out digits ({data.description})")
     rng = np.random.default_rng(config.seed)
     parts = [data.train_x]
-    for copy in range(config.augment_copies):
+    for _ in range(config.augment_copies):
         parts.append(augment(data.train_x, config, rng))
     train_x = np.concatenate(parts)
     train_y = np.tile(data.train_y, config.augment_copies + 1)
@@ -226,7 +225,7 @@ def train(config: TrainConfig, progress: Progress = print) -> tuple[DigitClassif
         **meta,
         **scores,
         "architecture": {"layers": model.layer_sizes, "activation": model.activation, "parameters": model.n_parameters},
-        "config": {k: v for k, v in asdict(config).items() if k != "extra"},
+        "config": asdict(config),
         "final_training_loss": round(losses[-1], 5) if losses else None,
         "train_seconds": round(train_seconds, 1),
         "versions": _versions(),
