@@ -243,6 +243,8 @@
   // Service status
   // ---------------------------------------------------------------------------------------
 
+  let waitedForService = false;
+
   async function checkService() {
     const pill = $("service-status");
     try {
@@ -253,9 +255,12 @@
       if (ready.ok) {
         pill.dataset.state = "ready";
         pill.textContent = lmName ? `Ready · ${lmName}` : "Ready";
+        if (waitedForService) document.dispatchEvent(new Event("playground:refresh")); // redo what failed while loading
+        waitedForService = false;
       } else {
         pill.dataset.state = "loading";
         pill.textContent = "Loading models…";
+        waitedForService = true;
         setTimeout(checkService, 2000);
       }
       if (info && info.service) {
@@ -269,6 +274,7 @@
     } catch (_) {
       pill.dataset.state = "error";
       pill.textContent = "Service unreachable";
+      waitedForService = true;
       setTimeout(checkService, 4000);
     }
   }
@@ -565,7 +571,7 @@
     const refresh = debounce(() => busy(run()).catch((err) => showError(errorEl, err)), 250);
     text.addEventListener("input", () => refresh());
     special.addEventListener("change", () => refresh.flush());
-    document.addEventListener("api-key-changed", () => refresh.flush());
+    document.addEventListener("playground:refresh", () => refresh.flush());
     showIds.addEventListener("change", () => chips.classList.toggle("show-ids", showIds.checked));
     refresh.flush();
   }
@@ -647,7 +653,7 @@
     topk.addEventListener("change", () => refresh.flush());
     temp.addEventListener("change", () => refresh.flush());
     $("nt-refresh").addEventListener("click", () => refresh.flush());
-    document.addEventListener("api-key-changed", () => refresh.flush());
+    document.addEventListener("playground:refresh", () => refresh.flush());
     refresh.flush();
   }
 
@@ -853,7 +859,7 @@
       } catch (_) {
         /* ignore */
       }
-      document.dispatchEvent(new Event("api-key-changed")); // the live panels ask again with the new key
+      document.dispatchEvent(new Event("playground:refresh")); // the live panels ask again with the new key
     });
   }
 
