@@ -33,7 +33,7 @@ from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.language.schemas import ChatMessage, GenerateRequest
 from service.language.validation import check_token_ids, encode_prompt, prompt_token_limit, sampling_params
-from service.observability.context import add_usage, annotate
+from service.observability.context import add_usage
 from service.openai.schemas import ChatCompletionRequest, CompletionRequest, MAX_CHOICES
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "time_limit": "length", "cancelled": "stop"}
@@ -323,9 +323,4 @@ def now() -> int:
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-
-
-def record_request(model: str, prompt_tokens: int, choices: int) -> None:
-    annotate(model=model, choices=choices)
-    add_usage(prompt_tokens=prompt_tokens)
 
