@@ -61,6 +61,14 @@ class _SamplingFields(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False, description="Extension: > 1 discourages repeats (CTRL's penalty).")
     ignore_eos: bool = Field(default=False, description="Extension: keep generating past the end-of-sequence token.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """Some clients send every field, unset ones as `null`: treat those as absent, as OpenAI does."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, value: str | list[str] | None) -> list[str] | None:

@@ -69,3 +69,13 @@ async def test_the_client_raises_typed_errors(aclient: openai.AsyncOpenAI, model
     # the service is unharmed
     ok = await aclient.completions.create(model=model_id, prompt=PROMPT, max_tokens=1, temperature=0)
     assert ok.usage is not None and ok.usage.completion_tokens == 1
+
+
+async def test_explicit_nulls_mean_defaults(client: httpx.AsyncClient) -> None:
+    nulls = {"n": None, "stream": None, "logprobs": None, "top_logprobs": None, "stop": None, "seed": None, "user": None,
+             "tools": None, "response_format": None, "temperature": 0, "max_tokens": 1}
+    chat = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], **nulls})
+    assert chat.status_code == 200, chat.text
+    completion = await client.post("/v1/completions", json={"prompt": "Hi", "echo": None, "suffix": None, "best_of": None, **nulls})
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["choices"][0]["logprobs"] is None
