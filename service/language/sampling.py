@@ -80,8 +80,12 @@ class TokenChooser:
         p = self.params
         if p.repetition_penalty != 1.0 and seen_ids:
             logits = apply_repetition_penalty(logits, torch.tensor(seen_ids, dtype=torch.long, device=logits.device), p.repetition_penalty)
-        if not p.do_sample or p.temperature == 0.0:
+        if not p.do_sample or p.temperature <= torch.finfo(logits.dtype).tiny:
+            # Zero is greedy, and so is the limit: a temperature too small for the logits' dtype would
+            # divide by zero (NaN probabilities) instead of concentrating all mass on the argmax.
             return int(torch.argmax(logits))
-        logits = filter_top_k_top_p(logits / p.temperature, p.top_k, p.top_p)
+        # Shift so the top score is 0 before dividing: tiny temperatures then send the others to -inf
+        # (the greedy limit) instead of overflowing to inf - inf = NaN. Softmax is unchanged by the shift.
+        logits = filter_top_k_top_p((logits - logits.max()) / p.temperature, p.top_k, p.top_p)
         probs = logits.softmax(-1).cpu()
         return int(torch.multinomial(probs, 1, generator=self.generator))
