@@ -258,4 +258,10 @@ def prepare_image(img: Image.Image, *, param: str = "image") -> np.ndarray:
 
 def image_bytes_to_array(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "image") -> np.ndarray:
     """Encoded image bytes -> MNIST-style (28, 28) array: decode with limits, then prepare."""
-    return prepare_image(open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, param=param), param=param)
+    img = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, param=param)
+    try:
+        return prepare_image(img, param=param)
+    except (OSError, ValueError, SyntaxError) as exc:  # damage Pillow only notices while converting
+        if isinstance(exc, DigitInputError):
+            raise
+        raise DigitInputError(f"{param} could not be processed ({type(exc).__name__}: {exc})", param=param) from None

@@ -268,3 +268,17 @@ async def test_docs_show_json_and_multipart_bodies(digits_client: httpx.AsyncCli
         response = await digits_client.post(URL, json=example["value"])
         assert response.status_code == 200, (example["summary"], response.text)
     json.dumps(spec)
+
+
+async def test_api_key_is_required_when_configured(samples: list[tuple[np.ndarray, int]]) -> None:
+    from service.app import create_app
+    from service.config import Settings
+    from service.digits.model import DEFAULT_MODEL_PATH
+
+    app = create_app(Settings(load_language_model=False, digits_model_path=DEFAULT_MODEL_PATH, api_keys=["s3cret"]))
+    body = {"pixels": to_uint8(samples[5][0]).tolist()}
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post(URL, json=body)
+        assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+        response = await client.post(URL, json=body, headers={"Authorization": "Bearer s3cret"})
+        assert response.status_code == 200 and response.json()["digit"] == 5
