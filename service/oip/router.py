@@ -140,17 +140,17 @@ async def model_version_ready(model_name: str, model_version: str, request: Requ
     return await model_ready(model_name, request, models)
 
 
+# The body is read raw (the binary tensor extension is not JSON), so its schema is declared here. Binary
+# bodies (a JSON header of `Inference-Header-Content-Length` bytes, then raw little-endian tensors) are
+# described in words: as an OpenAPI media type, any byte string would match.
 _INFER_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": inline_schema(InferenceRequest)},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor extension: JSON header (length in `Inference-Header-Content-Length`) followed by raw tensors.",
-            },
-        },
-    }
+    "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(InferenceRequest)}}},
+    "description": (
+        "Tensors as JSON `data` (flat or nested, row-major), or with the binary tensor extension: the JSON header, "
+        "its length in the `Inference-Header-Content-Length` header, then each input's raw little-endian bytes "
+        "(`parameters.binary_data_size`). Ask for binary outputs with `parameters.binary_data` on an output or "
+        "`parameters.binary_data_output` on the request."
+    ),
 }
 
 

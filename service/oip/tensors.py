@@ -44,6 +44,8 @@ def parse_request(raw: bytes, header_length: str | None) -> tuple[InferenceReque
         payload = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}", param="body") from None
+    except RecursionError:
+        raise InvalidInput("malformed JSON: nested too deeply", param="body") from None
     try:
         return InferenceRequest.model_validate(payload), tail
     except ValidationError as exc:
@@ -107,7 +109,7 @@ def _values(tensor: RequestInput, dtype: np.dtype, count: int, binary: bytes) ->
         raise InvalidInput("the input has neither `data` nor parameters.binary_data_size", param="inputs[0].data")
     try:
         return np.asarray(tensor.data, dtype=np.float64).reshape(-1)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise InvalidInput("data must be numbers (flat, or nested with equal lengths)", param="inputs[0].data") from None
 
 

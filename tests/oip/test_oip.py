@@ -157,6 +157,12 @@ async def test_non_finite_and_malformed(client: httpx.AsyncClient) -> None:
     assert response.status_code == 400 and "non-finite" in response.json()["error"]
     response = await client.post(f"/v2/models/{MODEL}/infer", content=b"{not json")
     assert response.status_code == 400 and "malformed JSON" in response.json()["error"]
+    for body in (b"[" * 100_000 + b"]" * 100_000, b"[1, 2]", b'"x"'):
+        response = await client.post(f"/v2/models/{MODEL}/infer", content=body)
+        assert response.status_code == 400, response.text
+    huge = _input([1, 784], data=[10**400] + [0] * 783)
+    response = await client.post(f"/v2/models/{MODEL}/infer", content=json.dumps(huge).encode())
+    assert response.status_code == 400 and "numbers" in response.json()["error"]
 
 
 async def test_unknown_model_or_version_is_404(client: httpx.AsyncClient) -> None:
