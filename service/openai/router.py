@@ -11,10 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sse_starlette.sse import EventSourceResponse
 
-from service.config import Settings
-from service.streaming import event_stream_response
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.language.engine import ErrorEvent, FinishEvent, GenerationHandle, TokenEvent
@@ -52,6 +49,7 @@ from service.openai.serving import (
     usage_dict,
 )
 from service.security import ApiKey
+from service.streaming import event_stream_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ApiKey])
 
@@ -80,10 +78,6 @@ async def list_models(request: Request, lm: LanguageModelDep) -> ModelList:
 async def retrieve_model(model_id: str, request: Request, lm: LanguageModelDep) -> ModelCard:
     check_model(model_id, lm)
     return _card(lm, request)
-
-
-def _stream_response(chunks: AsyncIterator[str], settings: Settings) -> EventSourceResponse:
-    return event_stream_response(chunks, settings)
 
 
 # ---- /v1/completions ----------------------------------------------------------------------------
@@ -123,7 +117,7 @@ async def completions(
 
     handles = submit_all(engine, specs)
     if body.stream:
-        return _stream_response(_completion_chunks(body, specs, handles, echoed, model, prompt_tokens, lm), settings)
+        return event_stream_response(_completion_chunks(body, specs, handles, echoed, model, prompt_tokens, lm), settings)
     try:
         results = await cancel_on_disconnect(request, collect(specs, handles))
     except ClientDisconnected:
@@ -263,7 +257,7 @@ async def chat_completions(
 
     handles = submit_all(engine, specs)
     if body.stream:
-        return _stream_response(_chat_chunks(body, specs, handles, model, prompt, lm), settings)
+        return event_stream_response(_chat_chunks(body, specs, handles, model, prompt, lm), settings)
     try:
         results = await cancel_on_disconnect(request, collect(specs, handles))
     except ClientDisconnected:
