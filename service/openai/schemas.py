@@ -60,6 +60,10 @@ class _SamplingFields(BaseModel):
     top_k: int = Field(default=0, ge=0, description="Extension: sample among the k most likely tokens (0 = all).")
     repetition_penalty: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False, description="Extension: > 1 discourages repeats (CTRL's penalty).")
     ignore_eos: bool = Field(default=False, description="Extension: keep generating past the end-of-sequence token.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="Extension: this request's time limit in seconds (at most GENAI_REQUEST_TIMEOUT_S, the default).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from service.config import Settings
-from service.errors import GenerationError, InvalidInput, ServiceError
+from service.errors import GenerationError, InvalidInput, ServiceError, TimedOut
 from service.language.engine import (
     Candidate,
     ErrorEvent,
@@ -122,6 +122,7 @@ def engine_params(
         stop=body.stop,
         ignore_eos=body.ignore_eos,
         top_alternatives=top_alternatives,
+        timeout_s=body.timeout_s,
     )
     names = {**_PARAM_NAMES, "top_alternatives": logprobs_param}
     try:
@@ -187,8 +188,14 @@ async def collect(specs: list[ChoiceSpec], handles: dict[int, GenerationHandle])
         for handle in handles.values():
             handle.cancel()
     for result in results.values():
-        if result.finish is not None:
-            add_usage(completion_tokens=result.finish.completion_tokens)
+        finish = result.finish
+        if finish is not None:
+            add_usage(completion_tokens=finish.completion_tokens)
+            if finish.finish_reason == "time_limit" and finish.completion_tokens == 0:  # as the native /generate
+                raise TimedOut(
+                    f"no token within the time limit of the request (GENAI_REQUEST_TIMEOUT_S); waited {finish.total_seconds:.1f} s",
+                    headers={"Retry-After": "1"},
+                )
     return [results[spec.index] for spec in specs]
 
 
