@@ -26,6 +26,7 @@ error_log = logging.getLogger("service.errors")
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=\-]{1,128}$")
 # Probes and scrapes arrive every few seconds: their lines go out at DEBUG so they do not drown the log.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 
@@ -99,6 +100,8 @@ class RequestContextMiddleware:
             self.metrics.http_in_progress.dec()
             route = route_template(scope)
             method = str(scope.get("method", ""))
+            if method not in _METHODS:
+                method = "other"  # clients choose the method string: keep label values bounded
             self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.http_latency.labels(method=method, route=route).observe(elapsed)
             self._log(scope, ctx, route, method, status, elapsed)

@@ -114,3 +114,16 @@ async def test_metrics_need_no_key_and_have_help(client: httpx.AsyncClient, path
     text = (await client.get(path)).text
     assert "# HELP genai_time_to_first_token_seconds" in text
     assert "# TYPE genai_http_requests_total counter" in text
+
+
+async def test_label_values_stay_bounded(client: httpx.AsyncClient) -> None:
+    """Raw paths and made-up methods never become label values (a scraper's memory depends on it)."""
+    for i in range(3):
+        await client.get(f"/made/up/{i}")
+        await client.request(f"BREW{i}", "/health")
+    samples = await scrape(client)
+    routes = {dict(labels).get("route") for name, labels in samples if name == "genai_http_requests_total"}
+    methods = {dict(labels).get("method") for name, labels in samples if name == "genai_http_requests_total"}
+    assert not any(route and route.startswith("/made/") for route in routes)
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert "other" in methods
