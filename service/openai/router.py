@@ -220,6 +220,7 @@ async def _completion_chunks(
                 yield chunk(index, "", None, finish_reason(event), usage)
             elif isinstance(event, ErrorEvent):
                 yield error_chunk(event.message)
+                yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
                 return
         if include_usage:
             yield sse_data(
@@ -332,6 +333,7 @@ async def _chat_chunks(
                 yield chunk(index, {}, None, finish_reason(event), usage)
             elif isinstance(event, ErrorEvent):
                 yield error_chunk(event.message)
+                yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
                 return
         if include_usage:
             yield sse_data(

@@ -1,0 +1,39 @@
+"""A generation that fails mid-stream ends the stream with an OpenAI error event and `[DONE]`; its handles are cancelled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from service.language.engine import ErrorEvent, TokenEvent
+from service.openai.router import _chat_chunks
+from service.openai.schemas import ChatCompletionRequest
+from service.openai.serving import ChoiceSpec, Prompt
+
+
+class FakeHandle:
+    def __init__(self, events: list[Any]) -> None:
+        self._events = events
+        self.cancelled = False
+
+    async def events(self) -> AsyncIterator[Any]:
+        for event in self._events:
+            yield event
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_error_mid_stream(language_model) -> None:  # type: ignore[no-untyped-def]
+    token = TokenEvent(index=0, id=504, token="The", text="The", probability=0.5, logprob=-0.69, special=False)
+    handle = FakeHandle([token, ErrorEvent("the model failed")])
+    body = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], stream=True)  # type: ignore[list-item]
+    prompt = Prompt(ids=[1, 2, 3], text="Hi")
+    chunks = [c async for c in _chat_chunks(body, [ChoiceSpec(0, prompt, None)], {0: handle}, "m", prompt, language_model)]  # type: ignore[dict-item]
+    assert chunks[-1] == "[DONE]"
+    payloads = [json.loads(c) for c in chunks[:-1]]
+    assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert payloads[1]["choices"][0]["delta"] == {"content": "The"}
+    assert payloads[-1] == {"error": {"message": "the model failed", "type": "server_error", "param": None, "code": 500}}
+    assert handle.cancelled
