@@ -8,7 +8,8 @@ Servers (in this order):
   service      this service: `python -m service serve` (settings from the GENAI_* environment)
   per_request  bench/baselines/per_request.py: `model.generate` per request, FastAPI sync endpoints
   naive        bench/baselines/naive_loop.py: the course notebook's loop (full forward per token, no KV cache)
-  llama        llama.cpp's llama-server on the same GGUF, `-np 8 -cb -t 2` (build: bench/build_llama_server.sh)
+  llama        llama.cpp's llama-server on the same GGUF, `-np 8 -cb -t 2` (build: bench/build_llama_server.sh;
+               another binary: LLAMA_SERVER=/path/to/llama-server)
   empty        bench/empty_app.py: one empty FastAPI POST route, the W4 ceiling (added whenever W4 runs)
 
 A server that cannot start (llama-server not built, a crash at start-up) is skipped with a note; a
@@ -74,9 +75,10 @@ def _embedded_gguf() -> str:
 
 
 def _llama_command(port: int) -> list[str]:
-    if not os.access(LLAMA_SERVER, os.X_OK):
-        raise Skip(f"llama-server not built ({LLAMA_SERVER.relative_to(ROOT)} missing): run bench/build_llama_server.sh (~15 min)")
-    return [str(LLAMA_SERVER), "-m", _embedded_gguf(), "-np", "8", "-cb", "-t", "2", "--host", "127.0.0.1", "--port", str(port)]
+    binary = Path(os.environ.get("LLAMA_SERVER", LLAMA_SERVER))
+    if not os.access(binary, os.X_OK):
+        raise Skip(f"llama-server not built ({binary} missing): run bench/build_llama_server.sh (~15 min)")
+    return [str(binary), "-m", _embedded_gguf(), "-np", "8", "-cb", "-t", "2", "--host", "127.0.0.1", "--port", str(port)]
 
 
 SERVERS: dict[str, ServerSpec] = {
@@ -248,9 +250,7 @@ def render_table(results: dict[str, Any], servers: list[str], plan: loadgen.Plan
     header = ["Metric", *servers, *(f"service/{o}" for o in ratio_columns), *(["Target (service)"] if with_target else [])]
     aligns = ["---"] + ["---:"] * (len(servers) + len(ratio_columns)) + (["---"] if with_target else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
-    ran = {k[:2].upper() for entry in results.values() for k in entry.get("values", {})} | {
-        w for entry in results.values() for w in entry.get("errors", {})
-    }
+    ran = {w for entry in results.values() for w in entry.get("workloads", [])}
     for row in ROWS:
         if WORKLOAD_OF[row.key] not in ran:
             continue
@@ -291,9 +291,15 @@ def render_notes(results: dict[str, Any], servers: list[str], plan: loadgen.Plan
     if "llama" in servers:
         notes.append(f"llama-server asked with cache_prompt={'true' if args.llama_cache_prompt else 'false'} "
                      "(false: it recomputes every prompt, as the service does).")
+    ran = {w for s in servers for w in results.get(s, {}).get("workloads", [])}
+    durations = {
+        "W1": f"W1 {plan.w1_runs} run(s) of {plan.w1_tokens} tokens",
+        "W2": f"W2 {plan.w2_seconds:g} s of {plan.w2_tokens}-token requests",
+        "W3": f"W3 {plan.w3_seconds:g} s",
+        "W4": f"W4 {plan.w4_seconds:g} s (wrk -t{plan.wrk_threads} -c{plan.clients})",
+    }
     notes.append(
-        f"Durations: W1 {plan.w1_runs} run(s) of {plan.w1_tokens} tokens; W2 {plan.w2_seconds:g} s of {plan.w2_tokens}-token requests; "
-        f"W3 {plan.w3_seconds:g} s; W4 {plan.w4_seconds:g} s (wrk -t{plan.wrk_threads} -c{plan.clients}); {plan.clients} clients. "
+        "Durations: " + "; ".join(text for w, text in durations.items() if w in ran) + f"; {plan.clients} clients. "
         "Clients start no request after the duration; rates count what completed, up to the last completion."
     )
     genai = {k: v for k, v in sorted(os.environ.items()) if k.startswith("GENAI_") and k != "GENAI_API_KEYS"}
@@ -338,17 +344,17 @@ def git_commit() -> str:
 def run_server(name: str, workloads: list[str], plan: loadgen.Plan, args: argparse.Namespace, headers: dict[str, str]) -> dict[str, Any]:
     spec = SERVERS[name]
     todo = [w for w in workloads if w in spec.workloads]
-    entry: dict[str, Any] = {"values": {}, "errors": {}}
+    entry: dict[str, Any] = {"values": {}, "errors": {}, "workloads": todo}
     if not todo:
         return entry
     try:
         server = RunningServer(spec, args.ready_timeout)
     except Skip as exc:
         log(f"{name}: skipped: {exc}")
-        return {"skip": str(exc)}
+        return {"skip": str(exc), "workloads": todo}
     except Exception as exc:  # noqa: BLE001 — never crash the whole run for one server
         log(f"{name}: could not start: {exc!r}")
-        return {"skip": f"could not start: {type(exc).__name__}: {exc}"}
+        return {"skip": f"could not start: {type(exc).__name__}: {exc}", "workloads": todo}
     entry["ready_seconds"] = server.ready_seconds
     adapter = loadgen.llama_adapter(args.llama_cache_prompt) if spec.adapter == "llama" else loadgen.ADAPTERS[spec.adapter]
     try:
