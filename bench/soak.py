@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import io
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -531,7 +532,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))  # nearest rank
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))  # nearest rank
     return ordered[index]
 
 
@@ -663,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     health_p99 = percentile(health_ms, 99)
     rss0, rss1 = warm_memory.get("VmRSS"), end_memory.get("VmRSS")
     growth = (rss1 - rss0) / rss0 if rss0 and rss1 else None
+    anon0, anon1 = warm_memory.get("RssAnon"), end_memory.get("RssAnon")
+    anon_growth = f" (RssAnon {(anon1 - anon0) / anon0:+.2%})" if anon0 and anon1 else ""
     peak_rss = max((m.get("VmRSS", 0) for _, m in memory), default=0)
     leftover = counts.get("genai_requests_running", 0) + counts.get("genai_requests_waiting", 0)
 
@@ -676,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         ("no 5xx (error events inside 200 streams count)", f"{len(server_errors)}", not server_errors),
         ("no lost request", f"{len(lost)}", not lost),
         ("bad input always its 4xx; answers well-formed", f"{len(wrong)} wrong", not wrong),
-        (f"RSS growth after warm-up < {RSS_GROWTH_LIMIT:.0%}", "—" if growth is None else f"{growth:+.2%}", growth is not None and growth < RSS_GROWTH_LIMIT),
+        (f"RSS growth after warm-up < {RSS_GROWTH_LIMIT:.0%}", "—" if growth is None else f"VmRSS {growth:+.2%}" + anon_growth, growth is not None and growth < RSS_GROWTH_LIMIT),
         (f"/health p99 < {HEALTH_P99_LIMIT_MS:.0f} ms, always 200", health_text, health_p99 is not None and health_p99 < HEALTH_P99_LIMIT_MS and not health_failed),
         ("no generation left running or waiting after the run", engine_text, bool(counts) and leftover == 0),
     ]
