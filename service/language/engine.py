@@ -415,7 +415,11 @@ class GenerationEngine:
         self.stats.distribution_batches += 1
         for row, req in enumerate(requests):
             row_logits = logits[row, : self.lm.vocab_size]
-            logprobs = torch.log_softmax(row_logits / req.temperature, dim=-1)
+            # Shift before dividing and keep the result finite: a tiny temperature then tends to the greedy
+            # limit (probability 1 for the top token) instead of overflowing to inf - inf = NaN.
+            temperature = max(req.temperature, torch.finfo(torch.float32).tiny)  # 5e-324 is 0 in float32
+            scaled = ((row_logits - row_logits.max()) / temperature).clamp(min=torch.finfo(torch.float32).min)
+            logprobs = torch.log_softmax(scaled, dim=-1)
             top = torch.topk(logprobs, req.top_k)
             candidates = self._candidates(top.indices.tolist(), top.values.tolist())
             if not req.future.done():
@@ -585,9 +589,9 @@ class GenerationEngine:
             total_seconds=now - seq.submitted_at,
         )
         self.stats.finished += 1
-        seq.handle._emit(event)
-        for listener in self.finish_listeners:
+        for listener in self.finish_listeners:  # before the client hears of it: a scrape right after sees it
             listener(event)
+        seq.handle._emit(event)
 
     def _retire_cancelled_and_expired(self) -> None:
         now = time.monotonic()

@@ -78,14 +78,12 @@ def test_malformed_multipart_body_is_422(http: requests.Session) -> None:
     assert response.status_code == 422, response.text
 
 
-@pytest.mark.xfail(strict=True, reason="open: engine.next_token_distribution divides raw logits by the temperature (NaN -> 500)")
 @pytest.mark.parametrize("temperature", TINY_TEMPERATURES)
 def test_next_token_probs_tiny_temperature(http: requests.Session, temperature: float) -> None:
     response = http.post("/next-token-probs", json={"prompt": "0", "temperature": temperature}, timeout=60)
     assert response.status_code in (200, 422), response.text
 
 
-@pytest.mark.xfail(strict=True, reason="open: FastAPI answers a body that is not UTF-8 with a 400 the schema does not list")
 @pytest.mark.parametrize("path", ["/tokenize", "/detokenize", "/next-token-probs", "/generate"])
 def test_body_that_is_not_utf8_gets_a_documented_status(http: requests.Session, path: str) -> None:
     response = http.post(path, data=b"\xff\xfeQ", headers={"content-type": "application/json"}, timeout=60)
