@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = (rss1 - rss0) / rss0 if rss0 and rss1 else None
     anon0, anon1 = warm_memory.get("RssAnon"), end_memory.get("RssAnon")
     anon_growth = f" (RssAnon {(anon1 - anon0) / anon0:+.2%})" if anon0 and anon1 else ""
-    peak_rss = max((m.get("VmRSS", 0) for _, m in memory), default=0)
+    peak_rss = max([m.get("VmRSS", 0) for _, m in memory] + [end_memory.get("VmRSS", 0)])
     leftover = counts.get("genai_requests_running", 0) + counts.get("genai_requests_waiting", 0)
 
     health_text = "no probes" if health_p99 is None else f"{health_p99:.1f} ms over {len(health)} probes" + (f", {health_failed} not 200" if health_failed else "")
