@@ -13,6 +13,7 @@ from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.streaming import event_stream_response
 from service.errors import GenerationError, InvalidInput, TimedOut
+from service.observability.context import add_usage, note_prompt
 from service.language.engine import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
 from service.language.schemas import (
     DetokenizeRequest,
@@ -76,6 +77,8 @@ async def next_token_probs(
 ) -> NextTokenResponse:
     check_top_k(body.top_k, lm, settings)
     ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens)
+    note_prompt(body.prompt)
+    add_usage(prompt_tokens=len(ids))
     temperature = body.temperature or 1.0
     distribution = await engine.next_token_distribution(ids, body.top_k, temperature)
     return NextTokenResponse(
@@ -127,6 +130,8 @@ async def generate(
 ) -> Response | GenerateResponse:
     ids = encode_prompt(lm, settings, prompt=body.prompt, messages=body.messages, add_special_tokens=body.add_special_tokens)
     params = sampling_params(body, len(ids), lm, settings)
+    note_prompt(body.prompt if body.prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in body.messages or []))
+    add_usage(prompt_tokens=len(ids))
     handle = engine.submit(ids, params)
     if body.stream:
         # Wait for the first event before answering, so a request that never gets a token can still
@@ -147,6 +152,7 @@ async def generate(
     except GenerationFailed as exc:
         raise GenerationError(str(exc)) from exc
     _raise_if_failed_before_first_token(finish)
+    add_usage(completion_tokens=finish.completion_tokens)
     return GenerateResponse(
         text=finish.text,
         ids=finish.ids,
@@ -192,6 +198,7 @@ async def _stream_events(events: AsyncIterator[Any], cancel: Any, with_alternati
                     data["alternatives"] = [_candidate(c).model_dump() for c in event.alternatives]
                 yield ServerSentEvent(data=json.dumps(data), event="token")
             elif isinstance(event, FinishEvent):
+                add_usage(completion_tokens=event.completion_tokens)
                 done = {
                     "text": event.text,
                     "ids": event.ids,
