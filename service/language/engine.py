@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -39,6 +39,7 @@ from service.language.detokenize import TextAssembler
 from service.language.sampling import SamplingParams, TokenChooser
 
 log = logging.getLogger("service.engine")
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------
 # What the engine hands back
@@ -208,6 +209,7 @@ class GenerationEngine:
         self._cv = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
         self._distributions: deque[_DistributionRequest] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._running: list[_Sequence] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
@@ -310,6 +312,25 @@ class GenerationEngine:
             self._cv.notify_all()
         return await asyncio.wrap_future(future)
 
+    async def run_on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run other model work (scoring a prompt, say) on the engine thread between two steps, so that
+        the model is only ever used from one thread."""
+        self._check_accepting()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cv:
+            self._calls.append((lambda: fn(*args), future))
+            self._cv.notify_all()
+        return await asyncio.wrap_future(future)
+
+    def _run_calls(self, calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]) -> None:
+        for call, future in calls:
+            if future.cancelled():
+                continue
+            try:
+                future.set_result(call())
+            except Exception as exc:  # reported to the caller, not fatal to the engine
+                future.set_exception(exc)
+
     def _check_accepting(self) -> None:
         if self._dead is not None:
             raise ModelNotReady(f"the generation engine stopped: {self._dead}")
@@ -323,16 +344,20 @@ class GenerationEngine:
             with torch.inference_mode():
                 while True:
                     with self._cv:
-                        while not (self._stopping or self._waiting or self._distributions or self._running):
+                        while not (self._stopping or self._waiting or self._distributions or self._running or self._calls):
                             self._cv.wait()
                         if self._stopping:
                             break
                         distributions = list(self._distributions)
                         self._distributions.clear()
+                        calls = list(self._calls)
+                        self._calls.clear()
                         admitted: list[_Sequence] = []
                         while self._waiting and len(self._running) + len(admitted) < self.max_batch:
                             admitted.append(self._waiting.popleft())
                     try:
+                        if calls:
+                            self._run_calls(calls)
                         if distributions:
                             self._serve_distributions(distributions)
                         self._retire_cancelled_and_expired()
@@ -363,6 +388,10 @@ class GenerationEngine:
         for req in distributions:
             if not req.future.done():
                 req.future.set_exception(ModelNotReady("the service is shutting down"))
+        for _, future in self._calls:
+            if not future.done():
+                future.set_exception(ModelNotReady("the service is shutting down"))
+        self._calls.clear()
 
     def _fail_all(self, admitted: list[_Sequence], distributions: list[_DistributionRequest], message: str) -> None:
         for req in distributions:

@@ -113,7 +113,7 @@ async def completions(
     echoed: dict[int, LegacyLogprobs] = {}
     if body.echo and want_logprobs:
         for prompt in prompts:
-            echoed[id(prompt)] = await prompt_logprobs(lm, prompt, top_n)
+            echoed[id(prompt)] = await prompt_logprobs(engine, lm, prompt, top_n)
 
     handles = submit_all(engine, specs)
     if body.stream:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -282,13 +281,9 @@ class LegacyLogprobs:
         }
 
 
-# Scoring a prompt (echo + logprobs) is one forward pass outside the engine, one at a time per process:
-# the engine has no prompt-logprob request yet.
-_SCORING_LOCK = threading.Lock()
-
-
 def _score_prompt_blocking(lm: LanguageModel, ids: list[int], top_n: int) -> list[tuple[float | None, list[tuple[str, float]] | None]]:
-    with _SCORING_LOCK, torch.inference_mode():
+    """One forward pass over the prompt; runs on the engine thread, which owns the model."""
+    with torch.inference_mode():
         input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
         logits = lm.model(input_ids=input_ids, use_cache=False).logits[0, :-1, : lm.vocab_size].float()
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -304,9 +299,9 @@ def _score_prompt_blocking(lm: LanguageModel, ids: list[int], top_n: int) -> lis
         return out
 
 
-async def prompt_logprobs(lm: LanguageModel, prompt: Prompt, top_n: int) -> LegacyLogprobs:
+async def prompt_logprobs(engine: GenerationEngine, lm: LanguageModel, prompt: Prompt, top_n: int) -> LegacyLogprobs:
     """The prompt's own tokens with their logprobs (the first has none), as `echo` + `logprobs` returns them."""
-    scores = await asyncio.to_thread(_score_prompt_blocking, lm, prompt.ids, top_n)
+    scores = await engine.run_on_engine_thread(_score_prompt_blocking, lm, prompt.ids, top_n)
     result = LegacyLogprobs()
     for token_id, (logprob, alternatives) in zip(prompt.ids, scores):
         result.add(lm.token_text(token_id), logprob, alternatives)
