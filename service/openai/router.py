@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
-from service.language.engine import ErrorEvent, FinishEvent, GenerationHandle, TokenEvent
+from service.language.engine import GenerationHandle, TokenEvent
 from service.language.model import LanguageModel
 from service.observability.context import add_usage, annotate, note_prompt
 from service.openai.schemas import (
@@ -36,15 +36,14 @@ from service.openai.serving import (
     collect,
     completion_prompts,
     engine_params,
-    error_chunk,
     finish_reason,
     is_end_token,
-    merged_events,
     new_id,
     now,
     prompt_logprobs,
     seeded,
     sse_data,
+    stream_choices,
     submit_all,
     usage_dict,
 )
@@ -187,47 +186,34 @@ async def _completion_chunks(
         )
 
     offsets: dict[int, int] = {}
-    completion_tokens = 0
-    finished = 0
+
+    def token_chunk(index: int, event: TokenEvent) -> str | None:
+        logprobs = None
+        if body.logprobs is not None:
+            lp = LegacyLogprobs(offset=offsets[index])
+            lp.add_event(event)
+            offsets[index] = lp.offset
+            logprobs = lp.as_dict()
+        return chunk(index, event.text, logprobs, None) if event.text or logprobs is not None else None
+
     try:
         for spec in specs:
             offsets[spec.index] = len(spec.prompt.text) if body.echo else 0
             if body.echo:
                 lp = echoed.get(id(spec.prompt))
                 yield chunk(spec.index, spec.prompt.text, lp.as_dict() if lp is not None else None, None)
-        for spec in specs:
-            if spec.params is None:  # max_tokens = 0: the echo was all
-                finished += 1
-                usage = usage_dict(prompt_tokens, 0) if finished == len(specs) else None
-                yield chunk(spec.index, "", None, "length", usage)
-        async for index, event in merged_events(handles):
-            if isinstance(event, TokenEvent):
-                if is_end_token(event, lm):
-                    continue
-                logprobs = None
-                if body.logprobs is not None:
-                    lp = LegacyLogprobs(offset=offsets[index])
-                    lp.add_event(event)
-                    offsets[index] = lp.offset
-                    logprobs = lp.as_dict()
-                if event.text or logprobs is not None:
-                    yield chunk(index, event.text, logprobs, None)
-            elif isinstance(event, FinishEvent):
-                completion_tokens += event.completion_tokens
-                add_usage(completion_tokens=event.completion_tokens)
-                finished += 1
-                usage = usage_dict(prompt_tokens, completion_tokens) if finished == len(specs) else None
-                yield chunk(index, "", None, finish_reason(event), usage)
-            elif isinstance(event, ErrorEvent):
-                yield error_chunk(event.message)
-                yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
-                return
-        if include_usage:
-            yield sse_data(
-                {"id": chunk_id, "object": "text_completion", "created": created, "model": model, "choices": [],
-                 "usage": usage_dict(prompt_tokens, completion_tokens)}
-            )
-        yield "[DONE]"
+        echo_only = [spec for spec in specs if spec.params is None]  # max_tokens = 0: the echo was all
+        for n, spec in enumerate(echo_only, start=1):
+            yield chunk(spec.index, "", None, "length", usage_dict(prompt_tokens, 0) if n == len(specs) else None)
+        async for piece in stream_choices(
+            handles, lm, choices=len(specs), already_finished=len(echo_only), prompt_tokens=prompt_tokens,
+            token_chunk=token_chunk,
+            finish_chunk=lambda index, reason, usage: chunk(index, "", None, reason, usage),
+            usage_chunk=(lambda usage: sse_data(
+                {"id": chunk_id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage}
+            )) if include_usage else None,
+        ):
+            yield piece
     finally:
         for handle in handles.values():
             handle.cancel()
@@ -313,34 +299,22 @@ async def _chat_chunks(
             }
         )
 
-    completion_tokens = 0
-    finished = 0
+    def token_chunk(index: int, event: TokenEvent) -> str | None:
+        logprobs = {"content": [_chat_logprob(event, lm)], "refusal": None} if body.logprobs else None
+        return chunk(index, {"content": event.text}, logprobs, None) if event.text or logprobs is not None else None
+
     try:
         for spec in specs:
             yield chunk(spec.index, {"role": "assistant", "content": ""}, None, None)
-        async for index, event in merged_events(handles):
-            if isinstance(event, TokenEvent):
-                if is_end_token(event, lm):
-                    continue
-                logprobs = {"content": [_chat_logprob(event, lm)], "refusal": None} if body.logprobs else None
-                if event.text or logprobs is not None:
-                    yield chunk(index, {"content": event.text}, logprobs, None)
-            elif isinstance(event, FinishEvent):
-                completion_tokens += event.completion_tokens
-                add_usage(completion_tokens=event.completion_tokens)
-                finished += 1
-                usage = usage_dict(prompt_tokens, completion_tokens) if finished == len(specs) else None
-                yield chunk(index, {}, None, finish_reason(event), usage)
-            elif isinstance(event, ErrorEvent):
-                yield error_chunk(event.message)
-                yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
-                return
-        if include_usage:
-            yield sse_data(
-                {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-                 "usage": usage_dict(prompt_tokens, completion_tokens)}
-            )
-        yield "[DONE]"
-    finally:
+        async for piece in stream_choices(
+            handles, lm, choices=len(specs), already_finished=0, prompt_tokens=prompt_tokens,
+            token_chunk=token_chunk,
+            finish_chunk=lambda index, reason, usage: chunk(index, {}, None, reason, usage),
+            usage_chunk=(lambda usage: sse_data(
+                {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+            )) if include_usage else None,
+        ):
+            yield piece
+    finally:  # a client gone before the first token still frees its batch slots
         for handle in handles.values():
             handle.cancel()

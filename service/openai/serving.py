@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -326,3 +326,45 @@ def now() -> int:
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
+
+
+async def stream_choices(
+    handles: dict[int, GenerationHandle],
+    lm: LanguageModel,
+    *,
+    choices: int,
+    already_finished: int,
+    prompt_tokens: int,
+    token_chunk: Callable[[int, TokenEvent], str | None],
+    finish_chunk: Callable[[int, str, dict[str, int] | None], str],
+    usage_chunk: Callable[[dict[str, int]], str] | None,
+) -> AsyncIterator[str]:
+    """What every /v1 stream shares: the choices' events merged as they come, usage on the last finish
+    chunk (and in a chunk of its own when asked), an error chunk if generation fails, `[DONE]` at the end,
+    and every generation cancelled if the client leaves early. Endpoints only shape their chunks."""
+    completion_tokens = 0
+    finished = already_finished
+    try:
+        async for index, event in merged_events(handles):
+            if isinstance(event, TokenEvent):
+                if is_end_token(event, lm):
+                    continue
+                piece = token_chunk(index, event)
+                if piece is not None:
+                    yield piece
+            elif isinstance(event, FinishEvent):
+                completion_tokens += event.completion_tokens
+                add_usage(completion_tokens=event.completion_tokens)
+                finished += 1
+                usage = usage_dict(prompt_tokens, completion_tokens) if finished == choices else None
+                yield finish_chunk(index, finish_reason(event), usage)
+            elif isinstance(event, ErrorEvent):
+                yield error_chunk(event.message)
+                yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
+                return
+        if usage_chunk is not None:
+            yield usage_chunk(usage_dict(prompt_tokens, completion_tokens))
+        yield "[DONE]"
+    finally:
+        for handle in handles.values():
+            handle.cancel()
