@@ -1,0 +1,1 @@
+"""Open Inference Protocol (KServe v2) for the digit classifier, under /v2."""

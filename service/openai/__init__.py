@@ -1,0 +1,1 @@
+"""OpenAI-compatible API under /v1, over the same engine as the native routes."""
