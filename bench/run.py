@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +30,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import loadgen  # noqa: E402  (bench/loadgen.py)
+from machine import free_port, git_commit, machine_info  # noqa: E402  (bench/machine.py)
 
 PYTHON = sys.executable
 LLAMA_SERVER = ROOT / ".cache" / "llama.cpp" / "build" / "bin" / "llama-server"
@@ -91,12 +89,6 @@ SERVERS: dict[str, ServerSpec] = {
     "llama": ServerSpec("llama", _llama_command, "/health", "llama", ttft="client-measured, streamed"),
     "empty": ServerSpec("empty", lambda port: [PYTHON, "bench/empty_app.py", "--port", str(port)], "/health", "empty", {"W4"}),
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log(message: str) -> None:
@@ -305,40 +297,6 @@ def render_notes(results: dict[str, Any], servers: list[str], plan: loadgen.Plan
     genai = {k: v for k, v in sorted(os.environ.items()) if k.startswith("GENAI_") and k != "GENAI_API_KEYS"}
     notes.append("Settings: " + (", ".join(f"{k}={v}" for k, v in genai.items()) if genai else "defaults (no GENAI_* set)") + ".")
     return notes
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = ""
-    versions = []
-    for package in ("torch", "transformers", "fastapi", "uvicorn"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return f"nproc {os.cpu_count()}, CPU {cpu}, {load} at start; Python {platform.python_version()}, {', '.join(versions)}"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return commit + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-# --------------------------------------------------------------------------------------------
 
 
 def run_server(name: str, workloads: list[str], plan: loadgen.Plan, args: argparse.Namespace, headers: dict[str, str]) -> dict[str, Any]:

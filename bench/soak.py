@@ -34,10 +34,8 @@ import io
 import math
 import multiprocessing as mp
 import os
-import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,13 +43,14 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import free_port, git_commit, machine_info  # noqa: E402  (bench/machine.py)
 RESULTS = ROOT / "bench" / "RESULTS.md"
 LOG_DIR = ROOT / ".cache" / "bench-logs"
 FULL_RUN_SECONDS = 600
@@ -411,12 +410,6 @@ def read_memory(pid: int) -> dict[str, int]:
 # --- the server -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """`python -m service serve` on a free localhost port, in its own process group."""
 
@@ -565,34 +558,6 @@ def endpoint_rows(tally: Tally) -> list[str]:
         f"| {sum(o.server_error is not None for o in everything)} | {sum(o.wrong is not None for o in everything)} |"
     )
     return rows
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "load average %.2f %.2f %.2f" % os.getloadavg()
-    versions = []
-    for package in ("torch", "transformers", "fastapi", "uvicorn"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return f"nproc {os.cpu_count()}, CPU {cpu}, {load} at start; Python {platform.python_version()}, {', '.join(versions)}"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return commit + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
