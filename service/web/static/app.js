@@ -54,13 +54,13 @@
     return new ApiError(describeError(response.status, body, `${response.status} ${response.statusText}`.trim()), response.status, body);
   }
 
-  /** POST a JSON body; resolve to the parsed JSON answer, or throw ApiError with a readable message. */
-  async function api(path, body, { signal } = {}) {
+  /** POST a JSON body; resolve to the response when it is 2xx, else throw ApiError with a readable message. */
+  async function post(path, body, accept, signal) {
     let response;
     try {
       response = await fetch(path, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders() },
+        headers: { "Content-Type": "application/json", Accept: accept, ...authHeaders() },
         body: JSON.stringify(body),
         signal,
       });
@@ -69,7 +69,12 @@
       throw new ApiError("Cannot reach the service. Is it still running?", 0, null);
     }
     if (!response.ok) throw await readError(response);
-    return response.json();
+    return response;
+  }
+
+  /** POST a JSON body; resolve to the parsed JSON answer. */
+  async function api(path, body, { signal } = {}) {
+    return (await post(path, body, "application/json", signal)).json();
   }
 
   /**
@@ -78,19 +83,7 @@
    * `event:` and `data:` lines, `:` comments are keep-alive pings.)
    */
   async function streamEvents(path, body, onEvent, { signal } = {}) {
-    let response;
-    try {
-      response = await fetch(path, {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() },
-        body: JSON.stringify(body),
-        signal,
-      });
-    } catch (err) {
-      if (err.name === "AbortError") throw err;
-      throw new ApiError("Cannot reach the service. Is it still running?", 0, null);
-    }
-    if (!response.ok) throw await readError(response);
+    const response = await post(path, body, "text/event-stream", signal);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
