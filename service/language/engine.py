@@ -183,13 +183,11 @@ class _DistributionRequest:
 
 @dataclass
 class EngineStats:
+    """Totals `/info` shows; the metrics take finer figures from the listeners."""
+
     steps: int = 0
-    prefills: int = 0
     generated_tokens: int = 0
-    prompt_tokens: int = 0
     finished: int = 0
-    last_batch_size: int = 0
-    distribution_batches: int = 0
 
 
 class GenerationEngine:
@@ -441,7 +439,6 @@ class GenerationEngine:
         ids, mask, positions = self._left_padded([r.prompt_ids for r in requests])
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
         logits = out.logits[:, -1, :].float()
-        self.stats.distribution_batches += 1
         for row, req in enumerate(requests):
             row_logits = logits[row, : self.lm.vocab_size]
             # Shift before dividing and keep the result finite: a tiny temperature then tends to the greedy
@@ -477,12 +474,9 @@ class GenerationEngine:
         ids, mask, positions = self._left_padded([s.prompt_ids for s in live])
         cache = DynamicCache(config=self.lm.model.config)
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, kv_cache=cache, use_cache=True)
-        self.stats.prefills += 1
         # Zero the padded slots so nothing but masked zeros ever sits in the cache.
         keep = mask[:, None, :, None].to(self.lm.dtype)
         layers = [(layer.keys * keep, layer.values * keep) for layer in cache.layers]
-        for seq in live:
-            self.stats.prompt_tokens += len(seq.prompt_ids)
         self._take_tokens(live, out.logits[:, -1, :].float())
         survivors = [row for row, seq in enumerate(live) if seq.finish_reason is None]
         if not survivors:
@@ -530,7 +524,6 @@ class GenerationEngine:
         )
         self._take_tokens(batch, out.logits[:, -1, :].float())
         self.stats.steps += 1
-        self.stats.last_batch_size = len(batch)
         self._retire_finished()
         elapsed = time.perf_counter() - started
         for listener in self.step_listeners:

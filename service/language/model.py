@@ -6,6 +6,7 @@ owns finding, converting, caching and loading it, and knows nothing of HTTP.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -118,23 +119,18 @@ class LanguageModel:
         }
 
 
-_BYTE_DECODER: dict[str, int] | None = None
-
-
+@functools.cache
 def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character ↔ byte table, inverted."""
-    global _BYTE_DECODER  # a constant table computed once, not state
-    if _BYTE_DECODER is None:
-        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-        cs = bs[:]
-        n = 0
-        for b in range(256):
-            if b not in bs:
-                bs.append(b)
-                cs.append(256 + n)
-                n += 1
-        _BYTE_DECODER = {chr(c): b for b, c in zip(bs, cs)}
-    return _BYTE_DECODER
+    """GPT-2's printable-character ↔ byte table, inverted (a constant, built once)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 # --------------------------------------------------------------------------------------------
