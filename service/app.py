@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -37,6 +38,9 @@ Every error is JSON: `{"error": {"message", "type", "param", "code"}}`; invalid 
 
 def load_models(settings: Settings) -> LoadedModels:
     """Load every enabled model (blocking). Called by the lifespan, or ahead of it by the CLI for a clean error."""
+    # The loading thread runs torch on one thread: only the engine's thread may start a team of OpenMP
+    # threads (see GenerationEngine.start), or every parallel kernel of the engine slows down.
+    torch.set_num_threads(1)
     models = LoadedModels()
     # Digits first: a bad digit model file should fail start-up before a slow language-model load.
     started = time.perf_counter()

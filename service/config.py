@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     max_waiting_requests: int = Field(default=64, ge=0, description="Generations queued behind them; past this a request gets 429 with Retry-After.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="A generation running longer ends with finish_reason `time_limit`.")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM: stop admitting, then let in-flight work finish for this long.")
+    torch_threads: int = Field(
+        default=0, ge=0, description="Threads the engine's model work uses; 0 = one per CPU this process may use. No other thread runs torch in parallel."
+    )
+    lean_decoder: bool = Field(
+        default=True,
+        description="Run Llama-family models through the built-in lean forward pass (prepacked weights, preallocated KV cache); "
+        "false = transformers' own forward for every model.",
+    )
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
 
     # --- digit classifier -------------------------------------------------------------

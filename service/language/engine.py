@@ -3,12 +3,15 @@
 Why one thread: on a two-core CPU, model calls that hop between threads (FastAPI's threadpool) run a
 third slower, and the event loop must never run model code so `/health` stays instant.
 
+The model's forward passes and KV caches sit behind a `RunningBatch` (batch.py): the lean Llama
+decoder (llama_decoder.py) for Llama-family models, transformers' forward for any other.
+
 Each loop iteration (a "step"):
   1. answers all waiting next-token-distribution requests with one batched forward pass;
   2. admits waiting generation requests up to the batch limit, prefilling their prompts together
      (left-padded) and merging their KV caches into the running batch;
-  3. advances every running sequence by one token in one batched forward pass over the shared,
-     left-padded KV cache (no prompt is ever recomputed);
+  3. advances every running sequence by one token in one batched forward pass over the batch's
+     KV caches (no prompt is ever recomputed);
   4. streams each new token to its request, and retires finished or cancelled sequences.
 
 Per-row positions and the attention mask make a padded row compute what it would compute alone, so
@@ -20,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -34,12 +37,19 @@ import torch
 
 from service.config import Settings
 from service.errors import ModelNotReady, Overloaded
+from service.language.batch import RunningBatch, make_running_batch
 from service.language.model import LanguageModel
 from service.language.detokenize import TextAssembler
 from service.language.sampling import SamplingParams, TokenChooser
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 
 # --------------------------------------------------------------------------------------------
 # What the engine hands back
@@ -208,18 +218,12 @@ class GenerationEngine:
         self._waiting: deque[_Sequence] = deque()
         self._distributions: deque[_DistributionRequest] = deque()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
-        self._running: list[_Sequence] = []
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
+        self._running: list[_Sequence] = []  # row b of the running batch is self._running[b]
+        self._batch: RunningBatch = make_running_batch(lm, self.max_batch, lean=settings.lean_decoder)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = False
         self._dead: str | None = None
-        self._pad_id = int(lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0)
-        forward_params = inspect.signature(lm.model.forward).parameters
-        self._supports_logits_to_keep = "logits_to_keep" in forward_params
-        # transformers renamed `past_key_values` to `cache` (5.2x); the cache object is updated in place either way.
-        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -236,6 +240,12 @@ class GenerationEngine:
         return len(self._waiting)
 
     def start(self) -> None:
+        """Start the engine's thread, the only one that runs the model, with GENAI_TORCH_THREADS threads.
+
+        Why only one: libgomp cuts its threads' spin-wait short once more OpenMP threads exist than cores, and
+        every parallel kernel then pays a sleep-and-wake; a thread that ran torch in parallel before (the one
+        that loaded the model, say) leaves its helper threads behind, and a decode step ran 43% slower on this
+        2-core machine for it. So the loading thread runs torch single-threaded (`load_models`)."""
         self._accepting = True
         self._thread = threading.Thread(target=self._loop_forever, name="generation-engine", daemon=True)
         self._thread.start()
@@ -265,6 +275,7 @@ class GenerationEngine:
             "generated_tokens": self.stats.generated_tokens,
             "finished_requests": self.stats.finished,
             "accepting": self._accepting,
+            "forward": self._batch.kind,
         }
 
     def _wake(self) -> None:
@@ -338,6 +349,7 @@ class GenerationEngine:
     # ---- the engine thread ----------------------------------------------------------------
 
     def _loop_forever(self) -> None:
+        torch.set_num_threads(self.settings.torch_threads or _usable_cpus())
         try:
             with torch.inference_mode():
                 while True:
@@ -381,8 +393,7 @@ class GenerationEngine:
         for seq in leftovers + self._running:
             seq.handle._emit(ErrorEvent("the service shut down before this generation finished"))
         self._running = []
-        self._cache = None
-        self._mask = None
+        self._batch.clear()
         for req in distributions:
             if not req.future.done():
                 req.future.set_exception(ModelNotReady("the service is shutting down"))
@@ -399,28 +410,9 @@ class GenerationEngine:
             if seq.finish_reason is None:
                 seq.handle._emit(ErrorEvent(message))
         self._running = []
-        self._cache = None
-        self._mask = None
+        self._batch.clear()
 
     # ---- forward passes -------------------------------------------------------------------
-
-    def _left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = self.lm.device
-        return ids.to(device), mask.to(device), positions.to(device)
-
-    def _forward(self, kv_cache: Any = None, **kwargs: Any) -> Any:
-        if kv_cache is not None:
-            kwargs[self._cache_kwarg] = kv_cache
-        if self._supports_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        return self.lm.model(**kwargs)
 
     def _serve_distributions(self, requests: list[_DistributionRequest]) -> None:
         live = [r for r in requests if not r.future.cancelled()]
@@ -436,9 +428,7 @@ class GenerationEngine:
             self._distribution_batch(chunk)
 
     def _distribution_batch(self, requests: list[_DistributionRequest]) -> None:
-        ids, mask, positions = self._left_padded([r.prompt_ids for r in requests])
-        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        logits = out.logits[:, -1, :].float()
+        logits = self._batch.last_logits([r.prompt_ids for r in requests])
         for row, req in enumerate(requests):
             row_logits = logits[row, : self.lm.vocab_size]
             # Shift before dividing and keep the result finite: a tiny temperature then tends to the greedy
@@ -458,9 +448,7 @@ class GenerationEngine:
         ]
 
     def _admit(self, sequences: list[_Sequence]) -> None:
-        """Prefill new prompts together, take each one's first token, and merge their caches into the batch."""
-        from transformers import DynamicCache
-
+        """Prefill new prompts together, append them to the running batch, and take each one's first token."""
         now = time.monotonic()
         live = []
         for seq in sequences:
@@ -471,58 +459,16 @@ class GenerationEngine:
                 live.append(seq)
         if not live:
             return
-        ids, mask, positions = self._left_padded([s.prompt_ids for s in live])
-        cache = DynamicCache(config=self.lm.model.config)
-        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, kv_cache=cache, use_cache=True)
-        # Zero the padded slots so nothing but masked zeros ever sits in the cache.
-        keep = mask[:, None, :, None].to(self.lm.dtype)
-        layers = [(layer.keys * keep, layer.values * keep) for layer in cache.layers]
-        self._take_tokens(live, out.logits[:, -1, :].float())
-        survivors = [row for row, seq in enumerate(live) if seq.finish_reason is None]
-        if not survivors:
-            return
-        index = torch.tensor(survivors, device=mask.device)
-        new_layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
-        new_mask = mask.index_select(0, index)
-        self._merge([live[row] for row in survivors], new_layers, new_mask, DynamicCache)
-
-    def _merge(self, sequences: list[_Sequence], layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor, cache_cls: Any) -> None:
-        if self._cache is None or not self._running:
-            self._cache = cache_cls(ddp_cache_data=layers)
-            self._mask = mask
-            self._running = list(sequences)
-            return
-        assert self._mask is not None
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-
-        def pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
-            if length == width:
-                return t
-            pad_shape = list(t.shape)
-            pad_shape[-2 if t.dim() == 4 else -1] = width - length
-            return torch.cat([t.new_zeros(pad_shape), t], dim=-2 if t.dim() == 4 else -1)
-
-        merged = []
-        for (ok, ov), (nk, nv) in zip(((layer.keys, layer.values) for layer in self._cache.layers), layers):
-            merged.append((torch.cat([pad_left(ok, old_len), pad_left(nk, new_len)]), torch.cat([pad_left(ov, old_len), pad_left(nv, new_len)])))
-        self._cache = cache_cls(ddp_cache_data=merged)
-        self._mask = torch.cat([pad_left(self._mask, old_len), pad_left(mask, new_len)])
-        self._running.extend(sequences)
+        logits = self._batch.prefill([s.prompt_ids for s in live])
+        self._running.extend(live)
+        self._take_tokens(live, logits)
+        self._retire_finished()
 
     def _decode_step(self) -> None:
-        assert self._mask is not None
         started = time.perf_counter()
-        device = self.lm.device
         batch = self._running
-        input_ids = torch.tensor([[s.generated[-1]] for s in batch], dtype=torch.long, device=device)
-        # The token fed now sits right after the prompt and the tokens generated before it.
-        positions = torch.tensor([[len(s.prompt_ids) + len(s.generated) - 1] for s in batch], dtype=torch.long, device=device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(batch), 1))], dim=1)
-        out = self._forward(
-            input_ids=input_ids, attention_mask=self._mask, position_ids=positions, kv_cache=self._cache, use_cache=True
-        )
-        self._take_tokens(batch, out.logits[:, -1, :].float())
+        logits = self._batch.decode([s.generated[-1] for s in batch])
+        self._take_tokens(batch, logits)
         self.stats.steps += 1
         self._retire_finished()
         elapsed = time.perf_counter() - started
@@ -638,20 +584,5 @@ class GenerationEngine:
         keep = [row for row, seq in enumerate(self._running) if seq.finish_reason is None]
         if len(keep) == len(self._running):
             return
-        if not keep:
-            self._running, self._cache, self._mask = [], None, None
-            return
-        assert self._mask is not None
-        index = torch.tensor(keep, device=self._mask.device)
-        mask = self._mask.index_select(0, index)
-        # Drop columns that are padding for every remaining row, so the cache does not keep growing.
-        used = mask.sum(dim=0).nonzero()
-        first = int(used[0]) if used.numel() else 0
-        mask = mask[:, first:]
-        layers = [
-            (layer.keys.index_select(0, index)[:, :, first:, :], layer.values.index_select(0, index)[:, :, first:, :])
-            for layer in self._cache.layers
-        ]
-        self._cache = type(self._cache)(ddp_cache_data=layers)
-        self._mask = mask
+        self._batch.keep(keep)
         self._running = [self._running[row] for row in keep]

@@ -1,0 +1,169 @@
+"""The running batch: the KV caches of every sequence being generated, and the forward passes over them.
+
+The engine decides which sequences run; a `RunningBatch` owns their caches and computes logits. Rows
+stay in the engine's order: `prefill` appends rows, `keep` drops rows, `decode` advances them all.
+
+Two implementations:
+  - `DynamicCacheBatch` runs any transformers causal LM through its own `forward`, merging the
+    per-prompt caches into one left-padded `DynamicCache`;
+  - `SlotBatch` (`llama_decoder.py`) runs Llama-family models through a lean forward pass over
+    prepacked weights and a preallocated cache, several times cheaper per step on CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
+
+import torch
+
+from service.language.model import LanguageModel
+
+
+class RunningBatch(Protocol):
+    @property
+    def kind(self) -> str:
+        """A short name for `/info`."""
+        ...
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Append one row per prompt (their prompts run together); float32 logits [len(prompts), vocab] of each last position."""
+        ...
+
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        """Feed one token to every row; float32 logits [rows, vocab] for the next."""
+        ...
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows (ascending), dropping the others' caches."""
+        ...
+
+    def clear(self) -> None:
+        ...
+
+    def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Float32 logits [len(prompts), vocab] after each prompt, without touching the running rows."""
+        ...
+
+
+def make_running_batch(lm: LanguageModel, max_rows: int, lean: bool = True) -> RunningBatch:
+    """The lean decoder when it supports the model (and `lean`), else transformers' own forward."""
+    if lean:
+        from service.language.llama_decoder import LlamaDecoder, SlotBatch
+
+        if LlamaDecoder.unsupported_reason(lm) is None:
+            return SlotBatch(LlamaDecoder(lm), max_rows)
+    return DynamicCacheBatch(lm)
+
+
+class DynamicCacheBatch:
+    """Any causal LM, through transformers' forward and one left-padded `DynamicCache` for the batch.
+
+    Per-row positions and the attention mask make a padded row compute what it would compute alone."""
+
+    kind = "transformers"
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._lengths: list[int] = []
+        self._pad_id = int(lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0)
+        forward_params = inspect.signature(lm.model.forward).parameters
+        self._supports_logits_to_keep = "logits_to_keep" in forward_params
+        # transformers renamed `past_key_values` to `cache` (5.2x); the cache object is updated in place either way.
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+
+    def _left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = self.lm.device
+        return ids.to(device), mask.to(device), positions.to(device)
+
+    def _forward(self, kv_cache: Any = None, **kwargs: Any) -> Any:
+        if kv_cache is not None:
+            kwargs[self._cache_kwarg] = kv_cache
+        if self._supports_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.lm.model(**kwargs)
+
+    def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
+        ids, mask, positions = self._left_padded(prompts)
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.logits[:, -1, :].float()
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        ids, mask, positions = self._left_padded(prompts)
+        cache = DynamicCache(config=self.lm.model.config)
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, kv_cache=cache, use_cache=True)
+        # Zero the padded slots so nothing but masked zeros ever sits in the cache.
+        keep = mask[:, None, :, None].to(self.lm.dtype)
+        self._merge([(layer.keys * keep, layer.values * keep) for layer in cache.layers], mask)
+        self._lengths.extend(len(p) for p in prompts)
+        return out.logits[:, -1, :].float()
+
+    def _merge(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+        from transformers import DynamicCache
+
+        if self._cache is None or self._mask is None:
+            self._cache = DynamicCache(ddp_cache_data=layers)
+            self._mask = mask
+            return
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+
+        def pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
+            if length == width:
+                return t
+            pad_shape = list(t.shape)
+            pad_shape[-2 if t.dim() == 4 else -1] = width - length
+            return torch.cat([t.new_zeros(pad_shape), t], dim=-2 if t.dim() == 4 else -1)
+
+        merged = []
+        for (ok, ov), (nk, nv) in zip(((layer.keys, layer.values) for layer in self._cache.layers), layers):
+            merged.append((torch.cat([pad_left(ok, old_len), pad_left(nk, new_len)]), torch.cat([pad_left(ov, old_len), pad_left(nv, new_len)])))
+        self._cache = DynamicCache(ddp_cache_data=merged)
+        self._mask = torch.cat([pad_left(self._mask, old_len), pad_left(mask, new_len)])
+
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        assert self._mask is not None
+        device = self.lm.device
+        input_ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+        # The token fed now sits right after everything already in the row's cache.
+        positions = torch.tensor([[n] for n in self._lengths], dtype=torch.long, device=device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(tokens), 1))], dim=1)
+        out = self._forward(
+            input_ids=input_ids, attention_mask=self._mask, position_ids=positions, kv_cache=self._cache, use_cache=True
+        )
+        self._lengths = [n + 1 for n in self._lengths]
+        return out.logits[:, -1, :].float()
+
+    def keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self._lengths):
+            return
+        if not rows:
+            self.clear()
+            return
+        assert self._mask is not None
+        index = torch.tensor(rows, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        # Drop columns that are padding for every remaining row, so the cache does not keep growing.
+        used = mask.sum(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        layers = [
+            (layer.keys.index_select(0, index)[:, :, first:, :], layer.values.index_select(0, index)[:, :, first:, :])
+            for layer in self._cache.layers
+        ]
+        self._cache = type(self._cache)(ddp_cache_data=layers)
+        self._mask = mask[:, first:]
+        self._lengths = [self._lengths[row] for row in rows]
+
+    def clear(self) -> None:
+        self._cache, self._mask, self._lengths = None, None, []

@@ -1,0 +1,284 @@
+"""A lean forward pass for Llama-family decoders, and the slot-based running batch it serves.
+
+Why: on a small CPU a decode step of a 135M model is a few dozen tiny matrix products, and transformers'
+general forward spends as long again in Python and small kernels around them. This one:
+  - packs every weight once for oneDNN (`mkldnn._linear_pointwise`), which reads bf16 and fp32 weights
+    about twice as fast as a plain `matmul` at small batch on this CPU (bench/engine_steps.py);
+  - fuses q/k/v and gate/up into one product each;
+  - keeps one preallocated KV cache tensor with a slot (row) per running sequence, written in place,
+    so a step never concatenates or re-pads caches;
+  - computes attention with plain batched products (the flash kernel costs ~0.3 ms a call at one query).
+
+It computes what transformers' `LlamaForCausalLM` computes (same RMSNorm, RoPE and softmax precision);
+tests hold its logits to transformers' within float32 rounding and its greedy output to `generate`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import torch
+import torch.nn.functional as F
+
+from service.language.model import LanguageModel
+
+log = logging.getLogger("service.engine")
+
+_INITIAL_CAPACITY = 256
+
+
+def _oneDNN_available() -> bool:
+    return bool(
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+class Linear:
+    """y = x Wᵀ, with W prepacked for oneDNN on CPU when that works (checked against F.linear once)."""
+
+    def __init__(self, weight: torch.Tensor, pack: bool) -> None:
+        self.out_features = weight.shape[0]
+        self.weight = weight.detach().contiguous()
+        self._packed: torch.Tensor | None = None
+        if pack:
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 8)
+                probe = torch.randn(3, self.weight.shape[1], dtype=self.weight.dtype)
+                got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+                want = F.linear(probe, self.weight)
+                tolerance = 1e-3 if self.weight.dtype == torch.float32 else 5e-2
+                if got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance):
+                    self._packed = packed
+            except (RuntimeError, NotImplementedError):  # an old or unusual build: the plain product is correct too
+                self._packed = None
+
+    @property
+    def packed(self) -> bool:
+        return self._packed is not None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            return F.linear(x, self.weight)
+        shape = x.shape
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self._packed, None, "none", [], "")
+        return out.view(*shape[:-1], self.out_features)
+
+
+class LlamaDecoder:
+    """The weights of a Llama-family model, laid out for the lean forward pass."""
+
+    @staticmethod
+    def unsupported_reason(lm: LanguageModel) -> str | None:
+        """None when `forward` computes exactly what the model's own forward does; else why not."""
+        cfg = lm.model.config
+        if getattr(cfg, "model_type", None) != "llama":
+            return f"model type {getattr(cfg, 'model_type', None)!r} (only llama)"
+        if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            return "biases in attention or MLP"
+        if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+            return "activation or tensor-parallel layout"
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        if (rope.get("rope_type") or rope.get("type") or "default") != "default":
+            return f"rope type {rope.get('rope_type') or rope.get('type')!r}"
+        if getattr(lm.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
+            return "attention implementation"
+        if lm.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return f"dtype {lm.dtype}"
+        return None
+
+    def __init__(self, lm: LanguageModel) -> None:
+        model = lm.model
+        cfg = model.config
+        self.lm = lm
+        self.device = lm.device
+        self.dtype = lm.dtype
+        self.layers = int(cfg.num_hidden_layers)
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.scale = self.head_dim**-0.5
+        self.vocab_size = lm.vocab_size
+        # Keys, values and attention in float32 on CPU even for bf16 weights: CPU batched products are twice
+        # as fast in float32 at these sizes, and attention is then as exact as float32 weights allow.
+        self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        pack = self.device.type == "cpu" and _oneDNN_available()
+        with torch.inference_mode():
+            self.embed = model.model.embed_tokens.weight.detach()
+            self.inv_freq = model.model.rotary_emb.inv_freq.detach().float()
+            self.rope_scaling = float(getattr(model.model.rotary_emb, "attention_scaling", 1.0))
+            self.qkv: list[Linear] = []
+            self.o: list[Linear] = []
+            self.gate_up: list[Linear] = []
+            self.down: list[Linear] = []
+            self.norm_attn: list[torch.Tensor] = []
+            self.norm_mlp: list[torch.Tensor] = []
+            for layer in model.model.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                self.qkv.append(Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), pack))
+                self.o.append(Linear(attn.o_proj.weight, pack))
+                self.gate_up.append(Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), pack))
+                self.down.append(Linear(mlp.down_proj.weight, pack))
+                self.norm_attn.append(layer.input_layernorm.weight.detach())
+                self.norm_mlp.append(layer.post_attention_layernorm.weight.detach())
+            self.intermediate = self.gate_up[0].out_features // 2
+            self.norm_final = model.model.norm.weight.detach()
+            self.lm_head = Linear(model.lm_head.weight, pack)
+        self.packed = all(lin.packed for lin in [*self.qkv, *self.o, *self.gate_up, *self.down, self.lm_head])
+
+    def new_cache(self, rows: int, capacity: int) -> torch.Tensor:
+        """[layers, 2 (keys, values), rows, kv_heads, capacity, head_dim], zeroed (masked slots must be finite)."""
+        return torch.zeros(
+            (self.layers, 2, rows, self.kv_heads, capacity, self.head_dim), dtype=self.cache_dtype, device=self.device
+        )
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # As transformers' LlamaRMSNorm: in float32, then back to the model's dtype, then the weight.
+        xf = x.float()
+        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.dtype)
+
+    def forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
+        """Run `ids` [n, S] at `positions` [n, S] against `cache` (a [layers, 2, n, …] view whose row b holds
+        sequence b), writing their keys and values at those positions; float32 logits [n, vocab] at column
+        `last[b]` of each row. Keys at positions above a query's are masked, so what a row's cache holds
+        beyond its own length is never read."""
+        n, s = ids.shape
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        group = heads // kv_heads
+        span = int(positions.max()) + 1  # keys 0..span-1 are visible to someone
+        x = F.embedding(ids, self.embed)  # [n, S, hidden]
+
+        # Rotary embedding, as transformers computes it (float32, then the model's dtype).
+        freqs = positions.float()[..., None] * self.inv_freq  # [n, S, dim/2]
+        angles = torch.cat([freqs, freqs], dim=-1)
+        cos = (angles.cos() * self.rope_scaling).to(self.dtype)[:, :, None, :]  # [n, S, 1, dim]
+        sin = (angles.sin() * self.rope_scaling).to(self.dtype)[:, :, None, :]
+
+        # Additive mask [n, 1, group*S, span]: query (b, s) sees keys at positions <= positions[b, s].
+        visible = torch.arange(span, device=ids.device)[None, None, :] <= positions[:, :, None]  # [n, S, span]
+        mask = torch.zeros(visible.shape, dtype=torch.float32, device=ids.device).masked_fill_(~visible, float("-inf"))
+        mask = mask[:, None, None].expand(n, 1, group, s, span).reshape(n, 1, group * s, span)
+
+        rows = torch.arange(n, device=ids.device)[:, None]
+        half = dim // 2
+        for i in range(self.layers):
+            h = self._rms(x, self.norm_attn[i])
+            qkv = self.qkv[i](h).view(n, s, heads + 2 * kv_heads, dim)
+            qk = qkv[:, :, : heads + kv_heads]
+            rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+            qk = qk * cos + rotated * sin
+            q = qk[:, :, :heads].to(self.cache_dtype)
+            kv_new = torch.cat([qk[:, :, heads:], qkv[:, :, heads + kv_heads :]], dim=2).view(n, s, 2, kv_heads, dim).to(self.cache_dtype)
+            layer_cache = cache[i]  # [2, n, kv_heads, capacity, dim]
+            layer_cache[:, rows, :, positions] = kv_new
+            keys = layer_cache[0, :, :, :span]  # [n, kv_heads, span, dim]
+            values = layer_cache[1, :, :, :span]
+            # Query heads grouped by the key/value head they share (GQA), queries of a group side by side.
+            q = q.reshape(n, s, kv_heads, group, dim).permute(0, 2, 3, 1, 4).reshape(n, kv_heads, group * s, dim)
+            scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale + mask
+            probs = torch.softmax(scores, dim=-1).to(self.cache_dtype)
+            attended = torch.matmul(probs, values)  # [n, kv_heads, group*S, dim]
+            attended = attended.view(n, kv_heads, group, s, dim).permute(0, 3, 1, 2, 4).reshape(n, s, heads * dim)
+            attended = attended.to(self.dtype)
+            x = x + self.o[i](attended)
+            h = self._rms(x, self.norm_mlp[i])
+            gate_up = self.gate_up[i](h)
+            x = x + self.down[i](F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :])
+        x = x[torch.arange(n, device=ids.device), last]  # [n, hidden]: only the positions whose logits are wanted
+        return self.lm_head(self._rms(x, self.norm_final)).float()
+
+
+class SlotBatch:
+    """The running batch over a `LlamaDecoder`: row b of one preallocated cache is running sequence b.
+
+    Rows stay packed at the front: `keep` moves survivors down (a copy of their used span), and the
+    cache grows by doubling when a sequence outgrows it (to the model's context length at most)."""
+
+    kind = "lean-llama"
+
+    def __init__(self, decoder: LlamaDecoder, max_rows: int) -> None:
+        self.decoder = decoder
+        self.max_rows = max_rows
+        self._cache: torch.Tensor | None = None
+        self._lengths: list[int] = []
+        self._pad_id = int(decoder.lm.tokenizer.pad_token_id if decoder.lm.tokenizer.pad_token_id is not None else 0)
+
+    def _capacity_for(self, needed: int) -> int:
+        capacity = _INITIAL_CAPACITY
+        while capacity < needed:
+            capacity *= 2
+        return max(needed, min(capacity, self.decoder.lm.context_length))
+
+    def _ensure(self, rows: int, needed: int) -> torch.Tensor:
+        """A cache with at least `rows` rows and `needed` positions, keeping what the current one holds."""
+        if self._cache is not None and self._cache.shape[4] >= needed and self._cache.shape[2] >= rows:
+            return self._cache
+        capacity = self._capacity_for(max(needed, self._cache.shape[4] if self._cache is not None else 0))
+        cache = self.decoder.new_cache(max(rows, self.max_rows), capacity)
+        if self._cache is not None and self._lengths:
+            used = max(self._lengths)
+            cache[:, :, : len(self._lengths), :, :used] = self._cache[:, :, : len(self._lengths), :, :used]
+        self._cache = cache
+        return cache
+
+    def _right_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        positions = torch.arange(width, dtype=torch.long).expand(len(prompts), width)
+        last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
+        device = self.decoder.device
+        return ids.to(device), positions.to(device), last.to(device)
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        start = len(self._lengths)
+        ids, positions, last = self._right_padded(prompts)
+        cache = self._ensure(start + len(prompts), ids.shape[1])
+        logits = self.decoder.forward(ids, positions, cache[:, :, start : start + len(prompts)], last)
+        self._lengths.extend(len(p) for p in prompts)
+        return logits
+
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        n = len(self._lengths)
+        assert len(tokens) == n and n > 0
+        device = self.decoder.device
+        cache = self._ensure(n, max(self._lengths) + 1)
+        ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+        positions = torch.tensor(self._lengths, dtype=torch.long, device=device)[:, None]
+        last = torch.zeros(n, dtype=torch.long, device=device)
+        logits = self.decoder.forward(ids, positions, cache[:, :, :n], last)
+        self._lengths = [length + 1 for length in self._lengths]
+        return logits
+
+    def keep(self, rows: list[int]) -> None:
+        if rows == list(range(len(self._lengths))):
+            return
+        if not rows:
+            self.clear()
+            return
+        assert self._cache is not None
+        lengths = [self._lengths[row] for row in rows]
+        moved = [(to, row) for to, row in enumerate(rows) if to != row]
+        if moved:
+            used = max(lengths)
+            sources = torch.tensor([row for _, row in moved], device=self._cache.device)
+            targets = torch.tensor([to for to, _ in moved], device=self._cache.device)
+            # Rows only move down (rows ascend), and the sources are copied out before any target is written.
+            self._cache[:, :, targets, :, :used] = self._cache[:, :, sources, :, :used]
+        self._lengths = lengths
+
+    def clear(self) -> None:
+        # Keep the allocation while it is of the usual size; drop one grown by a long sequence.
+        if self._cache is not None and self._cache.shape[4] > _INITIAL_CAPACITY:
+            self._cache = None
+        self._lengths = []
+
+    def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
+        ids, positions, last = self._right_padded(prompts)
+        cache = self.decoder.new_cache(len(prompts), ids.shape[1])
+        return self.decoder.forward(ids, positions, cache, last)
+
