@@ -15,34 +15,12 @@ import torch
 from service.app import create_app, load_models
 from service.config import Settings
 from service.language.model import ModelLoadError, load_language_model, resolve_model_source
-
-SENTENCES = [
-    "The capital of France is Paris.",
-    "Once upon a time there was a tiny model.",
-    "Tokens are pieces of words; models predict the next one.",
-    "Hello, world! Hello again, world.",
-] * 20
+from tiny_models import SENTENCES, save_tiny_gpt2
 
 
 @pytest.fixture(scope="module")
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture(scope="module")
