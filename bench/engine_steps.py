@@ -1,9 +1,9 @@
 """Where a decode step's time goes: tokens/s of the engine alone (no HTTP) by batch size and dtype.
 
-    .venv/bin/python bench/engine_steps.py [--dtypes float32 bfloat16] [--batches 1 8 16] [--tokens 64]
+    .venv/bin/python bench/engine_steps.py [--dtypes float32 bfloat16] [--batches 1 8 16] [--tokens 64] [--forwards lean transformers]
 
-Prints one table. Each cell: N concurrent greedy requests of `--tokens` new tokens (ignore_eos),
-aggregate tokens/s and the mean decode-step time.
+Prints one table. Each row: N concurrent greedy requests of `--tokens` new tokens (ignore_eos),
+aggregate tokens/s and the mean decode-step time, through the lean Llama decoder or transformers' forward.
 """
 
 from __future__ import annotations
@@ -42,20 +42,25 @@ async def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 16])
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--forwards", nargs="+", default=["lean", "transformers"], help="lean = the lean Llama decoder, transformers = its own forward")
     args = parser.parse_args()
     settings = Settings()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| dtype | batch | tokens/s | mean step ms |")
-    print("|---|---|---|---|")
+    print(f"torch {torch.__version__}, threads {settings.torch_threads or 'all CPUs'} on the engine thread")
+    torch.set_num_threads(1)  # only the engine thread runs torch in parallel (see GenerationEngine.start)
+    print("| forward | dtype | batch | tokens/s | mean step ms |")
+    print("|---|---|---|---|---|")
     for dtype in args.dtypes:
         lm = load_language_model(settings.lm_model, dtype=dtype, cache_dir=settings.cache_dir)
-        engine = GenerationEngine(lm, settings.model_copy(update={"max_batch_size": max(args.batches)}))
-        engine.start()
-        await run_batch(engine, lm, 2, 8)  # warm-up
-        for batch in args.batches:
-            rate, step = await run_batch(engine, lm, batch, args.tokens)
-            print(f"| {dtype} | {batch} | {rate:.1f} | {step * 1000:.1f} |", flush=True)
-        engine.shutdown()
+        for forward in args.forwards:
+            engine = GenerationEngine(lm, settings.model_copy(update={
+                "max_batch_size": max(args.batches), "max_running_requests": max(args.batches), "lean_decoder": forward == "lean",
+            }))
+            engine.start()
+            await run_batch(engine, lm, 2, 8)  # warm-up
+            for batch in args.batches:
+                rate, step = await run_batch(engine, lm, batch, args.tokens)
+                print(f"| {engine.describe()['forward']} | {dtype} | {batch} | {rate:.1f} | {step * 1000:.1f} |", flush=True)
+            engine.shutdown()
 
 
 if __name__ == "__main__":

@@ -38,10 +38,10 @@ PROMPTS = [
 ]
 
 
-def next_token_probs(lm: LanguageModel, prompt: str) -> torch.Tensor:
-    ids = torch.tensor([lm.encode(prompt)], device=lm.device)
-    with torch.inference_mode():
-        return torch.softmax(lm.model(ids).logits[0, -1].float(), dim=-1).cpu()
+async def next_token_probs(engine: GenerationEngine, lm: LanguageModel, prompt: str) -> torch.Tensor:
+    """By the forward pass the engine serves with (the lean decoder for this model), one prompt alone."""
+    logits = await engine.next_token_logits([lm.encode(prompt)])
+    return torch.softmax(logits[0, : lm.vocab_size], dim=-1).cpu()
 
 
 async def greedy(engine: GenerationEngine, lm: LanguageModel, prompts: list[str], tokens: int, together: bool) -> tuple[list[list[int]], float]:
@@ -62,17 +62,19 @@ async def main() -> None:
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
     settings = Settings()
+    torch.set_num_threads(1)  # only the engine thread runs torch in parallel (see GenerationEngine.start)
     models = {d: load_language_model(settings.lm_model, device=args.device, dtype=d, cache_dir=settings.cache_dir) for d in ("float32", "bfloat16")}
-    reference = {p: next_token_probs(models["float32"], p) for p in PROMPTS}
+    reference: dict[str, torch.Tensor] = {}
     rows = []
     for dtype, lm in models.items():
-        agree, worst = 0, 0.0
-        for prompt in PROMPTS:
-            probs = next_token_probs(lm, prompt)
-            agree += int(probs.argmax() == reference[prompt].argmax())
-            worst = max(worst, float((probs - reference[prompt]).abs().max()))
         engine = GenerationEngine(lm, settings)
         engine.start()
+        agree, worst = 0, 0.0
+        for prompt in PROMPTS:
+            probs = await next_token_probs(engine, lm, prompt)
+            reference.setdefault(prompt, probs)  # float32 comes first
+            agree += int(probs.argmax() == reference[prompt].argmax())
+            worst = max(worst, float((probs - reference[prompt]).abs().max()))
         await greedy(engine, lm, PROMPTS[:2], 4, together=True)  # warm-up
         alone, rate1 = await greedy(engine, lm, PROMPTS[:8], args.tokens, together=False)
         batched, rate8 = await greedy(engine, lm, PROMPTS[:8], args.tokens, together=True)
@@ -84,7 +86,7 @@ async def main() -> None:
     table = "\n".join(
         [
             f"precision ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-            f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads)",
+            f"device {args.device}, torch {torch.__version__}, engine forward {engine.describe()['forward']})",
             "",
             "| dtype | top-1 = float32's | max |Δp| vs float32 | greedy batched ≠ alone | tok/s alone (batch 1) | tok/s 8 together |",
             "|---|---|---|---|---|---|",

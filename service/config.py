@@ -32,7 +32,8 @@ class Settings(BaseSettings):
         default="auto", description="`auto` = CUDA when available, else CPU."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="`auto` = bfloat16 on CUDA, float32 on CPU."
+        default="auto", description="`auto` = bfloat16 on CUDA and on CPUs with native bfloat16 (avx512_bf16 or AMX), else float32. "
+        "float32 is exact (batched output equals each request alone).",
     )
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,

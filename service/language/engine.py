@@ -331,6 +331,11 @@ class GenerationEngine:
             self._cv.notify_all()
         return await asyncio.wrap_future(future)
 
+    async def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Float32 next-token logits after each prompt, by the forward pass the engine serves with (what
+        precision checks compare); one batch, on the engine thread."""
+        return await self.run_on_engine_thread(self._batch.last_logits, prompts)
+
     def _run_calls(self, calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]) -> None:
         for call, future in calls:
             if future.cancelled():

@@ -147,10 +147,27 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (avx512_bf16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on CUDA; float32 on CPU, where it is exact and the batched-equals-alone guarantee holds."""
+    """`auto`: bfloat16 on CUDA and on CPUs with native bfloat16 arithmetic, where it halves the bytes read per
+    token (decode is bound by reading the weights); float32 on other CPUs, where bfloat16 is emulated."""
     if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+            return torch.bfloat16
+        return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
 
 

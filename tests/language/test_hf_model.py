@@ -25,7 +25,7 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 async def tiny_client(tiny_gpt2_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(lm_model=str(tiny_gpt2_dir), max_new_tokens=100)
+    settings = Settings(lm_model=str(tiny_gpt2_dir), dtype="float32", max_new_tokens=100)
     app = create_app(settings, models=load_models(settings))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tiny") as client:
