@@ -8,6 +8,7 @@ the only thing that differs between the baselines.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -48,8 +49,11 @@ GenerateFn = Callable[[LanguageModel, list[int], int, bool], tuple[list[int], fl
 
 
 def load_model() -> LanguageModel:
+    """The service's model, in float32 whatever GENAI_DTYPE says: issue 4's reference is per-request
+    `generate` in float32 (BENCH_BASELINE_DTYPE=bfloat16 measures the other)."""
     settings = Settings()
-    return load_language_model(settings.lm_model, device=settings.device, dtype=settings.dtype, cache_dir=settings.cache_dir)
+    dtype = os.environ.get("BENCH_BASELINE_DTYPE", "float32")
+    return load_language_model(settings.lm_model, device=settings.device, dtype=dtype, cache_dir=settings.cache_dir)
 
 
 def build_app(lm: LanguageModel, generate_fn: GenerateFn, title: str) -> FastAPI:
