@@ -59,6 +59,7 @@ def _same(actual: Any, documented: Any, where: str = "") -> None:
 def test_the_docs_have_examples() -> None:
     paths = {path for _, path, _, _ in EXAMPLES}
     assert {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v2/models/mnist", "/v2/models/mnist/infer"} <= paths
+    assert {"/tokenize", "/detokenize", "/next-token-probs", "/generate"} <= paths  # the README's own
 
 
 @pytest.mark.parametrize(("method", "path", "body", "documented"), EXAMPLES, ids=[f"{m} {p} {i}" for i, (m, p, _, _) in enumerate(EXAMPLES)])
