@@ -135,16 +135,15 @@ class LlamaDecoder:
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # As transformers' LlamaRMSNorm: in float32, then back to the model's dtype, then the weight.
-        xf = x.float()
-        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.dtype)
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(self.dtype)
 
     def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, last: torch.Tensor
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, last: torch.Tensor | None
     ) -> torch.Tensor:
         """Run `ids` [n, S] at `positions` [n, S] against `cache` (a [layers, 2, n, …] view whose row b holds
         sequence b), writing their keys and values at those positions; float32 logits [n, vocab] at column
-        `last[b]` of each row. Keys at positions above a query's are masked, so what a row's cache holds
-        beyond its own length is never read."""
+        `last[b]` of each row, or [n, S, vocab] at every column when `last` is None. Keys at positions above
+        a query's are masked, so what a row's cache holds beyond its own length is never read."""
         n, s = ids.shape
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         group = heads // kv_heads
@@ -157,10 +156,10 @@ class LlamaDecoder:
         cos = (angles.cos() * self.rope_scaling).to(self.dtype)[:, :, None, :]  # [n, S, 1, dim]
         sin = (angles.sin() * self.rope_scaling).to(self.dtype)[:, :, None, :]
 
-        # Additive mask [n, 1, group*S, span]: query (b, s) sees keys at positions <= positions[b, s].
+        # Additive mask [n*kv_heads, group*S, span]: query (b, s) sees keys at positions <= positions[b, s].
         visible = torch.arange(span, device=ids.device)[None, None, :] <= positions[:, :, None]  # [n, S, span]
-        mask = torch.zeros(visible.shape, dtype=torch.float32, device=ids.device).masked_fill_(~visible, float("-inf"))
-        mask = mask[:, None, None].expand(n, 1, group, s, span).reshape(n, 1, group * s, span)
+        mask = torch.zeros(visible.shape, dtype=self.cache_dtype, device=ids.device).masked_fill_(~visible, float("-inf"))
+        mask = mask[:, None, None].expand(n, kv_heads, group, s, span).reshape(n * kv_heads, group * s, span)
 
         rows = torch.arange(n, device=ids.device)[:, None]
         half = dim // 2
@@ -174,20 +173,21 @@ class LlamaDecoder:
             kv_new = torch.cat([qk[:, :, heads:], qkv[:, :, heads + kv_heads :]], dim=2).view(n, s, 2, kv_heads, dim).to(self.cache_dtype)
             layer_cache = cache[i]  # [2, n, kv_heads, capacity, dim]
             layer_cache[:, rows, :, positions] = kv_new
-            keys = layer_cache[0, :, :, :span]  # [n, kv_heads, span, dim]
-            values = layer_cache[1, :, :, :span]
+            keys = layer_cache[0, :, :, :span].reshape(n * kv_heads, span, dim)  # a view: rows are strided alike
+            values = layer_cache[1, :, :, :span].reshape(n * kv_heads, span, dim)
             # Query heads grouped by the key/value head they share (GQA), queries of a group side by side.
-            q = q.reshape(n, s, kv_heads, group, dim).permute(0, 2, 3, 1, 4).reshape(n, kv_heads, group * s, dim)
-            scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale + mask
-            probs = torch.softmax(scores, dim=-1).to(self.cache_dtype)
-            attended = torch.matmul(probs, values)  # [n, kv_heads, group*S, dim]
+            q = q.reshape(n, s, kv_heads, group, dim).permute(0, 2, 3, 1, 4).reshape(n * kv_heads, group * s, dim)
+            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=self.scale)
+            probs = torch.softmax(scores.float(), dim=-1).to(self.cache_dtype)
+            attended = torch.bmm(probs, values)  # [n*kv_heads, group*S, dim]
             attended = attended.view(n, kv_heads, group, s, dim).permute(0, 3, 1, 2, 4).reshape(n, s, heads * dim)
             attended = attended.to(self.dtype)
             x = x + self.o[i](attended)
             h = self._rms(x, self.norm_mlp[i])
             gate_up = self.gate_up[i](h)
             x = x + self.down[i](F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :])
-        x = x[torch.arange(n, device=ids.device), last]  # [n, hidden]: only the positions whose logits are wanted
+        if last is not None:
+            x = x[torch.arange(n, device=ids.device), last]  # [n, hidden]: only the positions whose logits are wanted
         return self.lm_head(self._rms(x, self.norm_final)).float()
 
 
