@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0, ge=0, description="Threads the engine's model work uses; 0 = one per CPU this process may use. No other thread runs torch in parallel."
     )
+    prompt_lookup_tokens: int = Field(
+        default=4, ge=0,
+        description="Greedy requests, while at most GENAI_PROMPT_LOOKUP_MAX_BATCH run: up to this many draft tokens copied from where "
+        "the text's last tokens occurred before, checked in one forward pass (prompt lookup); the output is greedy "
+        "decoding's (float32: token for token). 0 = off. Lean decoder only.",
+    )
+    prompt_lookup_max_batch: int = Field(
+        default=2, ge=1, description="Drafting pauses while more sequences than this run: a step's cost grows with the positions it checks."
+    )
     lean_decoder: bool = Field(
         default=True,
         description="Run Llama-family models through the built-in lean forward pass (prepacked weights, preallocated KV cache); "

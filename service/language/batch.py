@@ -26,6 +26,11 @@ class RunningBatch(Protocol):
         """A short name for `/info`."""
         ...
 
+    @property
+    def supports_drafts(self) -> bool:
+        """Whether `decode_drafts` / `accept` work (prompt lookup)."""
+        ...
+
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Append one row per prompt (their prompts run together); float32 logits [len(prompts), vocab] of each last position."""
         ...
@@ -45,6 +50,15 @@ class RunningBatch(Protocol):
         """Float32 logits [len(prompts), vocab] after each prompt, without touching the running rows."""
         ...
 
+    def decode_drafts(self, inputs: list[list[int]]) -> torch.Tensor:
+        """Feed each row its last token and then draft tokens (counts may differ); float32 logits
+        [rows, longest, vocab] at every fed position. Rows do not advance until `accept`."""
+        ...
+
+    def accept(self, kept: list[int]) -> None:
+        """Advance each row by the number of fed tokens it keeps (the first one and the drafts confirmed)."""
+        ...
+
 
 def make_running_batch(lm: LanguageModel, max_rows: int, lean: bool = True) -> RunningBatch:
     """The lean decoder when it supports the model (and `lean`), else transformers' own forward."""
@@ -62,6 +76,7 @@ class DynamicCacheBatch:
     Per-row positions and the attention mask make a padded row compute what it would compute alone."""
 
     kind = "transformers"
+    supports_drafts = False
 
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
@@ -167,3 +182,9 @@ class DynamicCacheBatch:
 
     def clear(self) -> None:
         self._cache, self._mask, self._lengths = None, None, []
+
+    def decode_drafts(self, inputs: list[list[int]]) -> torch.Tensor:
+        raise NotImplementedError("transformers' DynamicCache cannot take back rejected draft tokens")
+
+    def accept(self, kept: list[int]) -> None:
+        raise NotImplementedError("transformers' DynamicCache cannot take back rejected draft tokens")

@@ -39,6 +39,7 @@ from service.config import Settings
 from service.errors import ModelNotReady, Overloaded
 from service.language.batch import RunningBatch, make_running_batch
 from service.language.model import LanguageModel
+from service.language.prompt_lookup import draft_from_context
 from service.language.detokenize import TextAssembler
 from service.language.sampling import SamplingParams, TokenChooser
 
@@ -198,6 +199,8 @@ class EngineStats:
     steps: int = 0
     generated_tokens: int = 0
     finished: int = 0
+    draft_tokens: int = 0  # proposed by prompt lookup
+    accepted_draft_tokens: int = 0  # of those, the ones greedy decoding chose too
 
 
 class GenerationEngine:
@@ -220,6 +223,7 @@ class GenerationEngine:
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._running: list[_Sequence] = []  # row b of the running batch is self._running[b]
         self._batch: RunningBatch = make_running_batch(lm, self.max_batch, lean=settings.lean_decoder)
+        self._lookup_tokens = settings.prompt_lookup_tokens if self._batch.supports_drafts else 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = False
@@ -276,6 +280,9 @@ class GenerationEngine:
             "finished_requests": self.stats.finished,
             "accepting": self._accepting,
             "forward": self._batch.kind,
+            "prompt_lookup_tokens": self._lookup_tokens,
+            "draft_tokens": self.stats.draft_tokens,
+            "accepted_draft_tokens": self.stats.accepted_draft_tokens,
         }
 
     def _wake(self) -> None:
@@ -472,13 +479,59 @@ class GenerationEngine:
     def _decode_step(self) -> None:
         started = time.perf_counter()
         batch = self._running
-        logits = self._batch.decode([s.generated[-1] for s in batch])
-        self._take_tokens(batch, logits)
+        drafts = self._drafts(batch)
+        if drafts is None:
+            logits = self._batch.decode([s.generated[-1] for s in batch])
+            self._take_tokens(batch, logits)
+        else:
+            self._take_checked_drafts(batch, drafts)
         self.stats.steps += 1
         self._retire_finished()
         elapsed = time.perf_counter() - started
         for listener in self.step_listeners:
             listener(len(batch), elapsed)
+
+    def _drafts(self, batch: list[_Sequence]) -> list[list[int]] | None:
+        """Prompt-lookup drafts for each row, or None for a plain step (drafting off, a sampled row, a busy batch)."""
+        if not self._lookup_tokens or len(batch) > self.settings.prompt_lookup_max_batch:
+            return None
+        if not all(seq.params.is_plain_greedy for seq in batch):
+            return None
+        drafts = []
+        for seq in batch:
+            done = len(seq.generated)
+            # This step emits up to 1 + len(draft) tokens: stay within max_new_tokens and the context.
+            room = min(self._lookup_tokens, seq.params.max_new_tokens - done - 1, self.lm.context_length - len(seq.prompt_ids) - done - 1)
+            drafts.append(draft_from_context(seq.prompt_ids + seq.generated, room))
+        return drafts if any(drafts) else None
+
+    def _take_checked_drafts(self, batch: list[_Sequence], drafts: list[list[int]]) -> None:
+        """Feed every row its last token plus its drafts in one pass; emit greedy's choice at each position
+        while it agrees with the next draft, so the output is what one-token steps would have given."""
+        logits = self._batch.decode_drafts([[seq.generated[-1], *draft] for seq, draft in zip(batch, drafts)])
+        logits = logits[:, :, : self.lm.vocab_size]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        best = logits.argmax(dim=-1)  # [rows, positions]
+        best_logprobs = logprobs.gather(-1, best[..., None])[..., 0].tolist()
+        best_ids = best.tolist()
+        now = time.monotonic()
+        kept = []
+        for row, (seq, draft) in enumerate(zip(batch, drafts)):
+            emitted = 0
+            for position in range(len(draft) + 1):
+                alternatives = None
+                if seq.params.top_alternatives:
+                    top = torch.topk(logprobs[row, position], seq.params.top_alternatives)
+                    alternatives = self._candidates(top.indices.tolist(), top.values.tolist())
+                token = best_ids[row][position]
+                self._append_token(seq, token, best_logprobs[row][position], alternatives, now)
+                emitted += 1
+                if seq.finish_reason is not None or position == len(draft) or token != draft[position]:
+                    break
+            kept.append(emitted)
+            self.stats.draft_tokens += len(draft)
+            self.stats.accepted_draft_tokens += emitted - 1
+        self._batch.accept(kept)
 
     # ---- choosing, streaming and retiring -------------------------------------------------
 

@@ -198,6 +198,7 @@ class SlotBatch:
     cache grows by doubling when a sequence outgrows it (to the model's context length at most)."""
 
     kind = "lean-llama"
+    supports_drafts = True
 
     def __init__(self, decoder: LlamaDecoder, max_rows: int) -> None:
         self.decoder = decoder
@@ -253,6 +254,23 @@ class SlotBatch:
         logits = self.decoder.forward(ids, positions, cache[:, :, :n], last)
         self._lengths = [length + 1 for length in self._lengths]
         return logits
+
+    def decode_drafts(self, inputs: list[list[int]]) -> torch.Tensor:
+        n = len(self._lengths)
+        assert len(inputs) == n and n > 0
+        width = max(len(fed) for fed in inputs)
+        device = self.decoder.device
+        cache = self._ensure(n, max(self._lengths) + width)
+        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
+        for row, fed in enumerate(inputs):
+            ids[row, : len(fed)] = torch.tensor(fed, dtype=torch.long)
+        # Padding sits past a row's drafts: what it writes there lies beyond the row's length after `accept`,
+        # and is overwritten before any later query can see it.
+        positions = torch.tensor(self._lengths, dtype=torch.long)[:, None] + torch.arange(width, dtype=torch.long)[None, :]
+        return self.decoder.forward(ids.to(device), positions.to(device), cache[:, :, :n], None)
+
+    def accept(self, kept: list[int]) -> None:
+        self._lengths = [length + count for length, count in zip(self._lengths, kept)]
 
     def keep(self, rows: list[int]) -> None:
         if rows == list(range(len(self._lengths))):
