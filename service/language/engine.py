@@ -9,14 +9,15 @@ decoder (llama_decoder.py) for Llama-family models, transformers' forward for an
 Each loop iteration (a "step"):
   1. answers all waiting next-token-distribution requests with one batched forward pass;
   2. admits waiting generation requests up to the batch limit, prefilling their prompts together
-     (left-padded) and merging their KV caches into the running batch;
+     and appending them to the running batch;
   3. advances every running sequence by one token in one batched forward pass over the batch's
-     KV caches (no prompt is ever recomputed);
+     KV caches (no prompt is ever recomputed); while few greedy sequences run, the same pass also
+     checks prompt-lookup draft tokens, and a sequence may advance by several;
   4. streams each new token to its request, and retires finished or cancelled sequences.
 
 Per-row positions and the attention mask make a padded row compute what it would compute alone, so
 greedy output in float32 is the same batched or not; each request samples with its own generator,
-so seeded sampling does not depend on what else shares the batch.
+so seeded sampling (in float32 too) does not depend on what else shares the batch.
 """
 
 from __future__ import annotations
