@@ -43,6 +43,7 @@ async def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 16])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--forwards", nargs="+", default=["lean", "transformers"], help="lean = the lean Llama decoder, transformers = its own forward")
+    parser.add_argument("--prompt-lookup", type=int, default=0, help="GENAI_PROMPT_LOOKUP_TOKENS (default 0: one token a step, the raw step speed)")
     args = parser.parse_args()
     settings = Settings()
     print(f"torch {torch.__version__}, threads {settings.torch_threads or 'all CPUs'} on the engine thread")
@@ -54,6 +55,7 @@ async def main() -> None:
         for forward in args.forwards:
             engine = GenerationEngine(lm, settings.model_copy(update={
                 "max_batch_size": max(args.batches), "max_running_requests": max(args.batches), "lean_decoder": forward == "lean",
+                "prompt_lookup_tokens": args.prompt_lookup,
             }))
             engine.start()
             await run_batch(engine, lm, 2, 8)  # warm-up
