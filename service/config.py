@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=120.0, gt=0, description="A generation running longer ends with finish_reason `time_limit`.")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM: stop admitting, then let in-flight work finish for this long.")
     torch_threads: int = Field(
-        default=0, ge=0, description="Threads the engine's model work uses; 0 = one per CPU this process may use. No other thread runs torch in parallel."
+        default=0, ge=0, description="Threads the engine's model work uses; 0 = OMP_NUM_THREADS if set, else one per CPU this process may use (affinity, cgroup quota). No other thread runs torch in parallel."
     )
     prompt_lookup_tokens: int = Field(
         default=4, ge=0,

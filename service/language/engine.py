@@ -47,10 +47,20 @@ from service.language.sampling import SamplingParams, TokenChooser
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
 
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def default_torch_threads() -> int:
+    """OMP_NUM_THREADS when set (containers set it from their CPU limit); else the CPUs this process may
+    run on, capped by a cgroup v2 CPU quota (`docker --cpus`), since affinity alone shows the host's."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +372,7 @@ class GenerationEngine:
     # ---- the engine thread ----------------------------------------------------------------
 
     def _loop_forever(self) -> None:
-        torch.set_num_threads(self.settings.torch_threads or _usable_cpus())
+        torch.set_num_threads(self.settings.torch_threads or default_torch_threads())
         try:
             with torch.inference_mode():
                 while True:
