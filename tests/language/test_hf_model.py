@@ -12,10 +12,9 @@ import httpx
 import pytest
 import torch
 
-from service.app import create_app, load_models
 from service.config import Settings
 from service.language.model import ModelLoadError, load_language_model, resolve_model_source
-from tiny_models import SENTENCES, save_tiny_gpt2
+from tiny_models import SENTENCES, save_tiny_gpt2, serve_folder
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,8 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 async def tiny_client(tiny_gpt2_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(lm_model=str(tiny_gpt2_dir), dtype="float32", max_new_tokens=100)
-    app = create_app(settings, models=load_models(settings))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tiny") as client:
-            yield client
+    async with serve_folder(tiny_gpt2_dir) as client:
+        yield client
 
 
 async def test_a_model_folder_is_served(tiny_client: httpx.AsyncClient, tiny_gpt2_dir: Path) -> None:

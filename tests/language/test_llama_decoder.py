@@ -11,12 +11,10 @@ import httpx
 import pytest
 import torch
 
-from service.app import create_app, load_models
-from service.config import Settings
 from service.language import llama_decoder
 from service.language.batch import make_running_batch
 from service.language.llama_decoder import LlamaDecoder, SlotBatch
-from tiny_models import save_tiny_llama
+from tiny_models import save_tiny_llama, serve_folder
 
 PROMPTS = [
     "The capital of France is",
@@ -133,11 +131,8 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 async def tiny_llama_client(tiny_llama_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(lm_model=str(tiny_llama_dir), dtype="float32", max_new_tokens=100)
-    app = create_app(settings, models=load_models(settings))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tiny") as client:
-            yield client
+    async with serve_folder(tiny_llama_dir) as client:
+        yield client
 
 
 async def test_a_tiny_llama_served_by_the_lean_decoder_equals_its_generate(tiny_llama_client: httpx.AsyncClient, tiny_llama_dir: Path) -> None:

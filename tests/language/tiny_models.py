@@ -3,10 +3,16 @@ few sentences), standing in for hub models such as `gpt2` that this machine cann
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
+
+from service.app import create_app, load_models
+from service.config import Settings
 
 SENTENCES = [
     "The capital of France is Paris.",
@@ -60,3 +66,14 @@ def save_tiny_llama(folder: Path) -> Path:
             parameter.mul_(8.0)
     model.save_pretrained(folder)
     return folder
+
+
+@asynccontextmanager
+async def serve_folder(folder: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The service with GENAI_LM_MODEL = `folder`, in float32 (the tests compare with the model's own
+    `generate`), started in process; an httpx client to it."""
+    settings = Settings(lm_model=str(folder), dtype="float32", max_new_tokens=100)
+    app = create_app(settings, models=load_models(settings))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tiny") as client:
+            yield client
