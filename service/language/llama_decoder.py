@@ -23,7 +23,8 @@ from service.language.model import LanguageModel
 
 log = logging.getLogger("service.engine")
 
-_INITIAL_CAPACITY = 256
+_INITIAL_CAPACITY = 256  # positions a fresh cache has room for
+_BLOCK = 256  # it grows in multiples of this
 
 
 def _oneDNN_available() -> bool:
@@ -194,8 +195,11 @@ class LlamaDecoder:
 class SlotBatch:
     """The running batch over a `LlamaDecoder`: row b of one preallocated cache is running sequence b.
 
-    Rows stay packed at the front: `keep` moves survivors down (a copy of their used span), and the
-    cache grows by doubling when a sequence outgrows it (to the model's context length at most)."""
+    Rows stay packed at the front: `keep` moves survivors down (a copy of their used span). The cache
+    holds as many rows as are running (doubling up to the batch limit) and as many positions as the
+    longest of them needs (growing by half, in blocks of 256); it shrinks back once the rows that needed
+    more are gone, so one long request does not hold memory for the rows that came after it.
+    Memory: rows × positions × layers × 2 × kv_heads × head_dim × 4 bytes (46 KB a position for SmolLM2)."""
 
     kind = "lean-llama"
     supports_drafts = True
@@ -207,23 +211,33 @@ class SlotBatch:
         self._lengths: list[int] = []
         self._pad_id = int(decoder.lm.tokenizer.pad_token_id if decoder.lm.tokenizer.pad_token_id is not None else 0)
 
-    def _capacity_for(self, needed: int) -> int:
-        capacity = _INITIAL_CAPACITY
-        while capacity < needed:
-            capacity *= 2
+    @property
+    def allocated(self) -> tuple[int, int]:
+        """(rows, positions) the cache has room for."""
+        return (0, 0) if self._cache is None else (self._cache.shape[2], self._cache.shape[4])
+
+    def _capacity_for(self, needed: int, current: int = 0) -> int:
+        capacity = max(needed, current + current // 2, _INITIAL_CAPACITY)
+        capacity = -(-capacity // _BLOCK) * _BLOCK
         return max(needed, min(capacity, self.decoder.lm.context_length))
+
+    def _reallocate(self, rows: int, capacity: int) -> torch.Tensor:
+        cache = self.decoder.new_cache(rows, capacity)
+        if self._cache is not None and self._lengths:
+            running, used = len(self._lengths), min(max(self._lengths), capacity)
+            cache[:, :, :running, :, :used] = self._cache[:, :, :running, :, :used]
+        self._cache = cache
+        return cache
 
     def _ensure(self, rows: int, needed: int) -> torch.Tensor:
         """A cache with at least `rows` rows and `needed` positions, keeping what the current one holds."""
-        if self._cache is not None and self._cache.shape[4] >= needed and self._cache.shape[2] >= rows:
+        have_rows, have_capacity = self.allocated
+        if self._cache is not None and have_rows >= rows and have_capacity >= needed:
             return self._cache
-        capacity = self._capacity_for(max(needed, self._cache.shape[4] if self._cache is not None else 0))
-        cache = self.decoder.new_cache(max(rows, self.max_rows), capacity)
-        if self._cache is not None and self._lengths:
-            used = max(self._lengths)
-            cache[:, :, : len(self._lengths), :, :used] = self._cache[:, :, : len(self._lengths), :, :used]
-        self._cache = cache
-        return cache
+        assert rows <= self.max_rows, "the engine admits no more rows than the batch limit"
+        new_rows = have_rows if have_rows >= rows else min(self.max_rows, max(rows, 2 * have_rows))
+        new_capacity = have_capacity if have_capacity >= needed else self._capacity_for(needed, have_capacity)
+        return self._reallocate(new_rows, new_capacity)
 
     def _right_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
@@ -288,10 +302,18 @@ class SlotBatch:
             # Rows only move down (rows ascend), and the sources are copied out before any target is written.
             self._cache[:, :, targets, :, :used] = self._cache[:, :, sources, :, :used]
         self._lengths = lengths
+        self._shrink_if_oversized()
+
+    def _shrink_if_oversized(self) -> None:
+        """Give back the positions that retired sequences needed and the running ones do not."""
+        rows, capacity = self.allocated
+        longest = max(self._lengths, default=0)
+        if capacity > _INITIAL_CAPACITY and longest * 4 < capacity:
+            self._reallocate(rows, self._capacity_for(longest + 1))
 
     def clear(self) -> None:
         # Keep the allocation while it is of the usual size; drop one grown by a long sequence.
-        if self._cache is not None and self._cache.shape[4] > _INITIAL_CAPACITY:
+        if self.allocated[1] > _INITIAL_CAPACITY:
             self._cache = None
         self._lengths = []
 

@@ -99,15 +99,20 @@ def test_the_cache_grows_past_its_first_allocation_keeping_what_it_holds(languag
     short = language_model.encode(PROMPTS[0])
     long = language_model.encode(" ".join([PROMPTS[2]] * 30))
     assert len(long) > llama_decoder._INITIAL_CAPACITY
-    batch = SlotBatch(decoder, 4)
+    batch = SlotBatch(decoder, 16)
     batch.prefill([short])
-    capacity = batch._cache.shape[4] if batch._cache is not None else 0
+    assert batch.allocated == (1, llama_decoder._INITIAL_CAPACITY)  # room for the rows running, not all 16
     logits = batch.prefill([long])
-    assert batch._cache is not None and batch._cache.shape[4] > capacity
+    rows, capacity = batch.allocated
+    assert rows == 2 and capacity >= len(long)
     assert_matches(language_model, logits[0], long)
     logits = batch.decode([5, 6])
     assert_matches(language_model, logits[0], [*short, 5])
     assert_matches(language_model, logits[1], [*long, 6])
+    batch.keep([0])  # the long one retires: its positions are given back
+    assert batch.allocated[1] < capacity
+    logits = batch.decode([7])
+    assert_matches(language_model, logits[0], [*short, 5, 7])
 
 
 def test_scoring_prompts_leaves_the_running_rows_alone(language_model, decoder: LlamaDecoder) -> None:  # type: ignore[no-untyped-def]
