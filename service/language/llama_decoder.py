@@ -36,11 +36,14 @@ def _oneDNN_available() -> bool:
 
 
 class Linear:
-    """y = x Wᵀ, with W prepacked for oneDNN on CPU when that works (checked against F.linear once)."""
+    """y = x Wᵀ, with W prepacked for oneDNN on CPU when that works (checked against F.linear once).
+
+    Once packed, the plain weight is let go (for fused ones, a concatenated copy), so the decoder adds one
+    copy of the model's linear weights to the memory, not two."""
 
     def __init__(self, weight: torch.Tensor, pack: bool) -> None:
         self.out_features = weight.shape[0]
-        self.weight = weight.detach().contiguous()
+        self.weight: torch.Tensor | None = weight.detach().contiguous()
         self._packed: torch.Tensor | None = None
         if pack:
             try:
@@ -50,7 +53,7 @@ class Linear:
                 want = F.linear(probe, self.weight)
                 tolerance = 1e-3 if self.weight.dtype == torch.float32 else 5e-2
                 if got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance):
-                    self._packed = packed
+                    self._packed, self.weight = packed, None
             except (RuntimeError, NotImplementedError):  # an old or unusual build: the plain product is correct too
                 self._packed = None
 
@@ -60,6 +63,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
+            assert self.weight is not None
             return F.linear(x, self.weight)
         shape = x.shape
         out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self._packed, None, "none", [], "")
