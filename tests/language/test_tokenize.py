@@ -50,3 +50,16 @@ async def test_tokenize_rejects_wrong_types_and_unknown_fields(client: httpx.Asy
         response = await client.post("/tokenize", json=body)
         assert response.status_code == 422, body
         assert response.json()["error"]["code"] == 422
+
+
+@pytest.mark.parametrize("add_special_tokens", [False, True])
+@pytest.mark.parametrize("text", TEXTS)
+async def test_ids_and_offsets_are_transformers_own(
+    client: httpx.AsyncClient, language_model, text: str, add_special_tokens: bool  # type: ignore[no-untyped-def]
+) -> None:
+    """The service calls the `tokenizers` object directly; it must give what transformers' tokenizer gives."""
+    body = (await client.post("/tokenize", json={"text": text, "add_special_tokens": add_special_tokens})).json()
+    expected = language_model.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    assert body["ids"] == expected["input_ids"]
+    assert [tuple(o) for o in body["offsets"]] == [tuple(o) for o in expected["offset_mapping"]]
+    assert language_model.encode(text, add_special_tokens=add_special_tokens) == expected["input_ids"]
