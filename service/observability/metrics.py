@@ -1,14 +1,17 @@
 """Prometheus metrics, named `genai_*`, in one registry per app (so several apps in one process never clash).
 
 HTTP metrics are recorded by the request middleware; generation metrics by listeners on the engine
-(called on the engine thread; prometheus-client is thread-safe); queue gauges are read at scrape time.
+(called on the engine thread; prometheus-client is thread-safe); queue gauges and the engine's own
+totals (prompt-lookup drafts) are read at scrape time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
@@ -92,6 +95,7 @@ class ServiceMetrics:
         self._engine: GenerationEngine | None = None
         self.running.set_function(lambda: self._engine.running_count if self._engine is not None else 0)
         self.waiting.set_function(lambda: self._engine.waiting_count if self._engine is not None else 0)
+        r.register(_EngineTotals(self))
 
     # ---- wiring ------------------------------------------------------------------------------
 
@@ -147,3 +151,20 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineTotals:
+    """Totals the engine keeps itself, read at scrape time (nothing to record per step)."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        drafts = CounterMetricFamily(
+            "genai_draft_tokens", "Prompt-lookup draft tokens checked; accepted = greedy decoding chose them too.", labels=["outcome"]
+        )
+        engine = self._metrics._engine
+        if engine is not None:
+            drafts.add_metric(["accepted"], engine.stats.accepted_draft_tokens)
+            drafts.add_metric(["rejected"], engine.stats.draft_tokens - engine.stats.accepted_draft_tokens)
+        yield drafts

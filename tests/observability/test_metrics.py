@@ -127,3 +127,16 @@ async def test_label_values_stay_bounded(client: httpx.AsyncClient) -> None:
     assert not any(route and route.startswith("/made/") for route in routes)
     assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
     assert "other" in methods
+
+
+async def test_prompt_lookup_drafts_are_counted(client: httpx.AsyncClient) -> None:
+    before = await scrape(client)
+    prompt = "Monday, Tuesday, Wednesday, Thursday, Friday. Monday, Tuesday, Wednesday,"
+    response = await client.post("/generate", json={"prompt": prompt, "max_new_tokens": 24, "ignore_eos": True})
+    assert response.status_code == 200
+    after = await scrape(client)
+    accepted = value(after, "genai_draft_tokens_total", outcome="accepted") - value(before, "genai_draft_tokens_total", outcome="accepted")
+    rejected = value(after, "genai_draft_tokens_total", outcome="rejected") - value(before, "genai_draft_tokens_total", outcome="rejected")
+    engine = (await client.get("/info")).json()["engine"]
+    assert accepted > 0 and rejected >= 0
+    assert value(after, "genai_draft_tokens_total", outcome="accepted") == engine["accepted_draft_tokens"]
