@@ -66,7 +66,7 @@ def make_running_batch(lm: LanguageModel, max_rows: int, lean: bool = True) -> R
         from service.language.llama_decoder import LlamaDecoder, SlotBatch
 
         if LlamaDecoder.unsupported_reason(lm) is None:
-            return SlotBatch(LlamaDecoder(lm), max_rows)
+            return SlotBatch(LlamaDecoder.shared(lm), max_rows)
     return DynamicCacheBatch(lm)
 
 

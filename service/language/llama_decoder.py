@@ -16,6 +16,9 @@ tests hold its logits to transformers' within float32 rounding and its greedy ou
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -71,7 +74,21 @@ class Linear:
 
 
 class LlamaDecoder:
-    """The weights of a Llama-family model, laid out for the lean forward pass."""
+    """The weights of a Llama-family model, laid out for the lean forward pass. Read-only once built,
+    so engines over the same loaded model (several apps in one process, as in the tests) share one."""
+
+    _shared: weakref.WeakValueDictionary[int, LlamaDecoder] = weakref.WeakValueDictionary()
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, lm: LanguageModel) -> LlamaDecoder:
+        """The decoder for `lm`, built once while any engine still uses it (keyed by the model object,
+        which the decoder keeps alive)."""
+        with cls._shared_lock:
+            decoder = cls._shared.get(id(lm.model))
+            if decoder is None or decoder.lm.model is not lm.model:
+                decoder = cls._shared[id(lm.model)] = cls(lm)
+            return decoder
 
     @staticmethod
     def unsupported_reason(lm: LanguageModel) -> str | None:

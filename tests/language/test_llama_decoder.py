@@ -49,6 +49,10 @@ def test_the_embedded_model_runs_on_the_lean_decoder_with_packed_weights(languag
     assert make_running_batch(language_model, 4, lean=False).kind == "transformers"
     if torch.backends.mkldnn.is_available():
         assert decoder.packed  # every weight passed its check against F.linear
+    # Engines over the same loaded model share one decoder (the weights are read-only).
+    first, second = make_running_batch(language_model, 4), make_running_batch(language_model, 8)
+    assert isinstance(first, SlotBatch) and isinstance(second, SlotBatch)
+    assert first.decoder is second.decoder is LlamaDecoder.shared(language_model)
 
 
 def test_prompts_of_different_lengths_prefilled_together_each_match_transformers(language_model, decoder: LlamaDecoder) -> None:  # type: ignore[no-untyped-def]
