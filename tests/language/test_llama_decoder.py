@@ -160,3 +160,18 @@ async def test_a_tiny_llama_served_by_the_lean_decoder_equals_its_generate(tiny_
         with torch.inference_mode():
             expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
         assert response.json()["ids"] == expected[0, ids.shape[1]:].tolist(), prompt
+
+
+def test_without_onednn_the_plain_products_give_the_same_logits(language_model, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The path CUDA (and a torch without oneDNN) takes: F.linear on the fused weights."""
+    monkeypatch.setattr(llama_decoder, "_oneDNN_available", lambda: False)
+    plain = LlamaDecoder(language_model)
+    assert not plain.packed
+    prompts = [language_model.encode(p) for p in PROMPTS[:2]]
+    batch = SlotBatch(plain, 4)
+    logits = batch.prefill(prompts)
+    for row, ids in enumerate(prompts):
+        assert_matches(language_model, logits[row], ids)
+    logits = batch.decode([5, 6])
+    assert_matches(language_model, logits[0], [*prompts[0], 5])
+    assert_matches(language_model, logits[1], [*prompts[1], 6])
