@@ -50,6 +50,10 @@ class RunningBatch(Protocol):
         """Float32 logits [len(prompts), vocab] after each prompt, without touching the running rows."""
         ...
 
+    def prompt_logits(self, ids: list[int]) -> torch.Tensor:
+        """Float32 logits [len(ids), vocab] after every position of one prompt, without touching the running rows."""
+        ...
+
     def decode_drafts(self, inputs: list[list[int]]) -> torch.Tensor:
         """Feed each row its last token and then draft tokens (counts may differ); float32 logits
         [rows, longest, vocab] at every fed position. Rows do not advance until `accept`."""
@@ -111,6 +115,10 @@ class DynamicCacheBatch:
         ids, mask, positions = self._left_padded(prompts)
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.logits[:, -1, :].float()
+
+    def prompt_logits(self, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
+        return self.lm.model(input_ids=input_ids, use_cache=False).logits[0].float()
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         from transformers import DynamicCache

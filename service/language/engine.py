@@ -354,6 +354,21 @@ class GenerationEngine:
         precision checks compare); one batch, on the engine thread."""
         return await self.run_on_engine_thread(self._batch.last_logits, prompts)
 
+    async def prompt_logprobs(self, ids: list[int], top_n: int) -> list[tuple[float, list[Candidate]]]:
+        """For each prompt token after the first: its logprob given the tokens before it, and the `top_n`
+        likeliest tokens at that place; by the forward pass the engine serves with, on its thread."""
+        return await self.run_on_engine_thread(self._prompt_logprobs, ids, top_n)
+
+    def _prompt_logprobs(self, ids: list[int], top_n: int) -> list[tuple[float, list[Candidate]]]:
+        logprobs = torch.log_softmax(self._batch.prompt_logits(ids)[:-1, : self.lm.vocab_size], dim=-1)
+        targets = torch.tensor(ids[1:], dtype=torch.long, device=logprobs.device)
+        chosen = logprobs.gather(-1, targets[:, None])[:, 0].tolist()
+        top = torch.topk(logprobs, top_n) if top_n > 0 else None
+        return [
+            (lp, self._candidates(top.indices[pos].tolist(), top.values[pos].tolist()) if top is not None else [])
+            for pos, lp in enumerate(chosen)
+        ]
+
     def _run_calls(self, calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]) -> None:
         for call, future in calls:
             if future.cancelled():
@@ -464,6 +479,13 @@ class GenerationEngine:
             if not req.future.done():
                 req.future.set_result(Distribution(candidates=candidates, prompt_tokens=len(req.prompt_ids)))
 
+    def _alternatives(self, seq: _Sequence, logprobs: torch.Tensor) -> list[Candidate] | None:
+        """The step's likeliest tokens, when the request asked for them (`top_alternatives`)."""
+        if not seq.params.top_alternatives:
+            return None
+        top = torch.topk(logprobs, seq.params.top_alternatives)
+        return self._candidates(top.indices.tolist(), top.values.tolist())
+
     def _candidates(self, ids: list[int], logprobs: list[float]) -> list[Candidate]:
         return [
             Candidate(id=i, token=self.lm.token_text(i), probability=math.exp(lp), logprob=lp)
@@ -530,11 +552,8 @@ class GenerationEngine:
         for row, (seq, draft) in enumerate(zip(batch, drafts)):
             emitted = 0
             for position in range(len(draft) + 1):
-                alternatives = None
-                if seq.params.top_alternatives:
-                    top = torch.topk(logprobs[row, position], seq.params.top_alternatives)
-                    alternatives = self._candidates(top.indices.tolist(), top.values.tolist())
                 token = best_ids[row][position]
+                alternatives = self._alternatives(seq, logprobs[row, position])
                 self._append_token(seq, token, best_logprobs[row][position], alternatives, now)
                 emitted += 1
                 if seq.finish_reason is not None or position == len(draft) or token != draft[position]:
@@ -563,11 +582,7 @@ class GenerationEngine:
         finished = []
         now = time.monotonic()
         for row, seq in enumerate(batch):
-            alternatives = None
-            if seq.params.top_alternatives:
-                top = torch.topk(logprobs[row], seq.params.top_alternatives)
-                alternatives = self._candidates(top.indices.tolist(), top.values.tolist())
-            self._append_token(seq, chosen[row], chosen_logprobs[row], alternatives, now)
+            self._append_token(seq, chosen[row], chosen_logprobs[row], self._alternatives(seq, logprobs[row]), now)
             if seq.finish_reason is not None:
                 finished.append(seq)
         return finished

@@ -343,3 +343,7 @@ class SlotBatch:
         cache = self.decoder.new_cache(len(prompts), ids.shape[1])
         return self.decoder.forward(ids, positions, cache, last)
 
+    def prompt_logits(self, ids: list[int]) -> torch.Tensor:
+        tokens, positions, _ = self._right_padded([ids])
+        return self.decoder.forward(tokens, positions, self.decoder.new_cache(1, len(ids)), None)[0]
+

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
 from service.config import Settings
 from service.errors import GenerationError, InvalidInput, ServiceError, TimedOut
 from service.language.engine import (
@@ -281,30 +279,15 @@ class LegacyLogprobs:
         }
 
 
-def _score_prompt_blocking(lm: LanguageModel, ids: list[int], top_n: int) -> list[tuple[float | None, list[tuple[str, float]] | None]]:
-    """One forward pass over the prompt; runs on the engine thread, which owns the model."""
-    with torch.inference_mode():
-        input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
-        logits = lm.model(input_ids=input_ids, use_cache=False).logits[0, :-1, : lm.vocab_size].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        targets = torch.tensor(ids[1:], dtype=torch.long, device=logprobs.device)
-        chosen = logprobs.gather(-1, targets[:, None])[:, 0].tolist()
-        top = torch.topk(logprobs, top_n) if top_n > 0 else None
-        out: list[tuple[float | None, list[tuple[str, float]] | None]] = [(None, None)]
-        for pos, lp in enumerate(chosen):
-            alternatives: list[tuple[str, float]] = []
-            if top is not None:
-                alternatives = [(lm.token_text(i), v) for i, v in zip(top.indices[pos].tolist(), top.values[pos].tolist())]
-            out.append((lp, alternatives))
-        return out
-
-
 async def prompt_logprobs(engine: GenerationEngine, lm: LanguageModel, prompt: Prompt, top_n: int) -> LegacyLogprobs:
     """The prompt's own tokens with their logprobs (the first has none), as `echo` + `logprobs` returns them."""
-    scores = await engine.run_on_engine_thread(_score_prompt_blocking, lm, prompt.ids, top_n)
     result = LegacyLogprobs()
-    for token_id, (logprob, alternatives) in zip(prompt.ids, scores):
-        result.add(lm.token_text(token_id), logprob, alternatives)
+    if not prompt.ids:
+        return result
+    scores = await engine.prompt_logprobs(prompt.ids, top_n)
+    result.add(lm.token_text(prompt.ids[0]), None, None)
+    for token_id, (logprob, candidates) in zip(prompt.ids[1:], scores):
+        result.add(lm.token_text(token_id), logprob, [(c.token, c.logprob) for c in candidates])
     return result
 
 

@@ -175,3 +175,15 @@ def test_without_onednn_the_plain_products_give_the_same_logits(language_model, 
     logits = batch.decode([5, 6])
     assert_matches(language_model, logits[0], [*prompts[0], 5])
     assert_matches(language_model, logits[1], [*prompts[1], 6])
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_prompt_logits_give_transformers_logits_at_every_position(language_model, lean: bool) -> None:  # type: ignore[no-untyped-def]
+    """What /v1 `echo` scores a prompt with, through either forward pass."""
+    ids = language_model.encode(PROMPTS[2])
+    batch = make_running_batch(language_model, 4, lean=lean)
+    with torch.inference_mode():
+        logits = batch.prompt_logits(ids)
+        expected = language_model.model(input_ids=torch.tensor([ids])).logits[0].float()
+    assert logits.shape[0] == len(ids)
+    assert (logits[:, : language_model.vocab_size] - expected[:, : language_model.vocab_size]).abs().max().item() < TOLERANCE
