@@ -17,7 +17,7 @@ Each loop iteration (a "step"):
 
 Per-row positions and the attention mask make a padded row compute what it would compute alone, so
 greedy output in float32 is the same batched or not; each request samples with its own generator,
-so seeded sampling (in float32 too) does not depend on what else shares the batch.
+so seeded sampling, in float32, does not depend on what else shares the batch.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from service.language.sampling import SamplingParams, TokenChooser
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
+
 
 def default_torch_threads() -> int:
     """OMP_NUM_THREADS when set (containers set it from their CPU limit); else the CPUs this process may

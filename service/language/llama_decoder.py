@@ -15,7 +15,6 @@ tests hold its logits to transformers' within float32 rounding and its greedy ou
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 
@@ -23,8 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from service.language.model import LanguageModel
-
-log = logging.getLogger("service.engine")
 
 _INITIAL_CAPACITY = 256  # positions a fresh cache has room for
 _BLOCK = 256  # it grows in multiples of this
@@ -121,7 +118,6 @@ class LlamaDecoder:
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.eps = float(cfg.rms_norm_eps)
         self.scale = self.head_dim**-0.5
-        self.vocab_size = lm.vocab_size
         # Keys, values and attention in float32 on CPU even for bf16 weights: CPU batched products are twice
         # as fast in float32 at these sizes, and attention is then as exact as float32 weights allow.
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
