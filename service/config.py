@@ -93,6 +93,29 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(default=False, description="Include prompt text in request logs.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
+    # --- HTTP server (connections, before the app sees a request; see service/http/) -------
+    http_max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024,
+        description="Largest request head: the request line and header fields together, in bytes. Larger ones get 431 "
+        "and the connection is closed.",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="A request's line and headers must have arrived this many seconds after the connection opened "
+        "(or, on a kept-alive connection, after the request's first byte); else 408 and the connection is closed. "
+        "A connection that sends nothing in that time is closed without an answer.",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A request's body must have arrived in full this many seconds after its headers; else 408 "
+        "(the connection is closed; if a response had already started, it is only closed).",
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=1,
+        description="Open client connections at once; past this a new connection gets 503 with Retry-After and is closed.",
+    )
+    http_keep_alive_s: float = Field(default=5.0, gt=0, description="An idle kept-alive connection is closed after this many seconds.")
+
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

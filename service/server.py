@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -17,6 +19,15 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and sockets:
+            # uvicorn says where it listens only for sockets it binds itself; the CLI binds its own (early).
+            for sock in sockets:
+                host, port = sock.getsockname()[:2]
+                address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s (Press CTRL+C to quit)", address)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
