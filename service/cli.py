@@ -22,29 +22,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app, load_models
+    from service.http.listen import ListenError, bind_listener, ensure_open_files
+    from service.http.protocol import HttpLimits, guarded_protocol
     from service.language.model import ModelLoadError
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
     _configure_logging(settings)
+    # Bind first: a taken port is said in one line now, not after the models have loaded.
+    try:
+        listener = bind_listener(settings.host, settings.port)
+    except ListenError as exc:
+        print(f"genai-service: {exc}", file=sys.stderr)
+        return 1
+    ensure_open_files(settings.http_max_connections + 256)
     started = time.perf_counter()
     try:
         models = load_models(settings)
     except ModelLoadError as exc:
+        listener.close()
         print(f"genai-service: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("service").info("models loaded in %.2f s", time.perf_counter() - started)
     app = create_app(settings, models=models)
     # log_config=None keeps the logging configured above; the app writes its own access line per request.
+    # http=: httptools with a head limit, deadlines and a connection bound (service/http/protocol.py).
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None, log_config=None, access_log=False,
+        http=guarded_protocol(HttpLimits.from_settings(settings)), timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
     )
     from service.server import DrainingServer
 
-    DrainingServer(config, app).run()
+    DrainingServer(config, app).run(sockets=[listener])
     return 0
-
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -101,12 +112,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_error_lines(exc: Exception) -> list[str]:
+    """One line per invalid setting: the variable, the value given, and what is allowed."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [f"genai-service: invalid settings: {exc}"]
+    lines = []
+    for err in exc.errors():
+        loc = err.get("loc") or ("?",)
+        name = f"GENAI_{str(loc[0]).upper()}"
+        ctx = err.get("ctx") or {}
+        if "expected" in ctx:
+            allowed = f"allowed values: {ctx['expected']}"
+        else:
+            allowed = str(err.get("msg", "invalid value")).replace("Input should be", "must be").removeprefix("Value error, ")
+        lines.append(f"genai-service: {name}={err.get('input')!r} is not valid; {allowed}")
+    return lines or [f"genai-service: invalid settings: {exc}"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train-digits"]:  # argparse's REMAINDER rejects options that come first (`train-digits --full`)
-        return cmd_train_digits(argparse.Namespace(train_args=argv[1:]))
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        if argv[:1] == ["train-digits"]:  # argparse's REMAINDER rejects options that come first (`train-digits --full`)
+            return cmd_train_digits(argparse.Namespace(train_args=argv[1:]))
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except (ValidationError, SettingsError) as exc:
+        if isinstance(exc, ValidationError) and exc.title != Settings.__name__:
+            raise
+        for line in settings_error_lines(exc):
+            print(line, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
