@@ -15,7 +15,10 @@ from service.system.schemas import HealthResponse, InfoResponse, ReadyResponse
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health", response_model=HealthResponse, summary="Liveness: the process is up")
+@router.get(
+    "/health", response_model=HealthResponse, summary="Liveness: the process is up",
+    description="`HEAD /health` answers the same status and headers without a body (for uptime checkers).",
+)
 async def health() -> HealthResponse:
     return HealthResponse(status="ok")
 
@@ -24,6 +27,7 @@ async def health() -> HealthResponse:
     "/ready",
     response_model=ReadyResponse,
     summary="Readiness: models loaded and accepting work",
+    description="`HEAD /ready` answers the same status and headers without a body.",
     responses={503: {"description": "Still loading, or shutting down"}},
 )
 async def ready(request: Request, models: ModelsDep, settings: SettingsDep) -> ReadyResponse | JSONResponse:
@@ -32,6 +36,12 @@ async def ready(request: Request, models: ModelsDep, settings: SettingsDep) -> R
     if not request.app.state.ready or not engine_ok:
         return JSONResponse(error_body("not ready: loading models or shutting down", error_type="not_ready", code=503), status_code=503)
     return ReadyResponse(status="ready", models=loaded)
+
+
+# HEAD answers as GET does, without a body (the server sends the headers only); kept out of the schema,
+# where the GET operations say so.
+router.add_api_route("/health", health, methods=["HEAD"], response_model=HealthResponse, include_in_schema=False, name="health_head")
+router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyResponse, include_in_schema=False, name="ready_head")
 
 
 def _library_versions() -> dict[str, str]:
