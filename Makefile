@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Address: `make serve HOST=… PORT=…` on the make command line wins; without them GENAI_HOST/GENAI_PORT
 # apply, else 127.0.0.1:8000 (the settings' defaults). Only command-line values count, since some shells
 # (zsh) export HOST=<hostname> into every environment.
-SERVE_ARGS := $(if $(filter command line,$(origin HOST)),$(if $(HOST),--host $(HOST))) $(if $(filter command line,$(origin PORT)),$(if $(PORT),--port $(PORT)))
+SERVE_ARGS := $(strip $(if $(filter command line,$(origin HOST)),$(if $(HOST),--host $(HOST))) $(if $(filter command line,$(origin PORT)),$(if $(PORT),--port $(PORT))))
 # The CPU build of torch lies on this project's build machines as torch 2.13.0; elsewhere this
 # pin resolves to PyPI's normal torch. Override with `make install TORCH_SPEC='torch==X'`.
 TORCH_SPEC ?= torch==2.13.0
