@@ -1,8 +1,9 @@
 """OpenAI-compatible endpoints under `/v1`: models, completions, chat completions (whole or streamed).
 
-Streams are Server-Sent Events in OpenAI's format: `data: {chunk}` per token, the usage on each
-choice's final chunk (and on a last empty-choices chunk with `stream_options.include_usage`), then
-`data: [DONE]`. Errors are OpenAI-shaped with 400 for invalid requests (see `service.errors`).
+Streams are Server-Sent Events in OpenAI's format: `data: {chunk}` per token, a final chunk per
+choice with its `finish_reason`, then `data: [DONE]`. Usage only with `stream_options.include_usage`,
+as OpenAI sends it: `"usage": null` on every chunk and the usage in a last chunk with empty `choices`
+(see `service.openai.serving.StreamUsage`). Errors are OpenAI-shaped with 400 for invalid requests (see `service.errors`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from service.openai.serving import (
     prompt_logprobs,
     seeded,
     sse_data,
+    StreamUsage,
     stream_choices,
     submit_all,
     usage_dict,
@@ -170,9 +172,9 @@ async def _completion_chunks(
     lm: LanguageModel,
 ) -> AsyncIterator[str]:
     chunk_id, created = new_id("cmpl"), now()
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    usage = StreamUsage(body.stream_options, prompt_tokens)
 
-    def chunk(index: int, text: str, logprobs: dict[str, Any] | None, reason: str | None, usage: dict[str, int] | None = None) -> str:
+    def chunk(index: int, text: str, logprobs: dict[str, Any] | None, reason: str | None) -> str:
         return sse_data(
             {
                 "id": chunk_id,
@@ -181,7 +183,7 @@ async def _completion_chunks(
                 "model": model,
                 "system_fingerprint": None,
                 "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}],
-                "usage": usage,
+                **usage.fields(),
             }
         )
 
@@ -203,15 +205,15 @@ async def _completion_chunks(
                 lp = echoed.get(id(spec.prompt))
                 yield chunk(spec.index, spec.prompt.text, lp.as_dict() if lp is not None else None, None)
         echo_only = [spec for spec in specs if spec.params is None]  # max_tokens = 0: the echo was all
-        for n, spec in enumerate(echo_only, start=1):
-            yield chunk(spec.index, "", None, "length", usage_dict(prompt_tokens, 0) if n == len(specs) else None)
+        for spec in echo_only:
+            yield chunk(spec.index, "", None, "length")
         async for piece in stream_choices(
-            handles, lm, choices=len(specs), already_finished=len(echo_only), prompt_tokens=prompt_tokens,
+            handles, lm, usage,
             token_chunk=token_chunk,
-            finish_chunk=lambda index, reason, usage: chunk(index, "", None, reason, usage),
-            usage_chunk=(lambda usage: sse_data(
-                {"id": chunk_id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage}
-            )) if include_usage else None,
+            finish_chunk=lambda index, reason: chunk(index, "", None, reason),
+            usage_chunk=lambda total: sse_data(
+                {"id": chunk_id, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None, "choices": [], "usage": total}
+            ),
         ):
             yield piece
     finally:
@@ -283,10 +285,9 @@ async def _chat_chunks(
     lm: LanguageModel,
 ) -> AsyncIterator[str]:
     chunk_id, created = new_id("chatcmpl"), now()
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    prompt_tokens = len(prompt.ids)
+    usage = StreamUsage(body.stream_options, len(prompt.ids))
 
-    def chunk(index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None, reason: str | None, usage: dict[str, int] | None = None) -> str:
+    def chunk(index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None, reason: str | None) -> str:
         return sse_data(
             {
                 "id": chunk_id,
@@ -295,7 +296,7 @@ async def _chat_chunks(
                 "model": model,
                 "system_fingerprint": None,
                 "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
-                "usage": usage,
+                **usage.fields(),
             }
         )
 
@@ -307,12 +308,12 @@ async def _chat_chunks(
         for spec in specs:
             yield chunk(spec.index, {"role": "assistant", "content": ""}, None, None)
         async for piece in stream_choices(
-            handles, lm, choices=len(specs), already_finished=0, prompt_tokens=prompt_tokens,
+            handles, lm, usage,
             token_chunk=token_chunk,
-            finish_chunk=lambda index, reason, usage: chunk(index, {}, None, reason, usage),
-            usage_chunk=(lambda usage: sse_data(
-                {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
-            )) if include_usage else None,
+            finish_chunk=lambda index, reason: chunk(index, {}, None, reason),
+            usage_chunk=lambda total: sse_data(
+                {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "system_fingerprint": None, "choices": [], "usage": total}
+            ),
         ):
             yield piece
     finally:  # a client gone before the first token still frees its batch slots

@@ -35,8 +35,14 @@ def _refuse(value: Any, allowed: tuple[Any, ...], reason: str) -> Any:
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool = Field(default=False, description="Send a last chunk with empty `choices` and the usage (usage also rides on each choice's final chunk).")
-    continuous_usage_stats: bool = Field(default=False, description="Accepted for vLLM compatibility; ignored.")
+    include_usage: bool = Field(
+        default=False,
+        description="As OpenAI: every chunk carries `\"usage\": null` and a last chunk with empty `choices` the usage of the whole request. Without it no chunk has `usage`.",
+    )
+    continuous_usage_stats: bool = Field(
+        default=False,
+        description="Extension, as vLLM: with `include_usage`, every chunk carries the usage so far instead of `null` (no effect without `include_usage`).",
+    )
 
 
 class _SamplingFields(BaseModel):

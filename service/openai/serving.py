@@ -31,7 +31,7 @@ from service.language.sampling import SamplingParams
 from service.language.schemas import ChatMessage, GenerateRequest
 from service.language.validation import check_token_ids, encode_prompt, prompt_token_limit, sampling_params
 from service.observability.context import add_usage
-from service.openai.schemas import ChatCompletionRequest, CompletionRequest, MAX_CHOICES
+from service.openai.schemas import ChatCompletionRequest, CompletionRequest, MAX_CHOICES, StreamOptions
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "time_limit": "length", "cancelled": "stop"}
 _MIN_LOGPROB = -9999.0  # JSON has no -inf; vLLM clamps the same way
@@ -310,43 +310,67 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
+class StreamUsage:
+    """What a /v1 stream says about usage, as OpenAI sends it.
+
+    Without `stream_options.include_usage` no chunk has a `usage` field. With it, every chunk carries
+    `"usage": null` and a last chunk with empty `choices` carries the usage of the whole request, so a
+    client that adds up every chunk's usage (LangChain's `stream_usage=True`) counts each token once.
+    With vLLM's `continuous_usage_stats` as well, every chunk carries the request's usage so far instead
+    of `null` (all choices together: the completion tokens generated up to that chunk, end tokens included).
+    """
+
+    def __init__(self, options: StreamOptions | None, prompt_tokens: int) -> None:
+        self.include = bool(options is not None and options.include_usage)
+        self.continuous = self.include and bool(options is not None and options.continuous_usage_stats)
+        self.prompt_tokens = prompt_tokens
+        self._generated: dict[int, int] = {}  # choice index -> completion tokens so far
+
+    def count(self, index: int, completion_tokens: int) -> None:
+        self._generated[index] = completion_tokens
+
+    def total(self) -> dict[str, int]:
+        return usage_dict(self.prompt_tokens, sum(self._generated.values()))
+
+    def fields(self) -> dict[str, Any]:
+        """The `usage` entry of a chunk with choices: none, `null`, or the usage so far."""
+        if not self.include:
+            return {}
+        return {"usage": self.total() if self.continuous else None}
+
 
 async def stream_choices(
     handles: dict[int, GenerationHandle],
     lm: LanguageModel,
+    usage: StreamUsage,
     *,
-    choices: int,
-    already_finished: int,
-    prompt_tokens: int,
     token_chunk: Callable[[int, TokenEvent], str | None],
-    finish_chunk: Callable[[int, str, dict[str, int] | None], str],
-    usage_chunk: Callable[[dict[str, int]], str] | None,
+    finish_chunk: Callable[[int, str], str],
+    usage_chunk: Callable[[dict[str, int]], str],
 ) -> AsyncIterator[str]:
-    """What every /v1 stream shares: the choices' events merged as they come, usage on the last finish
-    chunk (and in a chunk of its own when asked), an error chunk if generation fails, `[DONE]` at the end,
-    and every generation cancelled if the client leaves early. Endpoints only shape their chunks."""
-    completion_tokens = 0
-    finished = already_finished
+    """What every /v1 stream shares: the choices' events merged as they come, the usage counted as
+    tokens arrive (chunk builders read it through `usage.fields()`), the usage-only last chunk when
+    `include_usage` asks for it, an error chunk if generation fails, `[DONE]` at the end, and every
+    generation cancelled if the client leaves early. Endpoints only shape their chunks."""
     try:
         async for index, event in merged_events(handles):
             if isinstance(event, TokenEvent):
+                usage.count(index, event.index + 1)
                 if is_end_token(event, lm):
-                    continue
+                    continue  # counted, not shown: the finish chunk's usage includes it
                 piece = token_chunk(index, event)
                 if piece is not None:
                     yield piece
             elif isinstance(event, FinishEvent):
-                completion_tokens += event.completion_tokens
+                usage.count(index, event.completion_tokens)
                 add_usage(completion_tokens=event.completion_tokens)
-                finished += 1
-                usage = usage_dict(prompt_tokens, completion_tokens) if finished == choices else None
-                yield finish_chunk(index, finish_reason(event), usage)
+                yield finish_chunk(index, finish_reason(event))
             elif isinstance(event, ErrorEvent):
                 yield error_chunk(event.message)
                 yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
                 return
-        if usage_chunk is not None:
-            yield usage_chunk(usage_dict(prompt_tokens, completion_tokens))
+        if usage.include:
+            yield usage_chunk(usage.total())
         yield "[DONE]"
     finally:
         for handle in handles.values():
