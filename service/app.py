@@ -106,6 +106,8 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service.web.docs, with their assets served here, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.preloaded_models = models
@@ -130,6 +132,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     from service.digits.router import router as digits_router
     from service.language.router import router as language_router
     from service.system.router import router as system_router
+    from service.web.docs import router as docs_router
     from service.web.router import router as web_router
 
     from service.observability.router import router as metrics_router
@@ -144,4 +147,5 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.include_router(openai_router)
     app.include_router(oip_router)
     app.include_router(web_router)
+    app.include_router(docs_router)
     return app

@@ -2,7 +2,8 @@
 
 The page is plain HTML, CSS and JavaScript: nothing to build, nothing fetched from the internet (the
 Content-Security-Policy header keeps it that way), and it only calls the service's public endpoints,
-so it doubles as a reference client.
+so it doubles as a reference client. `HEAD` answers as `GET` without the body (uptime checkers use it).
+The API reference pages (`/docs`, `/redoc`) are served the same way, by `service.web.docs`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _not_found(what: str) -> Response:
     return JSONResponse(error_body(f"not found: {what}", error_type="not_found", code=404), status_code=404)
 
 
-@router.get("/", summary="The playground page")
+@router.api_route("/", methods=["GET", "HEAD"], summary="The playground page")
 async def playground() -> Response:
     index = _FILES.get("index.html")
     if index is None:
@@ -52,7 +53,7 @@ async def playground() -> Response:
     return FileResponse(index, media_type="text/html; charset=utf-8", headers={**_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY})
 
 
-@router.get("/static/{name}", summary="A file of the playground page")
+@router.api_route("/static/{name}", methods=["GET", "HEAD"], summary="A file of the playground page")
 async def static_file(name: str) -> Response:
     path = _FILES.get(name)
     if path is None:
