@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.language.exceptions import EngineNotReady, EngineOverloaded
+
 log = logging.getLogger("service.errors")
 
 
@@ -69,11 +71,6 @@ class TimedOut(ServiceError):
     error_type = "timeout"
 
 
-class Overloaded(ServiceError):
-    status_code = 429
-    error_type = "overloaded"
-
-
 def error_body(
     message: str, *, error_type: str, code: int, param: str | None = None, details: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -103,8 +100,17 @@ def _error_response(request: Request, body: dict[str, Any], status: int, headers
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """`messages.0.content`: the body's path, without the request part and without the tags pydantic
+    puts in for union members (`pixels.list[float].0` is `pixels.0` to a client)."""
+    parts = [
+        str(p) for p in loc
+        if p not in ("body", "query", "path", "header")
+        and not (isinstance(p, str) and ("[" in p or "(" in p or p in _UNION_TAGS))
+    ]
     return ".".join(parts) if parts else "body"
 
 
@@ -137,6 +143,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(
             request, error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param), status, exc.headers
         )
+
+    @app.exception_handler(EngineOverloaded)
+    async def _overloaded(request: Request, exc: EngineOverloaded) -> JSONResponse:
+        body = error_body(str(exc), error_type="overloaded", code=429)
+        return _error_response(request, body, 429, {"Retry-After": str(exc.retry_after_seconds)})
+
+    @app.exception_handler(EngineNotReady)
+    async def _not_ready(request: Request, exc: EngineNotReady) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_seconds)} if exc.retry_after_seconds is not None else None
+        return _error_response(request, error_body(str(exc), error_type="model_not_ready", code=503), 503, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

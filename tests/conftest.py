@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -123,17 +124,17 @@ def live_server() -> Iterator[str]:
             process.kill()
 
 
-@pytest.fixture(scope="session")
-def threaded_server(app: FastAPI) -> Iterator[str]:
-    """The session's `app` (models and engine already started) behind a real uvicorn on a free localhost port,
-    in a thread of this process: for clients that need a socket (the sync `openai` client, `tritonclient`)."""
+@contextmanager
+def serve_in_thread(application: FastAPI) -> Iterator[str]:
+    """A started app (models and engine running) behind a real uvicorn on a free localhost port, in a
+    thread of this process; yields its base URL."""
     import threading
     import time
 
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -146,6 +147,14 @@ def threaded_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def threaded_server(app: FastAPI) -> Iterator[str]:
+    """The session's `app` behind a real uvicorn in a thread: for clients that need a socket (the sync
+    `openai` client, `tritonclient`)."""
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

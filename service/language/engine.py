@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 import torch
 
 from service.config import Settings
-from service.errors import ModelNotReady, Overloaded
 from service.language.batch import RunningBatch, make_running_batch
+from service.language.exceptions import EngineNotReady, EngineOverloaded
 from service.language.model import LanguageModel
 from service.language.prompt_lookup import draft_from_context
 from service.language.detokenize import TextAssembler
@@ -62,6 +62,14 @@ def default_torch_threads() -> int:
     except (OSError, ValueError):
         pass
     return cpus
+
+
+def estimate_retry_after(remaining_tokens: list[int], step_seconds: float) -> int:
+    """Whole seconds (1 to 60) until the running generation nearest its end is done: `Retry-After` for a
+    refused request, since that is when the admission bound has room again. With nothing running (the
+    bound is full of queued work behind a long prefill), one step's time."""
+    nearest = min(remaining_tokens, default=1)
+    return max(1, min(60, math.ceil(max(0, nearest) * step_seconds)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +202,7 @@ class _Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     finish_reason: str | None = None
+    released: bool = False  # its place under the admission bound has been given back
 
 
 @dataclass
@@ -213,6 +222,9 @@ class EngineStats:
     finished: int = 0
     draft_tokens: int = 0  # proposed by prompt lookup
     accepted_draft_tokens: int = 0  # of those, the ones greedy decoding chose too
+    refused: int = 0  # requests answered "overloaded" (429)
+    peak_held: int = 0  # the most requests ever held at once (never above the admission bound)
+    step_seconds: float = 0.05  # moving average of one decode step's time
 
 
 class GenerationEngine:
@@ -223,6 +235,11 @@ class GenerationEngine:
         self.settings = settings
         self.max_batch = min(settings.max_batch_size, settings.max_running_requests)
         self.max_waiting = settings.max_waiting_requests
+        # The admission bound: requests held at once (queued, being prefilled, running, or waiting for a
+        # next-token or scoring pass), counted from the moment they are accepted to the moment they end,
+        # so a burst cannot slip past it between two steps. Past it a request is refused at once.
+        self.max_held = self.max_batch + self.max_waiting
+        self._held = 0
         self.stats = EngineStats()
         # Observers (metrics): called on the engine thread, must be cheap.
         self.step_listeners: list[Callable[[int, float], None]] = []
@@ -254,6 +271,10 @@ class GenerationEngine:
     @property
     def waiting_count(self) -> int:
         return len(self._waiting)
+
+    @property
+    def held_count(self) -> int:
+        return self._held
 
     def start(self) -> None:
         """Start the engine's thread, the only one that runs the model, with GENAI_TORCH_THREADS threads.
@@ -287,6 +308,10 @@ class GenerationEngine:
             "waiting": self.waiting_count,
             "max_batch_size": self.max_batch,
             "max_waiting": self.max_waiting,
+            "held": self._held,
+            "max_held": self.max_held,
+            "peak_held": self.stats.peak_held,
+            "refused": self.stats.refused,
             "steps": self.stats.steps,
             "generated_tokens": self.stats.generated_tokens,
             "finished_requests": self.stats.finished,
@@ -320,24 +345,49 @@ class GenerationEngine:
             assembler=TextAssembler(self.lm.tokenizer, self.lm.eos_token_ids, params.stop),
         )
         with self._cv:
-            if len(self._waiting) >= self.max_waiting and len(self._running) >= self.max_batch:
-                raise Overloaded(
-                    f"the server is at capacity ({len(self._running)} running, {len(self._waiting)} waiting); retry shortly",
-                    headers={"Retry-After": "1"},
-                )
+            self._hold()
             self._waiting.append(seq)
             self._cv.notify_all()
         return handle
+
+    def _hold(self) -> None:
+        """Take a place under the admission bound, or refuse at once (under `_cv`)."""
+        if self._held >= self.max_held:
+            self.stats.refused += 1
+            retry_after = self.retry_after_seconds()
+            raise EngineOverloaded(
+                f"the server is at capacity ({self._held} requests held: {len(self._running)} running, "
+                f"{len(self._waiting)} waiting, limit {self.max_held}); retry in about {retry_after} s",
+                retry_after_seconds=retry_after,
+            )
+        self._held += 1
+        self.stats.peak_held = max(self.stats.peak_held, self._held)
+
+    def _unhold(self) -> None:
+        with self._cv:
+            self._held -= 1
+
+    def _release(self, seq: _Sequence) -> None:
+        """Give back a generation's place, once, whichever way it ended."""
+        if not seq.released:
+            seq.released = True
+            self._unhold()
+
+    def retry_after_seconds(self) -> int:
+        """When a refused client may find room: a place under the bound frees when the first running
+        generation ends, at the latest after its remaining tokens at the recent step time."""
+        remaining = [seq.params.max_new_tokens - len(seq.generated) for seq in list(self._running)]
+        return estimate_retry_after(remaining, self.stats.step_seconds)
 
     async def next_token_distribution(self, prompt_ids: list[int], top_k: int, temperature: float = 1.0) -> Distribution:
         """The model's next-token distribution after `prompt_ids`; concurrent calls share one forward pass."""
         self._check_accepting()
         future: concurrent.futures.Future[Distribution] = concurrent.futures.Future()
         with self._cv:
-            if len(self._distributions) >= self.max_waiting + self.max_batch:
-                raise Overloaded("too many next-token requests waiting; retry shortly", headers={"Retry-After": "1"})
+            self._hold()
             self._distributions.append(_DistributionRequest(list(prompt_ids), top_k, temperature, future))
             self._cv.notify_all()
+        future.add_done_callback(lambda _: self._unhold())
         return await asyncio.wrap_future(future)
 
     async def run_on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -346,8 +396,10 @@ class GenerationEngine:
         self._check_accepting()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._cv:
+            self._hold()
             self._calls.append((lambda: fn(*args), future))
             self._cv.notify_all()
+        future.add_done_callback(lambda _: self._unhold())
         return await asyncio.wrap_future(future)
 
     async def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -381,9 +433,9 @@ class GenerationEngine:
 
     def _check_accepting(self) -> None:
         if self._dead is not None:
-            raise ModelNotReady(f"the generation engine stopped: {self._dead}")
+            raise EngineNotReady(f"the generation engine stopped: {self._dead}")
         if not self._accepting:
-            raise ModelNotReady("the service is shutting down and accepts no new work", headers={"Retry-After": "5"})
+            raise EngineNotReady("the service is shutting down and accepts no new work", retry_after_seconds=5)
 
     # ---- the engine thread ----------------------------------------------------------------
 
@@ -430,15 +482,16 @@ class GenerationEngine:
             distributions = list(self._distributions)
             self._distributions.clear()
         for seq in leftovers + self._running:
+            self._release(seq)
             seq.handle._emit(ErrorEvent("the service shut down before this generation finished"))
         self._running = []
         self._batch.clear()
         for req in distributions:
             if not req.future.done():
-                req.future.set_exception(ModelNotReady("the service is shutting down"))
+                req.future.set_exception(EngineNotReady("the service is shutting down"))
         for _, future in self._calls:
             if not future.done():
-                future.set_exception(ModelNotReady("the service is shutting down"))
+                future.set_exception(EngineNotReady("the service is shutting down"))
         self._calls.clear()
 
     def _fail_all(self, admitted: list[_Sequence], distributions: list[_DistributionRequest], message: str) -> None:
@@ -447,6 +500,7 @@ class GenerationEngine:
                 req.future.set_exception(GenerationFailed(message))
         for seq in {id(s): s for s in admitted + self._running}.values():
             if seq.finish_reason is None:
+                self._release(seq)
                 seq.handle._emit(ErrorEvent(message))
         self._running = []
         self._batch.clear()
@@ -501,6 +555,8 @@ class GenerationEngine:
             seq.admitted_at = now
             if seq.handle.cancelled:
                 self._finish(seq, "cancelled")
+            elif seq.deadline is not None and now >= seq.deadline:
+                self._finish(seq, "time_limit")  # no token yet: the router answers 504
             else:
                 live.append(seq)
         if not live:
@@ -522,6 +578,7 @@ class GenerationEngine:
         self.stats.steps += 1
         self._retire_finished()
         elapsed = time.perf_counter() - started
+        self.stats.step_seconds += 0.1 * (elapsed - self.stats.step_seconds)
         for listener in self.step_listeners:
             listener(len(batch), elapsed)
 
@@ -631,6 +688,7 @@ class GenerationEngine:
     def _finish(self, seq: _Sequence, reason: str) -> None:
         seq.finish_reason = reason
         now = time.monotonic()
+        self._release(seq)
         event = FinishEvent(
             finish_reason=reason,
             text=seq.assembler.text,

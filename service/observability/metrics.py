@@ -83,6 +83,10 @@ class ServiceMetrics:
         )
         self.running = Gauge("genai_requests_running", "Generations in the running batch.", registry=r)
         self.waiting = Gauge("genai_requests_waiting", "Generations queued for a place in the batch.", registry=r)
+        self.held = Gauge(
+            "genai_requests_held", "Requests the engine holds (queued, running, or waiting for a next-token pass); at most the admission bound.",
+            registry=r,
+        )
         # --- digits and models ---------------------------------------------------------------
         self.digit_predictions = Counter(
             "genai_digit_predictions", "Digit classifications served, by predicted digit and endpoint.",
@@ -95,6 +99,7 @@ class ServiceMetrics:
         self._engine: GenerationEngine | None = None
         self.running.set_function(lambda: self._engine.running_count if self._engine is not None else 0)
         self.waiting.set_function(lambda: self._engine.waiting_count if self._engine is not None else 0)
+        self.held.set_function(lambda: self._engine.held_count if self._engine is not None else 0)
         r.register(_EngineTotals(self))
 
     # ---- wiring ------------------------------------------------------------------------------
@@ -168,3 +173,8 @@ class _EngineTotals:
             drafts.add_metric(["accepted"], engine.stats.accepted_draft_tokens)
             drafts.add_metric(["rejected"], engine.stats.draft_tokens - engine.stats.accepted_draft_tokens)
         yield drafts
+        refused = CounterMetricFamily(
+            "genai_requests_refused", "Requests refused with 429 because the admission bound (GENAI_MAX_BATCH_SIZE + GENAI_MAX_WAITING_REQUESTS) was reached."
+        )
+        refused.add_metric([], engine.stats.refused if engine is not None else 0)
+        yield refused
