@@ -28,7 +28,7 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 ValueRange = Literal["0-255", "0-1"]
 
 _WORKING_SIDE = 1024  # larger images are box-reduced to about this first: same result, bounded cost
-_MIN_CONTRAST = 0.08  # darkest-to-lightest spread (of 1.0) below which an image counts as blank
+MIN_CONTRAST = 0.08  # darkest-to-lightest spread (of 1.0) below which an image counts as blank
 _NOISE_FLOOR = 0.2  # ink weaker than this (after background removal) is paper texture or JPEG noise
 _TARGET_STROKE = 2.0  # MNIST strokes are about 2-3 px wide at 28x28; thinner ones are thickened
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -191,7 +191,7 @@ def _resize(a: np.ndarray, width: int, height: int) -> np.ndarray:
 def prepare_gray(gray: np.ndarray, *, param: str = "image") -> np.ndarray:
     """MNIST's preparation of a grayscale picture (any size, any polarity) -> (28, 28) float32, ink = 1."""
     lo, hi = float(gray.min()), float(gray.max())
-    if hi - lo < _MIN_CONTRAST:
+    if hi - lo < MIN_CONTRAST:
         raise DigitInputError(f"{param} is blank: no digit found (the image has almost no contrast)", param=param)
     g = (gray - lo) / (hi - lo)
     if float(np.median(_border(g))) > 0.5:  # light background: dark ink on paper or canvas

@@ -7,6 +7,7 @@ so it reads the body itself according to Content-Type; `openapi_extra` documents
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from service.config import Settings
 from service.deps import DigitClassifierDep, SettingsDep
 from service.digits.model import DigitClassifier
 from service.digits.preprocess import (
+    MIN_CONTRAST,
     DigitInputError,
     decode_base64,
     image_bytes_to_array,
@@ -33,6 +35,8 @@ from service.errors import InvalidInput, ServiceError
 router = APIRouter(tags=["digits"])
 
 _MULTIPART_FIELDS = {"file", "include_prepared"}
+# Read as JSON: JSON itself, and what `curl -d` sends without a -H (form-urlencoded) or nothing at all.
+_JSON_CONTENT_TYPES = {"application/json", "application/x-www-form-urlencoded", ""}
 
 
 @dataclass
@@ -111,14 +115,16 @@ async def classify_digit(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         job = await _read_multipart(request, settings)
-    elif content_type.startswith(("image/", "text/", "application/octet-stream")):
+    elif content_type in _JSON_CONTENT_TYPES or content_type.endswith("+json"):
+        # application/json, or nothing / form-urlencoded as `curl -d` sends it: parse as JSON
+        job = _read_json(await request.body(), settings)
+    else:
         raise ServiceError(
             f"unsupported Content-Type {content_type!r}: send application/json or multipart/form-data with a `file` part",
+            param="content-type",
             status_code=415,
             error_type="unsupported_media_type",
         )
-    else:  # application/json, or nothing / form-urlencoded as `curl -d` sends it: parse as JSON
-        job = _read_json(await request.body(), settings)
 
     try:
         predictions, prepared = await asyncio.to_thread(_classify, classifier, job, settings)
@@ -144,7 +150,13 @@ async def classify_digit(
 
 def _read_json(body: bytes, settings: Settings) -> _Job:
     try:
-        req = ClassifyDigitRequest.model_validate_json(body)
+        # json.loads, then the schema: a lone surrogate (`"\ud800"`) then reaches the schema's Unicode rule,
+        # which names the field, as on every other route (pydantic's own JSON parser refuses it as bad JSON).
+        payload = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {"error": str(exc)}}]) from None
+    try:
+        req = ClassifyDigitRequest.model_validate(payload)
     except ValidationError as exc:
         errors = [{**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
@@ -204,6 +216,8 @@ def _to_array(item: _Input, job: _Job, settings: Settings) -> np.ndarray:
     limits = {"max_bytes": settings.digits_max_image_bytes, "max_pixels": settings.digits_max_image_pixels}
     if item.kind == "pixels":
         arr = pixels_to_array(item.value, value_range=job.value_range, param=item.param)
+        if float(arr.max() - arr.min()) < MIN_CONTRAST:  # all zeros, or one grey: as a blank image is
+            raise DigitInputError(f"{item.param} is blank: no digit found (every pixel has the same value)", param=item.param)
         # prepare_gray finds the polarity from the border, so ink-high and ink-low arrays both work.
         return prepare_gray(arr, param=item.param) if job.prepare else arr
     data = decode_base64(item.value, max_bytes=settings.digits_max_image_bytes, param=item.param) if item.kind == "base64" else item.value

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.schemas import RequestModel
+
 # A small "1": a vertical bar in the middle of the 28x28 field, as MNIST would store it.
 _EXAMPLE_ONE = [[0] * 28 for _ in range(4)] + [[0] * 13 + [255, 255] + [0] * 13 for _ in range(20)] + [[0] * 28 for _ in range(4)]
 # A held-out MNIST "7" as a 28x28 PNG (white on black); any size and polarity works.
@@ -16,11 +18,10 @@ _EXAMPLE_PNG = (
 PixelImage = list[float] | list[list[float]]
 
 
-class ClassifyDigitRequest(BaseModel):
+class ClassifyDigitRequest(RequestModel):
     """Exactly one of `pixels`, `pixels_batch`, `image`, `images` (JSON). For a file upload, send multipart `file`."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"pixels": _EXAMPLE_ONE},

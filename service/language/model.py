@@ -67,21 +67,40 @@ class LanguageModel:
         called directly: a /tokenize of 1 KB spends a sixth of its time in transformers' wrapping."""
         return self.tokenizer.backend_tokenizer if getattr(self.tokenizer, "is_fast", False) else None
 
-    def tokenize(self, text: str, add_special_tokens: bool = False) -> TokenizedText:
+    @functools.cached_property
+    def _rust_text_tokenizer(self) -> Any:
+        """A copy of the fast tokenizer that encodes the text of special tokens (`<|im_end|>`) as plain text:
+        a copy, since the flag is the tokenizer's own state and other requests encode concurrently."""
+        import tokenizers
+
+        copy = tokenizers.Tokenizer.from_str(self._rust_tokenizer.to_str())
+        copy.encode_special_tokens = True
+        return copy
+
+    def _rust_for(self, parse_special: bool) -> Any:
+        return self._rust_tokenizer if parse_special else self._rust_text_tokenizer
+
+    def tokenize(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> TokenizedText:
+        """Ids, token strings and character offsets. `parse_special=False` keeps special-token text as text."""
         if self._rust_tokenizer is not None:
-            encoding = self._rust_tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            encoding = self._rust_for(parse_special).encode(text, add_special_tokens=add_special_tokens)
             ids, offsets = encoding.ids, encoding.offsets
         else:
             mapping = self.tokenizer(
-                text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_attention_mask=False
+                text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_attention_mask=False,
+                split_special_tokens=not parse_special,
             )
             ids, offsets = list(mapping["input_ids"]), [(int(a), int(b)) for a, b in mapping["offset_mapping"]]
         return TokenizedText(ids=ids, tokens=[self.token_text(i) for i in ids], offsets=offsets)
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
         if self._rust_tokenizer is not None:
-            return self._rust_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"])
+            return self._rust_for(parse_special).encode(text, add_special_tokens=add_special_tokens).ids
+        return list(
+            self.tokenizer(
+                text, add_special_tokens=add_special_tokens, return_attention_mask=False, split_special_tokens=not parse_special
+            )["input_ids"]
+        )
 
     def detokenize(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -104,6 +123,14 @@ class LanguageModel:
         if all(ch in decoder for ch in piece):  # byte-level BPE (GPT-2, SmolLM2, Llama 3)
             return [decoder[ch] for ch in piece]
         return list(self.token_text(token_id).encode("utf-8"))
+
+    @functools.cached_property
+    def special_token_texts(self) -> frozenset[str]:
+        """The text of every special token (`<|im_end|>`, `<s>`, ...): what `parse_special` turns into tokens."""
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        texts = {str(t) for t in getattr(self.tokenizer, "all_special_tokens", [])}
+        texts |= {str(token) for token in added.values() if getattr(token, "special", False)}
+        return frozenset(texts)
 
     @property
     def has_chat_template(self) -> bool:

@@ -50,7 +50,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS, summary="Split text into the model's tokens")
 async def tokenize(body: TokenizeRequest, lm: LanguageModelDep, settings: SettingsDep) -> TokenizeResponse:
     check_text_length(body.text, settings, "text")
-    result = lm.tokenize(body.text, add_special_tokens=body.add_special_tokens)
+    result = lm.tokenize(body.text, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
     return TokenizeResponse(ids=result.ids, tokens=result.tokens, offsets=result.offsets, count=len(result.ids), model=lm.model_id)
 
 
@@ -76,10 +76,10 @@ async def next_token_probs(
     body: NextTokenRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> NextTokenResponse:
     check_top_k(body.top_k, lm, settings)
-    ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens)
+    ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
     note_prompt(body.prompt)
     add_usage(prompt_tokens=len(ids))
-    temperature = body.temperature or 1.0
+    temperature = 1.0 if body.temperature is None else body.temperature
     distribution = await engine.next_token_distribution(ids, body.top_k, temperature)
     return NextTokenResponse(
         candidates=[_candidate(c) for c in distribution.candidates],
@@ -128,7 +128,9 @@ def _timing(finish: FinishEvent) -> Timing:
 async def generate(
     body: GenerateRequest, request: Request, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> Response | GenerateResponse:
-    ids = encode_prompt(lm, settings, prompt=body.prompt, messages=body.messages, add_special_tokens=body.add_special_tokens)
+    ids = encode_prompt(
+        lm, settings, prompt=body.prompt, messages=body.messages, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special
+    )
     params = sampling_params(body, len(ids), lm, settings)
     note_prompt(body.prompt if body.prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in body.messages or []))
     add_usage(prompt_tokens=len(ids))

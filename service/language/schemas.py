@@ -8,16 +8,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_STRICT = ConfigDict(extra="forbid")
+from service.schemas import (
+    ParseSpecial,
+    RepetitionPenalty,
+    RequestModel,
+    Seed,
+    StopStrings,
+    Temperature,
+    TimeoutSeconds,
+    TopK,
+    TopP,
+)
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "Hello, world!"}]})
+class TokenizeRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hello, world!"}]})
 
     text: str = Field(description="Text to split into tokens (at most GENAI_MAX_TEXT_CHARS characters).")
     add_special_tokens: bool = Field(default=False, description="Add the tokenizer's special tokens (BOS and the like), as the model would see a prompt.")
+    parse_special: ParseSpecial = True
 
 
 class TokenizeResponse(BaseModel):
@@ -28,8 +39,8 @@ class TokenizeResponse(BaseModel):
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": [19556, 28, 905, 17]}]})
+class DetokenizeRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": [19556, 28, 905, 17]}]})
 
     ids: list[int] = Field(description="Token ids, each in [0, vocab_size).")
     skip_special_tokens: bool = False
@@ -47,16 +58,16 @@ class TokenCandidate(BaseModel):
     logprob: float = Field(examples=[-0.2581])
 
 
-class NextTokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "The capital of France is", "top_k": 5}]})
+class NextTokenRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The capital of France is", "top_k": 5}]})
 
     prompt: str = Field(min_length=1, description="The text whose continuation is asked for.")
     top_k: int = Field(default=10, ge=1, description="How many candidates to return (at most GENAI_MAX_TOP_K, default 100).")
-    temperature: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
-        description="Divide the logits by this before the softmax (default 1: the model's own distribution).",
+    temperature: Temperature | None = Field(
+        default=None, description="Divide the logits by this before the softmax (default 1: the model's own distribution; 0 to 100)."
     )
     add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens.")
+    parse_special: ParseSpecial = True
 
 
 class NextTokenResponse(BaseModel):
@@ -66,16 +77,13 @@ class NextTokenResponse(BaseModel):
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
 
 
-class ChatMessage(BaseModel):
-    model_config = _STRICT
-
+class ChatMessage(RequestModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"prompt": "The capital of France is", "max_new_tokens": 8},
@@ -90,31 +98,18 @@ class GenerateRequest(BaseModel):
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, description="Chat form: rendered with the model's chat template.")
     max_new_tokens: int = Field(default=64, ge=1, description="Tokens to generate at most (at most GENAI_MAX_NEW_TOKENS, default 512).")
     do_sample: bool = Field(default=False, description="false = greedy (always the most likely token); true = sample.")
-    temperature: float = Field(default=1.0, ge=0, le=100, allow_inf_nan=False, description="Sampling temperature; 0 means greedy.")
-    top_k: int = Field(default=0, ge=0, description="Sample only among the k most likely tokens (0 = no limit).")
-    top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling: the smallest set of tokens whose probability reaches top_p.")
-    repetition_penalty: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False, description="> 1 discourages tokens already in the prompt or output.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Same seed + same request = same text.")
-    stop: list[str] | str | None = Field(default=None, description="Stop before any of these strings (at most GENAI_MAX_STOP_SEQUENCES).")
+    temperature: Temperature = 1.0
+    top_k: TopK = 0
+    top_p: TopP = 1.0
+    repetition_penalty: RepetitionPenalty = 1.0
+    seed: Seed | None = None
+    stop: StopStrings = None
     ignore_eos: bool = Field(default=False, description="Keep generating past the end-of-sequence token (exact lengths for benchmarks).")
     top_alternatives: int = Field(default=0, ge=0, description="Per step, also return the k most likely tokens with their probabilities (at most GENAI_MAX_TOP_ALTERNATIVES).")
     stream: bool = Field(default=False, description="Answer as Server-Sent Events, one event per token.")
-    timeout_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
-        description="Time limit for this request (at most GENAI_REQUEST_TIMEOUT_S): past it the generation ends with "
-        "finish_reason `time_limit`, or 504 if no token was produced yet.",
-    )
+    timeout_s: TimeoutSeconds | None = None
     add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens (ignored for messages).")
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: list[str] | str | None) -> list[str] | None:
-        if value is None:
-            return None
-        items = [value] if isinstance(value, str) else value
-        if any(s == "" for s in items):
-            raise ValueError("stop strings must not be empty")
-        return items
+    parse_special: ParseSpecial = True
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> GenerateRequest:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from service.config import Settings
 from service.errors import InvalidInput
+from service.language.chat import ChatContentError, encode_chat
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.language.schemas import ChatMessage, GenerateRequest
@@ -24,6 +25,20 @@ def prompt_token_limit(lm: LanguageModel, settings: Settings) -> int:
     return min(settings.max_prompt_tokens, lm.context_length - 1)
 
 
+def encode_messages(lm: LanguageModel, settings: Settings, messages: list[ChatMessage]) -> tuple[str, list[int]]:
+    """Render a chat with the model's template and tokenize it (contents as plain text, see chat.py),
+    enforcing the prompt limits. Returns the rendered text and its ids."""
+    try:
+        text, ids = encode_chat(lm, [m.model_dump() for m in messages])
+    except ChatContentError as exc:
+        raise InvalidInput(f"messages[{exc.index}].content {exc}", param=f"messages.{exc.index}.content") from exc
+    except ValueError as exc:  # no chat template
+        raise InvalidInput(str(exc), param="messages") from exc
+    check_text_length(text, settings, "messages")
+    _check_prompt_ids(ids, lm, settings, "messages")
+    return text, ids
+
+
 def encode_prompt(
     lm: LanguageModel,
     settings: Settings,
@@ -31,20 +46,20 @@ def encode_prompt(
     prompt: str | None,
     messages: list[ChatMessage] | None = None,
     add_special_tokens: bool = False,
+    parse_special: bool = True,
     field: str = "prompt",
 ) -> list[int]:
     """Tokenize a prompt (or render and tokenize a chat), enforcing the prompt limits."""
     if messages is not None:
-        field = "messages"
-        try:
-            text = lm.render_chat([m.model_dump() for m in messages])
-        except ValueError as exc:
-            raise InvalidInput(str(exc), param="messages") from exc
-        add_special_tokens = False  # the chat template already places the special tokens
-    else:
-        text = prompt or ""
+        return encode_messages(lm, settings, messages)[1]
+    text = prompt or ""
     check_text_length(text, settings, field)
-    ids = lm.encode(text, add_special_tokens=add_special_tokens)
+    ids = lm.encode(text, add_special_tokens=add_special_tokens, parse_special=parse_special)
+    _check_prompt_ids(ids, lm, settings, field)
+    return ids
+
+
+def _check_prompt_ids(ids: list[int], lm: LanguageModel, settings: Settings, field: str) -> None:
     if not ids:
         raise InvalidInput(f"{field} gives no tokens", param=field)
     limit = prompt_token_limit(lm, settings)
@@ -54,7 +69,6 @@ def encode_prompt(
             f"(the smaller of GENAI_MAX_PROMPT_TOKENS and the model's context of {lm.context_length} minus one)",
             param=field,
         )
-    return ids
 
 
 def check_token_ids(lm: LanguageModel, ids: list[int], field: str = "ids") -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas import RequestModel
+
 
 class ServerMetadata(BaseModel):
     name: str = Field(examples=["genai-service"])
@@ -47,7 +49,7 @@ class ModelMetadata(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-class RequestInput(BaseModel):
+class RequestInput(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(description="The input's name (this model has one input, `input`).")
@@ -57,14 +59,14 @@ class RequestInput(BaseModel):
     data: Any = Field(default=None, description="Row-major values, flat or nested. Absent with the binary extension.")
 
 
-class RequestOutput(BaseModel):
+class RequestOutput(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str
     parameters: dict[str, Any] | None = Field(default=None, description="`binary_data: true` returns the tensor as raw bytes after the JSON.")
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(RequestModel):
     model_config = ConfigDict(
         extra="ignore",
         json_schema_extra={

@@ -12,17 +12,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from service.schemas import (
+    ParseSpecial,
+    RepetitionPenalty,
+    RequestModel,
+    Seed,
+    StopStrings,
+    Temperature,
+    TimeoutSeconds,
+    TopK,
+    TopP,
+)
+
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
-
-
-def _stop_list(value: str | list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else list(value)
-    if any(s == "" for s in items):
-        raise ValueError("stop strings must not be empty")
-    return items or None
 
 
 def _refuse(value: Any, allowed: tuple[Any, ...], reason: str) -> Any:
@@ -32,9 +35,7 @@ def _refuse(value: Any, allowed: tuple[Any, ...], reason: str) -> Any:
     return value
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StreamOptions(RequestModel):
     include_usage: bool = Field(
         default=False,
         description="As OpenAI: every chunk carries `\"usage\": null` and a last chunk with empty `choices` the usage of the whole request. Without it no chunk has `usage`.",
@@ -45,31 +46,26 @@ class StreamOptions(BaseModel):
     )
 
 
-class _SamplingFields(BaseModel):
+class _SamplingFields(RequestModel):
     """What completions and chat share."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: str | None = Field(default=None, description="The served model's id (see `GET /v1/models`); empty = that model.")
-    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False, description="0 = greedy; default 1 (sampling), as OpenAI.")
-    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    temperature: Temperature | None = Field(default=None, description="0 = greedy; default 1 (sampling), as OpenAI. 0 to 100 (OpenAI itself stops at 2).")
+    top_p: TopP | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES, description=f"Choices per prompt (at most {MAX_CHOICES} in all).")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(default=None, description="Up to GENAI_MAX_STOP_SEQUENCES strings; the text ends before the first one.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Same seed + same request = same text (choice i uses seed + i).")
+    stop: StopStrings = None
+    seed: Seed | None = Field(default=None, description="Same seed + same request = same text (choice i uses seed + i).")
     presence_penalty: float | None = Field(default=None, description="Only 0 (refused otherwise; see `repetition_penalty`).")
     frequency_penalty: float | None = Field(default=None, description="Only 0 (refused otherwise; see `repetition_penalty`).")
     logit_bias: dict[str, float] | None = Field(default=None, description="Refused unless empty.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
     # extensions, as vLLM names them
-    top_k: int = Field(default=0, ge=0, description="Extension: sample among the k most likely tokens (0 = all).")
-    repetition_penalty: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False, description="Extension: > 1 discourages repeats (CTRL's penalty).")
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
     ignore_eos: bool = Field(default=False, description="Extension: keep generating past the end-of-sequence token.")
-    timeout_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
-        description="Extension: this request's time limit in seconds (at most GENAI_REQUEST_TIMEOUT_S, the default).",
-    )
+    timeout_s: TimeoutSeconds | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -78,11 +74,6 @@ class _SamplingFields(BaseModel):
         if isinstance(data, dict):
             return {key: value for key, value in data.items() if value is not None}
         return data
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, value: str | list[str] | None) -> list[str] | None:
-        return _stop_list(value)
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -115,6 +106,7 @@ class CompletionRequest(_SamplingFields):
     echo: bool = Field(default=False, description="Prepend the prompt to the text (with `logprobs`: the prompt tokens' logprobs too).")
     best_of: int | None = Field(default=None, description="Refused unless 1 or equal to `n`.")
     suffix: str | None = Field(default=None, description="Refused (no insertion mode).")
+    parse_special: ParseSpecial = True
 
     @field_validator("prompt")
     @classmethod
@@ -150,16 +142,12 @@ class CompletionRequest(_SamplingFields):
         return list(p)  # type: ignore[arg-type]
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TextPart(RequestModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChatMessageIn(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = Field(default=None, description="Accepted and ignored.")

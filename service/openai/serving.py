@@ -29,7 +29,7 @@ from service.language.engine import (
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.language.schemas import ChatMessage, GenerateRequest
-from service.language.validation import check_token_ids, encode_prompt, prompt_token_limit, sampling_params
+from service.language.validation import check_token_ids, encode_messages, encode_prompt, prompt_token_limit, sampling_params
 from service.observability.context import add_usage
 from service.openai.schemas import ChatCompletionRequest, CompletionRequest, MAX_CHOICES, StreamOptions
 
@@ -71,7 +71,7 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
     prompts: list[Prompt] = []
     for item in body.prompts():
         if isinstance(item, str):
-            ids = encode_prompt(lm, settings, prompt=item)
+            ids = encode_prompt(lm, settings, prompt=item, parse_special=body.parse_special)
             prompts.append(Prompt(ids=ids, text=item))
         else:
             check_token_ids(lm, item, field="prompt")
@@ -86,8 +86,8 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
 
 def chat_prompt(body: ChatCompletionRequest, lm: LanguageModel, settings: Settings) -> Prompt:
     messages = [ChatMessage(role=m.template_role(), content=m.text()) for m in body.messages]
-    ids = encode_prompt(lm, settings, prompt=None, messages=messages)
-    return Prompt(ids=ids, text=lm.render_chat([m.model_dump() for m in messages]))
+    text, ids = encode_messages(lm, settings, messages)
+    return Prompt(ids=ids, text=text)
 
 
 _PARAM_NAMES = {"max_new_tokens": "max_tokens", "top_alternatives": "top_logprobs"}

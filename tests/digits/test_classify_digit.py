@@ -151,7 +151,7 @@ BAD_JSON: list[tuple[str, Any, str]] = [
     ("empty pixels_batch", {"pixels_batch": []}, "pixels_batch"),
     ("empty images", {"images": []}, "images"),
     ("bad item in batch", {"images": [b64(_blank_png((8, 8), 0)), "%%%"]}, "images[0]"),
-    ("pixels_batch item wrong length", {"pixels_batch": [[0] * 784, [0] * 10]}, "pixels_batch[1]"),
+    ("pixels_batch item wrong length", {"pixels_batch": [[0] * 783 + [255], [0] * 10]}, "pixels_batch[1]"),
     ("too many pixels_batch", {"pixels_batch": [[0] * 784] * 65}, "pixels_batch"),
 ]
 

@@ -54,7 +54,8 @@ async def test_concurrent_requests_share_batches_and_each_get_their_own_answer(c
         ({"prompt": "x", "top_k": 0}, "top_k"),
         ({"prompt": "x", "top_k": 101}, "top_k"),
         ({"prompt": "x", "temperature": -1}, "temperature"),
-        ({"prompt": "x", "temperature": 0}, "temperature"),
+        ({"prompt": "x", "temperature": 1e30}, "temperature"),  # /generate's bound holds here too
+        ({"prompt": "x", "temperature": 100.5}, "temperature"),
         ({"prompt": ""}, "prompt"),
         ({"top_k": 3}, "prompt"),
     ],
@@ -71,3 +72,13 @@ async def test_non_finite_temperature_is_refused(client: httpx.AsyncClient, lite
     response = await client.post("/next-token-probs", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "temperature"
+
+
+async def test_temperature_zero_is_the_greedy_limit(client: httpx.AsyncClient) -> None:
+    """0 is greedy on /generate, so here it is the limit of a shrinking temperature: all mass on the top token."""
+    response = await client.post("/next-token-probs", json={"prompt": "The capital of France is", "top_k": 2, "temperature": 0})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["temperature"] == 0
+    assert body["candidates"][0]["probability"] == pytest.approx(1.0)
+    assert body["candidates"][1]["probability"] == pytest.approx(0.0, abs=1e-12)

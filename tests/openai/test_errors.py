@@ -29,7 +29,7 @@ def _assert_openai_error(response: httpx.Response, status: int, param: str | Non
         ("/v1/completions", {"prompt": PROMPT, "best_of": 3}, "best_of"),
         ("/v1/completions", {"prompt": PROMPT, "suffix": "x"}, "suffix"),
         ("/v1/completions", {"prompt": PROMPT, "logprobs": 21}, "logprobs"),
-        ("/v1/completions", {"prompt": PROMPT, "temperature": 2.5}, "temperature"),
+        ("/v1/completions", {"prompt": PROMPT, "temperature": 100.5}, "temperature"),  # the native bound, shared
         ("/v1/completions", {"prompt": PROMPT, "max_tokens": 0}, None),
         ("/v1/completions", {"prompt": ""}, "prompt"),
         ("/v1/completions", {"prompt": [999999999]}, "prompt"),
