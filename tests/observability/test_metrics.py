@@ -90,7 +90,7 @@ async def test_counters_move_with_traffic(client: httpx.AsyncClient) -> None:
 
 async def test_native_digits_endpoint_counts_predictions(client: httpx.AsyncClient) -> None:
     before = await scrape(client)
-    response = await client.post("/classify-digit", json={"pixels": [0] * 784})
+    response = await client.post("/classify-digit", json={"pixels": [0] * 783 + [255]})
     assert response.status_code == 200
     after = await scrape(client)
     assert total(after, "genai_digit_predictions_total") - total(before, "genai_digit_predictions_total") == 1

@@ -67,9 +67,15 @@ async def test_stream_equals_whole_and_ends_with_usage(aclient: openai.AsyncOpen
     stream = await aclient.completions.create(model=model_id, prompt=PROMPT, max_tokens=6, temperature=0, stream=True)
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in chunks)  # usage only with stream_options.include_usage, as OpenAI
+    stream = await aclient.completions.create(
+        model=model_id, prompt=PROMPT, max_tokens=6, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
     last = chunks[-1]
-    assert last.choices[0].finish_reason == "length"
-    assert last.usage is not None and last.usage.completion_tokens == 6 and last.usage.prompt_tokens == 5
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == 6 and last.usage.prompt_tokens == 5
     assert all(c.usage is None for c in chunks[:-1])
 
 

@@ -25,7 +25,7 @@ OPEN = {
     ("GET", "/v2/models/{model_name}/versions/{model_version}/ready"),
 }
 PATH_VALUES = {"model_name": "mnist", "model_version": "1", "model_id": "x"}
-PIXELS = [0] * 784
+PIXELS = [0] * 783 + [255]  # one ink pixel: all-equal pixels are blank (422)
 OIP_BODY = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": PIXELS}]}
 # One valid request per model route: with a key they must succeed.
 MODEL_ROUTES = [
