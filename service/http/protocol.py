@@ -12,7 +12,9 @@ W2/W4 figures, see bench/RESULTS.md) and adds, per connection:
   connection opening (for the first request) or of the first byte of a later one; else 408 (a
   connection that sent nothing at all is closed silently);
 - a body deadline: the body must be complete within `body_timeout_s` of the request being handed to
-  the app; else 408 while no response has started, or the connection is closed;
+  the app; else 408 while no response has started, or the connection is closed. Both deadlines are
+  checked every SWEEP_S seconds by one timer per server, so they end up to that much late; a request
+  costs two stores, not two timers;
 - a connection bound: past `max_connections` open connections, a new one gets 503 with Retry-After;
 - strict request lines: an HTTP/0.9 request, an HTTP/1.1 request without Host, a request with more than
   one Host, and a head the parser rejects are 400 (other versions than 1.0/1.1: 505).
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from asyncio.events import TimerHandle
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,6 +43,11 @@ log = logging.getLogger("service.http")
 LINGER_S = 1.0
 # Refused connections lingering at once; past this a refused connection is closed at once.
 MAX_LINGERING = 256
+# How often the deadlines of a server's connections are checked (one timer per server, not per request:
+# measured, two timers per request cost the empty app several per cent of its requests/s).
+SWEEP_S = 0.25
+
+_NONE, _HEAD, _BODY = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_raw = 0  # bytes read while a head was unfinished (bounds what the parser buffers)
         self._head_bytes = 0  # request target and header fields of the current head, as parsed
         self._got_bytes = False  # anything received on this connection
-        self._head_timer: TimerHandle | None = None
-        self._body_timer: TimerHandle | None = None
+        self._phase = _NONE  # what the deadline is for: a head, a body, or nothing (idle or being answered)
+        self._deadline = 0.0  # loop time by which the phase must be over
+        self._body_cycle: RequestResponseCycle | None = None
         self._refusal: tuple[int, str, str] | None = None
         self._finished = False  # refused: input is dropped until the connection closes
 
@@ -92,14 +99,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 503, "too many open connections; retry shortly", "overloaded", extra_headers=b"retry-after: 1\r\n"
             )
             return
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+        self._phase, self._deadline = _HEAD, self.loop.time() + self.limits.header_timeout_s
+        _ensure_sweep(self.loop, self.server_state)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
+        self._phase = _NONE
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
-        self._cancel_timers()
+        self._phase = _NONE
         super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
@@ -131,8 +139,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
-        if self._head_timer is None:  # a later request on a kept-alive connection: its own deadline
-            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+        if self._phase == _NONE:  # a later request on a kept-alive connection: its own deadline
+            self._phase, self._deadline = _HEAD, self.loop.time() + self.limits.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -148,9 +156,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_raw = 0
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._phase = _NONE
         if self._head_bytes > self.limits.max_header_bytes:
             self._refusal = (431, self._too_large_message(), "request_header_fields_too_large")
             raise _Refuse
@@ -177,40 +183,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
         self._head_raw = 0
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        if self._phase == _BODY:
+            self._phase = _NONE
+            self._body_cycle = None
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         super()._start_asgi_task(cycle, app)
         if cycle.more_body:  # the body is still to come: it has its deadline from now
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-            self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out, cycle)
+            self._phase, self._deadline = _BODY, self.loop.time() + self.limits.body_timeout_s
+            self._body_cycle = cycle
 
     # --- deadlines -----------------------------------------------------------------------------
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def _deadline_passed(self) -> None:
+        """Called by the sweep once `self._deadline` is past while a head or a body is awaited."""
+        phase, self._phase = self._phase, _NONE
         if self.transport.is_closing() or self._finished:
             return
-        if not self._got_bytes:  # opened and never used (browsers pre-connect): just close
-            self._finished = True
-            self._cancel_timers()
-            self.transport.close()
-            return
-        self._refuse(408, f"request headers not received within {self.limits.header_timeout_s:g} s", "request_timeout")
-
-    def _body_timed_out(self, cycle: RequestResponseCycle) -> None:
-        self._body_timer = None
-        if cycle is not self.cycle or not cycle.more_body or self.transport.is_closing() or self._finished:
-            return
-        self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s", "request_timeout")
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._body_timer = None
+        if phase == _HEAD:
+            if not self._got_bytes:  # opened and never used (browsers pre-connect): just close
+                self._finished = True
+                self.transport.close()
+                return
+            self._refuse(408, f"request headers not received within {self.limits.header_timeout_s:g} s", "request_timeout")
+        elif phase == _BODY:
+            cycle, self._body_cycle = self._body_cycle, None
+            if cycle is not self.cycle or cycle is None or not cycle.more_body:
+                return
+            self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s", "request_timeout")
 
     # --- refusing ------------------------------------------------------------------------------
     def _too_large_message(self) -> str:
@@ -224,7 +223,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             self._finished = True
-            self._cancel_timers()
+            self._phase = _NONE
             self.transport.close()
             return
         if cycle is not None and not cycle.response_complete:
@@ -236,7 +235,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _answer_and_close(self, status: int, message: str, error_type: str, extra_headers: bytes = b"") -> None:
         self._finished = True
-        self._cancel_timers()
+        self._phase = _NONE
         body = json.dumps(error_body(message, error_type=error_type, code=status), separators=(",", ":")).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -265,6 +264,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         type(self).lingering -= 1
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def _ensure_sweep(loop: asyncio.AbstractEventLoop, state: Any) -> None:
+    """One repeating check per server of its connections' deadlines, while it has connections."""
+    if getattr(state, "_genai_sweeping", False):
+        return
+    state._genai_sweeping = True
+    loop.call_later(SWEEP_S, _sweep, loop, state)
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, state: Any) -> None:
+    now = loop.time()
+    for connection in list(state.connections):
+        if getattr(connection, "_phase", _NONE) != _NONE and now >= connection._deadline:
+            try:
+                connection._deadline_passed()
+            except Exception:  # one connection's failure must not stop the checks of the others
+                log.exception("deadline check failed")
+    if state.connections:
+        loop.call_later(SWEEP_S, _sweep, loop, state)
+    else:
+        state._genai_sweeping = False
 
 
 def guarded_protocol(limits: HttpLimits) -> type[GuardedHttpToolsProtocol]:
