@@ -49,25 +49,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-async def default_client(settings: Settings, loaded_models: LoadedModels) -> AsyncIterator[httpx.AsyncClient]:
-    """An app in the default precision, exactly as `make serve` runs (bfloat16 where the CPU has it): the
-    documented example outputs are held to this one. Reuses the float32 models when the default is float32."""
-    import dataclasses
-
-    from service.language.model import load_language_model, resolve_dtype
-
-    defaults = Settings()
-    models = dataclasses.replace(loaded_models, engine=None, load_seconds=dict(loaded_models.load_seconds))
-    language = loaded_models.language
-    if language is not None and resolve_dtype(defaults.dtype, language.device) != language.dtype:
-        models.language = load_language_model(defaults.lm_model, device=defaults.device, dtype=defaults.dtype, cache_dir=defaults.cache_dir)
-    application = create_app(defaults, models=models)
-    async with application.router.lifespan_context(application):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://default", timeout=120) as http:
-            yield http
-
-
-@pytest.fixture(scope="session")
 def output_dir() -> Path:
     """Where tests leave artefacts (screenshots, logs) for people to look at."""
     path = Path(__file__).resolve().parent.parent / "test-output"

@@ -1,5 +1,7 @@
 """The curl examples of the README and docs/protocols.md give what they show (ids, timestamps and timings
-aside), from an app in the default precision, as `make serve` runs it."""
+aside), from an app in float32: the precision whose results do not depend on the CPU (bfloat16, the
+default where the CPU computes in it, rounds differently with and without AMX). After a change that
+moves them, `python tests/openai/regenerate_doc_examples.py` rewrites the documented outputs."""
 
 from __future__ import annotations
 
@@ -63,6 +65,6 @@ def test_the_docs_have_examples() -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "body", "documented"), EXAMPLES, ids=[f"{m} {p} {i}" for i, (m, p, _, _) in enumerate(EXAMPLES)])
-async def test_doc_example(default_client: httpx.AsyncClient, method: str, path: str, body: Any, documented: Any) -> None:
-    response = await default_client.request(method, path, json=body)
+async def test_doc_example(client: httpx.AsyncClient, method: str, path: str, body: Any, documented: Any) -> None:
+    response = await client.request(method, path, json=body)
     _same(response.json(), documented)
