@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,6 +96,13 @@ def begin_draining(app: FastAPI) -> None:
     engine = app.state.models.engine
     if engine is not None:
         engine.stop_accepting()
+        # uvicorn cancels the handlers still running when the grace ends, and a cancelled handler answers
+        # 500; a second before that, the engine ends what is left itself, so each gets its own answer
+        # (finish_reason `cancelled`, with the text so far).
+        grace = app.state.settings.shutdown_grace_s
+        timer = threading.Timer(max(0.0, grace - 1.0), engine.cancel_all)
+        timer.daemon = True
+        timer.start()
     log.info("draining: not ready, admitting no new work")
 
 
@@ -109,6 +117,9 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         docs_url=None,  # /docs and /redoc come from service.web.docs, with their assets served here, not from a CDN
         redoc_url=None,
     )
+    # No automatic `/path/` -> `/path` redirects: their Location echoes the request's Host header (an
+    # open redirect and a cache-poisoning vector); a wrong path is a plain 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.preloaded_models = models
     app.state.models = LoadedModels()

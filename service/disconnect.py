@@ -33,7 +33,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         done, _ = await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work_task in done:
+        if watcher not in done:  # when both finished in the same turn, the client is gone all the same
             return work_task.result()
         work_task.cancel()
         try:

@@ -168,7 +168,10 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's answer to a body it cannot even decode (not UTF-8, say): the same invalid-body
             # error as malformed JSON, so clients and the OpenAPI schema see one status for both.
             status = _validation_status(request)
-            body = error_body("body: cannot be decoded (send UTF-8 JSON)", error_type="invalid_request_error", code=status, param="body")
+            body = error_body(
+                "body: cannot be decoded as JSON (not UTF-8, nested too deeply, or a number of over 4,300 digits)",
+                error_type="invalid_request_error", code=status, param="body",
+            )
             return _error_response(request, body, status)
         error_type = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"

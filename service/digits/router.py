@@ -153,8 +153,9 @@ def _read_json(body: bytes, settings: Settings) -> _Job:
         # json.loads, then the schema: a lone surrogate (`"\ud800"`) then reaches the schema's Unicode rule,
         # which names the field, as on every other route (pydantic's own JSON parser refuses it as bad JSON).
         payload = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {"error": str(exc)}}]) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {"error": reason}}]) from None
     try:
         req = ClassifyDigitRequest.model_validate(payload)
     except ValidationError as exc:

@@ -290,6 +290,14 @@ class GenerationEngine:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def cancel_all(self) -> None:
+        """End every generation held now (shutdown, at the end of its grace): each finishes `cancelled`
+        within a step, with what it generated so far."""
+        with self._cv:
+            handles = [seq.handle for seq in (*self._waiting, *self._running)]
+        for handle in handles:
+            handle.cancel()
+
     def shutdown(self, grace_seconds: float = 0.0) -> None:
         """Stop admitting, let in-flight work finish for up to `grace_seconds`, cancel the rest, join the thread."""
         self._accepting = False
@@ -376,7 +384,12 @@ class GenerationEngine:
     def retry_after_seconds(self) -> int:
         """When a refused client may find room: a place under the bound frees when the first running
         generation ends, at the latest after its remaining tokens at the recent step time."""
-        remaining = [seq.params.max_new_tokens - len(seq.generated) for seq in list(self._running)]
+        running = list(self._running)
+        # nothing running yet (a burst from idle, its first batch still being prefilled): the first of
+        # the queue's head will free a place after its own length
+        remaining = [seq.params.max_new_tokens - len(seq.generated) for seq in running] or [
+            seq.params.max_new_tokens for seq in list(self._waiting)[: self.max_batch]
+        ]
         return estimate_retry_after(remaining, self.stats.step_seconds)
 
     async def next_token_distribution(self, prompt_ids: list[int], top_k: int, temperature: float = 1.0) -> Distribution:

@@ -142,6 +142,7 @@ async def generate(
         try:
             first = await cancel_on_disconnect(request, anext(events))
         except ClientDisconnected:
+            handle.cancel()  # gone before its first token: the generation must not run on for nobody
             return Response(status_code=499)
         _raise_if_failed_before_first_token(first)
         return event_stream_response(

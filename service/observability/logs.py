@@ -41,6 +41,9 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if not message.isprintable():  # a request path with %0d%0a or %00 must not start a forged line
+            record.msg, record.args = _escaped(message), None
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -51,9 +54,14 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _escaped(text: str) -> str:
+    """Control characters (CR, LF, NUL, ...) as `\r`, `\n`, `\x00`: one record stays one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else json.dumps(ch)[1:-1] for ch in text)
+
+
 def _text_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return json.dumps(text) if (" " in text or '"' in text or not text) else text
+    return json.dumps(text) if (" " in text or '"' in text or not text or not text.isprintable()) else text
 
 
 def configure_logging(settings: Settings) -> None:
