@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 from service.app import create_app, load_models
 from service.config import Settings
 from service.state import LoadedModels
+from servers import free_port, serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +56,6 @@ def output_dir() -> Path:
     return path
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
@@ -103,31 +95,6 @@ def live_server() -> Iterator[str]:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-@contextmanager
-def serve_in_thread(application: FastAPI) -> Iterator[str]:
-    """A started app (models and engine running) behind a real uvicorn on a free localhost port, in a
-    thread of this process; yields its base URL."""
-    import threading
-    import time
-
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the threaded uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import serve_in_thread
+from servers import serve_in_thread
 from fastapi import FastAPI
 
 from service.config import Settings
