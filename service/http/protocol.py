@@ -81,13 +81,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # the next bytes belong to a request head (or what is read is one)
         self._head_raw = 0  # bytes read while a head was unfinished (bounds what the parser buffers)
-        self._head_bytes = 0  # request target and header fields of the current head, as parsed
+        self._mid_read = False  # a request began inside a read that the previous one ended in (uncounted)
         self._got_bytes = False  # anything received on this connection
         self._phase = _NONE  # what the deadline is for: a head, a body, or nothing (idle or being answered)
         self._deadline = 0.0  # loop time by which the phase must be over
         self._body_cycle: RequestResponseCycle | None = None
         self._refusal: tuple[int, str, str] | None = None
         self._finished = False  # refused: input is dropped until the connection closes
+        self._pending_refusal: tuple[int, str, str] | None = None  # to send once the requests before it are answered
 
     # --- connection ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -115,8 +116,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return  # refused: drop what the client still sends until it closes or the linger ends
         self._unset_keepalive_if_required()
         self._got_bytes = True
+        self._mid_read = False
         if self._in_head:
             self._head_raw += len(data)
+            if self._phase == _NONE:  # the first bytes of a later request on a kept-alive connection
+                self._phase, self._deadline = _HEAD, self.loop.time() + self.limits.header_timeout_s
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -136,28 +140,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(400, f"malformed HTTP request: {msg}", "invalid_request_error")
 
     # --- parser callbacks ----------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_bytes = 0
-        if self._phase == _NONE:  # a later request on a kept-alive connection: its own deadline
-            self._phase, self._deadline = _HEAD, self.loop.time() + self.limits.header_timeout_s
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        self._head_bytes += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_raw = 0
         self._phase = _NONE
-        if self._head_bytes > self.limits.max_header_bytes:
+        # The bytes read while this head was awaited bound its size from above, unless it began inside
+        # the read that ended the previous request (pipelining): then, or when that bound is over the
+        # limit (a body read with the head counts too), the head itself is measured.
+        if (self._mid_read or self._head_raw > self.limits.max_header_bytes) and self._head_size() > self.limits.max_header_bytes:
             self._refusal = (431, self._too_large_message(), "request_header_fields_too_large")
             raise _Refuse
         version = self.parser.get_http_version()
@@ -183,15 +172,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
         self._head_raw = 0
+        self._mid_read = True  # until the next read starts: what follows in this one is not counted
         if self._phase == _BODY:
             self._phase = _NONE
             self._body_cycle = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._pending_refusal is not None and not self.pipeline and (self.cycle is None or self.cycle.response_complete):
+            status, message, error_type = self._pending_refusal
+            self._pending_refusal = None
+            self._finished = False
+            if not self.transport.is_closing():
+                self._refuse(status, message, error_type)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         super()._start_asgi_task(cycle, app)
         if cycle.more_body:  # the body is still to come: it has its deadline from now
             self._phase, self._deadline = _BODY, self.loop.time() + self.limits.body_timeout_s
             self._body_cycle = cycle
+
+    def _head_size(self) -> int:
+        """The request target and header fields of the current head, as parsed (with `: ` and CRLFs)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     # --- deadlines -----------------------------------------------------------------------------
     def _deadline_passed(self) -> None:
@@ -209,18 +212,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle, self._body_cycle = self._body_cycle, None
             if cycle is not self.cycle or cycle is None or not cycle.more_body:
                 return
-            self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s", "request_timeout")
+            self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s", "request_timeout", current=True)
 
     # --- refusing ------------------------------------------------------------------------------
     def _too_large_message(self) -> str:
         return f"request headers larger than {self.limits.max_header_bytes} bytes (GENAI_HTTP_MAX_HEADER_BYTES)"
 
-    def _refuse(self, status: int, message: str, error_type: str) -> None:
-        """Answer `status` and close, unless a response is already under way (then only close)."""
+    def _refuse(self, status: int, message: str, error_type: str, *, current: bool = False) -> None:
+        """Answer `status` and close. `current`: the refusal is about `self.cycle` itself (its body did not
+        come); else it is about a new request's head, and requests before it (pipelined) are answered first."""
         if self._finished:
             return
         self._refusal = None
         cycle = self.cycle
+        if not current and cycle is not None and not cycle.response_complete:
+            self._pending_refusal = (status, message, error_type)  # sent by on_response_complete
+            self._finished = True  # what else the client sends is dropped
+            self._phase = _NONE
+            return
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             self._finished = True
             self._phase = _NONE

@@ -137,6 +137,18 @@ def test_oversized_headers_get_431_in_the_error_shape(guarded_server: Server, he
     assert "65536" in error["message"] and error["type"] == "request_header_fields_too_large"
 
 
+def test_an_oversized_head_pipelined_behind_a_request_in_the_same_write_gets_431(guarded_server: Server) -> None:
+    """The head limit also holds for a request that starts inside the read that ended the one before."""
+    big = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 1000) for i in range(70))
+    answer = exchange(
+        guarded_server.port,
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + b"\r\n",
+    )
+    assert answer.status == 200 and answer.body.startswith(b'{"status":"ok"}')
+    second = parse(answer.body[len(b'{"status":"ok"}'):], 0.0)
+    assert_error_shape(second, 431)
+
+
 def test_headers_just_under_the_limit_are_served(guarded_server: Server) -> None:
     filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 1000) for i in range(60))  # ~61 KB
     answer = exchange(guarded_server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + filler + b"\r\n")
