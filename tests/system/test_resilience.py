@@ -47,7 +47,7 @@ async def test_full_queue_answers_429_at_once_and_admitted_requests_are_unaffect
         refused = await client.post("/generate", json=LONG)
         assert time.monotonic() - started < 1.0
         assert refused.status_code == 429
-        assert refused.headers["retry-after"] == "1"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60  # when the running generation nearest its end is done
         assert refused.json()["error"]["type"] == "overloaded"
         first, second = await admitted, await queued
         assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 24
