@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -95,7 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self.connections.discard(self)  # refused ones linger briefly and hold no slot
-            log.warning("connection refused: %d connections open (GENAI_HTTP_MAX_CONNECTIONS)", len(self.connections))
+            _log_refusal(503, "-", f"{len(self.connections)} connections open (GENAI_HTTP_MAX_CONNECTIONS)")
             self._answer_and_close(
                 503, "too many open connections; retry shortly", "overloaded", extra_headers=b"retry-after: 1\r\n"
             )
@@ -239,7 +240,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the app, if it runs, reads a disconnect and its answer is dropped
             cycle.message_event.set()
         client = "%s:%d" % self.client if self.client else "-"
-        log.warning("http refused status=%d client=%s reason=%r", status, client, message)
+        _log_refusal(status, client, message)
         self._answer_and_close(status, message, error_type)
 
     def _answer_and_close(self, status: int, message: str, error_type: str, extra_headers: bytes = b"") -> None:
@@ -273,6 +274,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         type(self).lingering -= 1
         if not self.transport.is_closing():
             self.transport.close()
+
+
+_last_logged: dict[int, list[float]] = {}  # status -> [time of the last line, refusals not logged since]
+
+
+def _log_refusal(status: int, client: str, reason: str) -> None:
+    """One line per refusal, but at most one a second per status under a flood (with the count left out)."""
+    now = time.monotonic()
+    entry = _last_logged.setdefault(status, [0.0, 0])
+    if now - entry[0] < 1.0:
+        entry[1] += 1
+        return
+    skipped, entry[0], entry[1] = entry[1], now, 0
+    more = f" (and {int(skipped)} more refused with {status} since the last such line, not logged)" if skipped else ""
+    log.warning("http refused status=%d client=%s reason=%r%s", status, client, reason, more)
 
 
 def _ensure_sweep(loop: asyncio.AbstractEventLoop, state: Any) -> None:
