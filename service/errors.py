@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.language.exceptions import EngineNotReady, EngineOverloaded
 
@@ -143,6 +144,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(
             request, error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param), status, exc.headers
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        """The client left (or its body deadline passed) mid-body: nobody reads this answer, but it is not a 500."""
+        body = error_body("client disconnected before the body was complete", error_type="invalid_request_error", code=400)
+        return _error_response(request, body, 400)
 
     @app.exception_handler(EngineOverloaded)
     async def _overloaded(request: Request, exc: EngineOverloaded) -> JSONResponse:

@@ -67,19 +67,23 @@ def live_server() -> Iterator[str]:
     import os
     import subprocess
     import sys
+    import tempfile
     import time
 
     port = free_port()
     env = {**os.environ, "GENAI_PORT": str(port), "GENAI_HOST": "127.0.0.1"}
+    # to a file, not a pipe nobody reads: a few hundred requests' log lines would fill a pipe and freeze the server
+    log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
+                log.seek(0)
+                raise RuntimeError(f"server exited early:\n{log.read()}")
             try:
                 if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
                     break
