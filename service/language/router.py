@@ -14,7 +14,7 @@ from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.streaming import event_stream_response
 from service.errors import GenerationError, InvalidInput, TimedOut
 from service.observability.context import add_usage, note_prompt
-from service.language.engine import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
+from service.language.events import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
 from service.language.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,

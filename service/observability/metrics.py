@@ -15,7 +15,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from service.language.engine import FinishEvent, GenerationEngine
+    from service.language.engine import GenerationEngine
+    from service.language.events import FinishEvent
     from service.state import LoadedModels
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]

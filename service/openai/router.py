@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
-from service.language.engine import GenerationHandle, TokenEvent
+from service.language.events import GenerationHandle, TokenEvent
 from service.language.model import LanguageModel
 from service.observability.context import add_usage, annotate, note_prompt
 from service.openai.schemas import (

@@ -17,11 +17,11 @@ from typing import Any
 
 from service.config import Settings
 from service.errors import GenerationError, InvalidInput, ServiceError, TimedOut
-from service.language.engine import (
+from service.language.engine import GenerationEngine
+from service.language.events import (
     Candidate,
     ErrorEvent,
     FinishEvent,
-    GenerationEngine,
     GenerationFailed,
     GenerationHandle,
     TokenEvent,

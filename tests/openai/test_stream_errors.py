@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from service.language.engine import ErrorEvent, TokenEvent
+from service.language.events import ErrorEvent, TokenEvent
 from service.openai.router import _chat_chunks
 from service.openai.schemas import ChatCompletionRequest
 from service.openai.serving import ChoiceSpec, Prompt
