@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.language.exceptions import EngineNotReady, EngineOverloaded
+from service.digits.exceptions import DigitInputError, DigitRequestInvalid
+from service.language.exceptions import EngineNotReady, EngineOverloaded, InvalidRequest
 
 log = logging.getLogger("service.errors")
 
@@ -51,6 +52,13 @@ class InvalidInput(ServiceError):
     """The request is well-formed JSON but its values cannot be served (422 natively, 400 under /v1)."""
 
     status_code = 422
+
+
+class ModelNotFound(ServiceError):
+    """A request names a model (or model version) this server does not serve."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
 
 
 class ModelNotReady(ServiceError):
@@ -145,6 +153,12 @@ def install_error_handlers(app: FastAPI) -> None:
             request, error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param), status, exc.headers
         )
 
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
+        """The model side's refusal: the same body as `InvalidInput`, naming the field the client sent."""
+        status = _validation_status(request)
+        return _error_response(request, error_body(exc.message, error_type="invalid_request_error", code=status, param=exc.field), status)
+
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         """The client left (or its body deadline passed) mid-body: nobody reads this answer, but it is not a 500."""
@@ -168,6 +182,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(
             request, error_body(message, error_type="invalid_request_error", code=status, param=param, details=details), status
         )
+
+    @app.exception_handler(DigitRequestInvalid)
+    async def _digit_request_invalid(request: Request, exc: DigitRequestInvalid) -> JSONResponse:
+        """A /classify-digit body that is not JSON or fails its schema: answered as FastAPI's own validation errors."""
+        return await _validation_error(request, RequestValidationError(exc.errors))
+
+    @app.exception_handler(DigitInputError)
+    async def _digit_input(request: Request, exc: DigitInputError) -> JSONResponse:
+        """An input the digit model cannot classify: 422 naming the field, or 413 for an image over the limits."""
+        status, error_type = (413, "payload_too_large") if exc.too_large else (_validation_status(request), "invalid_request_error")
+        return _error_response(request, error_body(exc.message, error_type=error_type, code=status, param=exc.param), status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

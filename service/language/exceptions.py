@@ -1,5 +1,5 @@
-"""What the generation engine raises when it cannot take a request. It knows nothing of HTTP:
-`service/errors.py` maps these to 429 and 503 with `Retry-After`."""
+"""What the model side raises when it cannot take a request. It knows nothing of HTTP:
+the HTTP layer (`errors.py` at the package top) maps these to 4xx and 503 (with `Retry-After` where it helps)."""
 
 from __future__ import annotations
 
@@ -19,3 +19,14 @@ class EngineNotReady(RuntimeError):
     def __init__(self, message: str, *, retry_after_seconds: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class InvalidRequest(ValueError):
+    """A request the model side cannot serve as asked (over a configured limit, outside the vocabulary, a
+    chat that cannot be encoded safely). `field` is the caller's own name for what is wrong, so the
+    protocol's error names the field its client sent; the HTTP layer maps it to 422 (400 under `/v1`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message

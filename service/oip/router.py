@@ -6,6 +6,7 @@ when GENAI_API_KEYS is set. Errors under `/v2` take the protocol's shape, `{"err
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.deps import DigitClassifierDep, ModelsDep
-from service.errors import ServiceError
+from service.digits.model import DigitClassifier
+from service.errors import ModelNotFound
 from service.observability.context import annotate
 from service.oip.schemas import (
     InferenceRequest,
@@ -47,11 +49,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown model or version"},
     503: {"description": "Model not loaded yet"},
 }
-
-
-class ModelNotFound(ServiceError):
-    status_code = 404
-    error_type = "not_found"
 
 
 def _check_model(name: str, version: str | None = None) -> None:
@@ -154,12 +151,18 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
-async def _infer(model_name: str, model_version: str | None, request: Request, classifier: Any) -> Response:
+def _classify(classifier: DigitClassifier, infer_request: InferenceRequest, binary: bytes, max_batch: int) -> np.ndarray:
+    """Decode the input tensor and run the model: (N, 10) probabilities. Blocking: runs in a worker thread."""
+    decoded = decode_input(infer_request, binary, max_batch)
+    return np.asarray(classifier.predict_proba(decoded.images), dtype=np.float64)
+
+
+async def _infer(model_name: str, model_version: str | None, request: Request, classifier: DigitClassifier) -> Response:
     _check_model(model_name, model_version)
     raw = await request.body()
     infer_request, binary = parse_request(raw, request.headers.get("inference-header-content-length"))
-    decoded = decode_input(infer_request, binary, request.app.state.settings.digits_max_batch)
-    probabilities = np.asarray(classifier.predict_proba(decoded.images), dtype=np.float64)
+    # Off the event loop, as /classify-digit: decoding a large JSON tensor and the forward pass are CPU work.
+    probabilities = await asyncio.to_thread(_classify, classifier, infer_request, binary, request.app.state.settings.digits_max_batch)
     digits = probabilities.argmax(axis=1)
     request.app.state.metrics.record_digits(digits.tolist(), endpoint="/v2/models/mnist/infer")
     annotate(model=MODEL_NAME, images=int(digits.shape[0]))
