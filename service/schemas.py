@@ -1,4 +1,5 @@
-"""What every request schema shares: one base model and one set of bounds for the sampling fields.
+"""What every protocol's schemas share: one base model for requests, one set of bounds for the sampling
+fields, and the `Usage` every generating response reports.
 
 `RequestModel` is strict (a JSON number for a number, a boolean for a boolean: `"4"`, `true` or `1.0`
 for an integer are refused, naming the field), refuses unknown fields, and refuses any string that is
@@ -121,3 +122,18 @@ ParseSpecial = Annotated[
         "produce special tokens from their content."
     ),
 ]
+
+
+# ---- shared by responses ----------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    """Tokens a request used, as OpenAI counts them (the native `/generate` reports the same object)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sse_starlette.sse import ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
-from service.streaming import event_stream_response
-from service.errors import GenerationError, InvalidInput, TimedOut
+from service.streaming import event_stream_response, first_event_checked, raise_if_failed_before_first_token
+from service.errors import GenerationError, InvalidInput
 from service.observability.context import add_usage, note_prompt
 from service.language.events import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
 from service.language.schemas import (
@@ -27,15 +27,15 @@ from service.language.schemas import (
     TokenCandidate,
     TokenizeRequest,
     TokenizeResponse,
-    Usage,
 )
 from service.language.validation import (
+    SamplingLimits,
     check_text_length,
     check_token_ids,
-    check_top_k,
+    encode_messages,
     encode_prompt,
-    sampling_params,
 )
+from service.schemas import Usage
 
 router = APIRouter(tags=["language"])
 
@@ -75,16 +75,15 @@ def _candidate(c: Candidate) -> TokenCandidate:
 async def next_token_probs(
     body: NextTokenRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> NextTokenResponse:
-    check_top_k(body.top_k, lm, settings)
+    params = body.to_distribution_params(SamplingLimits.of(lm, settings))
     ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
     note_prompt(body.prompt)
     add_usage(prompt_tokens=len(ids))
-    temperature = 1.0 if body.temperature is None else body.temperature
-    distribution = await engine.next_token_distribution(ids, body.top_k, temperature)
+    distribution = await engine.next_token_distribution(ids, params.top_k, params.temperature)
     return NextTokenResponse(
         candidates=[_candidate(c) for c in distribution.candidates],
         prompt_tokens=distribution.prompt_tokens,
-        temperature=temperature,
+        temperature=params.temperature,
         model=lm.model_id,
     )
 
@@ -101,7 +100,7 @@ def _step(event: TokenEvent) -> StepDetail:
 
 
 def _usage(finish: FinishEvent) -> Usage:
-    return Usage(prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens, total_tokens=finish.prompt_tokens + finish.completion_tokens)
+    return Usage.of(finish.prompt_tokens, finish.completion_tokens)
 
 
 def _timing(finish: FinishEvent) -> Timing:
@@ -128,38 +127,32 @@ def _timing(finish: FinishEvent) -> Timing:
 async def generate(
     body: GenerateRequest, request: Request, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> Response | GenerateResponse:
-    ids = encode_prompt(
-        lm, settings, prompt=body.prompt, messages=body.messages, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special
-    )
-    params = sampling_params(body, len(ids), lm, settings)
+    if body.messages is not None:
+        _, ids = encode_messages(lm, settings, [m.model_dump() for m in body.messages])
+    else:
+        ids = encode_prompt(lm, settings, prompt=body.prompt or "", add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
+    params = body.to_sampling_params(SamplingLimits.of(lm, settings, prompt_tokens=len(ids)))
     note_prompt(body.prompt if body.prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in body.messages or []))
     add_usage(prompt_tokens=len(ids))
     handle = engine.submit(ids, params)
     if body.stream:
-        # Wait for the first event before answering, so a request that never gets a token can still
-        # get a proper status (504, 500) instead of a 200 stream that carries only an error.
-        events = handle.events()
         try:
-            first = await cancel_on_disconnect(request, anext(events))
+            events = await first_event_checked(request, handle.events(), handle.cancel)
         except ClientDisconnected:
-            handle.cancel()  # gone before its first token: the generation must not run on for nobody
             return Response(status_code=499)
-        _raise_if_failed_before_first_token(first)
-        return event_stream_response(
-            _stream_events(_prepend(first, events), handle.cancel, body.top_alternatives > 0, lm.model_id), settings
-        )
+        return event_stream_response(_stream_events(events, handle.cancel, body.top_alternatives > 0, lm.model_id), settings)
     try:
         tokens, finish = await cancel_on_disconnect(request, handle.result())
     except ClientDisconnected:
         return Response(status_code=499)
     except GenerationFailed as exc:
         raise GenerationError(str(exc)) from exc
-    _raise_if_failed_before_first_token(finish)
+    raise_if_failed_before_first_token(finish)
     add_usage(completion_tokens=finish.completion_tokens)
     return GenerateResponse(
         text=finish.text,
         ids=finish.ids,
-        finish_reason=finish.finish_reason,  # type: ignore[arg-type]
+        finish_reason=finish.finish_reason,
         usage=_usage(finish),
         timing=_timing(finish),
         steps=[_step(t) for t in tokens] if body.top_alternatives > 0 else None,
@@ -167,23 +160,9 @@ async def generate(
     )
 
 
-def _raise_if_failed_before_first_token(event: Any) -> None:
-    if isinstance(event, ErrorEvent):
-        raise GenerationError(event.message)
-    if isinstance(event, FinishEvent) and event.finish_reason == "time_limit" and event.completion_tokens == 0:
-        raise TimedOut(
-            f"no token within the time limit of the request (GENAI_REQUEST_TIMEOUT_S); waited {event.total_seconds:.1f} s",
-            headers={"Retry-After": "1"},
-        )
-
-
-async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    yield first
-    async for event in rest:
-        yield event
-
-
-async def _stream_events(events: AsyncIterator[Any], cancel: Any, with_alternatives: bool, model_id: str) -> AsyncIterator[ServerSentEvent]:
+async def _stream_events(
+    events: AsyncIterator[Any], cancel: Callable[[], None], with_alternatives: bool, model_id: str
+) -> AsyncIterator[ServerSentEvent]:
     """SSE events: `token` per generated token, then `done` with usage and timing, or `error`."""
     try:
         async for event in events:

@@ -1,7 +1,8 @@
 """Request and response bodies of the language endpoints (/tokenize, /detokenize, /next-token-probs, /generate).
 
-Static bounds here reject nonsense early; the configured limits (`GENAI_MAX_*`, shown by `/info`) are
-checked against the loaded model in `validation.py`.
+Static bounds here reject nonsense early. Each request turns itself into engine parameters
+(`to_sampling_params`, `to_distribution_params`), checked against the configured limits (`GENAI_MAX_*`,
+shown by `/info`) and the loaded model by `validation.SamplingLimits`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.language.sampling import SamplingParams
+from service.language.validation import DistributionParams, SamplingLimits
 from service.schemas import (
     ParseSpecial,
     RepetitionPenalty,
@@ -20,6 +23,7 @@ from service.schemas import (
     TimeoutSeconds,
     TopK,
     TopP,
+    Usage,
 )
 
 
@@ -69,6 +73,9 @@ class NextTokenRequest(RequestModel):
     add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens.")
     parse_special: ParseSpecial = True
 
+    def to_distribution_params(self, limits: SamplingLimits) -> DistributionParams:
+        return limits.check_distribution(DistributionParams(top_k=self.top_k, temperature=1.0 if self.temperature is None else self.temperature))
+
 
 class NextTokenResponse(BaseModel):
     candidates: list[TokenCandidate] = Field(description="Most likely first. Probabilities come from softmax(logits / temperature) over the whole vocabulary, before any sampling filter.")
@@ -117,6 +124,24 @@ class GenerateRequest(RequestModel):
             raise ValueError("give exactly one of `prompt` or `messages`")
         return self
 
+    def to_sampling_params(self, limits: SamplingLimits) -> SamplingParams:
+        """The engine's parameters, if they keep the limits (the field names are the engine's own)."""
+        return limits.check(
+            SamplingParams(
+                max_new_tokens=self.max_new_tokens,
+                do_sample=self.do_sample and self.temperature > 0,
+                temperature=self.temperature,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                repetition_penalty=self.repetition_penalty,
+                seed=self.seed,
+                stop=tuple(self.stop or ()),
+                ignore_eos=self.ignore_eos,
+                top_alternatives=self.top_alternatives,
+                timeout_s=self.timeout_s,
+            )
+        )
+
 
 class StepDetail(BaseModel):
     index: int
@@ -125,12 +150,6 @@ class StepDetail(BaseModel):
     probability: float
     logprob: float
     alternatives: list[TokenCandidate] | None = Field(default=None, description="The most likely tokens at this step (present when `top_alternatives` > 0).")
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class Timing(BaseModel):

@@ -1,41 +1,135 @@
 """Checks of requests against the configured limits and the loaded model, before anything is queued.
 
 The limits depend on settings and on the model (its context length, its vocabulary), so they live
-here rather than in the static schemas. Each failure names the field and the limit.
+here rather than in the static schemas. Every protocol's request schema builds its engine parameters
+and hands them to `SamplingLimits.check`, the one place the limits are enforced, with its own field
+names: each failure is an `InvalidRequest` naming the caller's field and the limit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
 from service.config import Settings
-from service.errors import InvalidInput
 from service.language.chat import ChatContentError, encode_chat
+from service.language.exceptions import InvalidRequest
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
-from service.language.schemas import ChatMessage, GenerateRequest
+
+FieldNames = Mapping[str, str]
+"""A protocol's names for `SamplingParams` fields where they differ (`max_new_tokens` -> `max_tokens`)."""
+
+
+@dataclass(frozen=True)
+class DistributionParams:
+    """What `/next-token-probs` asks of the engine: the candidates to return and the softmax temperature."""
+
+    top_k: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """The bounds one prompt's parameters must keep: the configured caps (`GENAI_MAX_*`) and the model's sizes."""
+
+    max_new_tokens: int
+    default_max_new_tokens: int
+    context_length: int
+    prompt_tokens: int
+    max_top_alternatives: int
+    max_top_k: int
+    max_stop_sequences: int
+    max_text_chars: int
+    request_timeout_s: float
+
+    @classmethod
+    def of(cls, lm: LanguageModel, settings: Settings, prompt_tokens: int = 0) -> SamplingLimits:
+        return cls(
+            max_new_tokens=settings.max_new_tokens,
+            default_max_new_tokens=settings.default_max_new_tokens,
+            context_length=lm.context_length,
+            prompt_tokens=prompt_tokens,
+            max_top_alternatives=min(settings.max_top_alternatives, lm.vocab_size),
+            max_top_k=min(settings.max_top_k, lm.vocab_size),
+            max_stop_sequences=settings.max_stop_sequences,
+            max_text_chars=settings.max_text_chars,
+            request_timeout_s=settings.request_timeout_s,
+        )
+
+    def fit(self, default_max_new_tokens: int) -> int:
+        """A default length (not a request, so never refused): what the context leaves, at least one token."""
+        return max(1, min(default_max_new_tokens, self.context_length - self.prompt_tokens))
+
+    def check(self, params: SamplingParams, names: FieldNames | None = None) -> SamplingParams:
+        """`params` if they keep every limit; else InvalidRequest naming the caller's field (`names`)."""
+        names = names or {}
+
+        def name(key: str) -> str:
+            return names.get(key, key)
+
+        max_new = name("max_new_tokens")
+        if params.max_new_tokens > self.max_new_tokens:
+            raise InvalidRequest(
+                max_new, f"{max_new} = {params.max_new_tokens} exceeds the limit of {self.max_new_tokens} (GENAI_MAX_NEW_TOKENS)"
+            )
+        if self.prompt_tokens + params.max_new_tokens > self.context_length:
+            raise InvalidRequest(
+                max_new,
+                f"prompt tokens ({self.prompt_tokens}) + {max_new} ({params.max_new_tokens}) exceed the model's context of {self.context_length}",
+            )
+        if params.top_alternatives > self.max_top_alternatives:
+            alternatives = name("top_alternatives")
+            raise InvalidRequest(
+                alternatives,
+                f"{alternatives} = {params.top_alternatives} exceeds the limit of {self.max_top_alternatives} (GENAI_MAX_TOP_ALTERNATIVES)",
+            )
+        stop = name("stop")
+        if len(params.stop) > self.max_stop_sequences:
+            raise InvalidRequest(
+                stop, f"{len(params.stop)} stop strings given; the limit is {self.max_stop_sequences} (GENAI_MAX_STOP_SEQUENCES)"
+            )
+        for text in params.stop:
+            _check_length(text, self.max_text_chars, stop)
+        if params.timeout_s is not None and params.timeout_s > self.request_timeout_s:
+            timeout = name("timeout_s")
+            raise InvalidRequest(
+                timeout, f"{timeout} = {params.timeout_s} exceeds the limit of {self.request_timeout_s} (GENAI_REQUEST_TIMEOUT_S)"
+            )
+        return params
+
+    def check_distribution(self, params: DistributionParams, names: FieldNames | None = None) -> DistributionParams:
+        field = (names or {}).get("top_k", "top_k")
+        if params.top_k > self.max_top_k:
+            raise InvalidRequest(field, f"{field} = {params.top_k} exceeds the limit of {self.max_top_k} (GENAI_MAX_TOP_K)")
+        return params
+
+
+
+def _check_length(text: str, limit: int, field: str) -> None:
+    if len(text) > limit:
+        raise InvalidRequest(field, f"{field} has {len(text)} characters; the limit is {limit} (GENAI_MAX_TEXT_CHARS)")
 
 
 def check_text_length(text: str, settings: Settings, field: str) -> None:
-    if len(text) > settings.max_text_chars:
-        raise InvalidInput(
-            f"{field} has {len(text)} characters; the limit is {settings.max_text_chars} (GENAI_MAX_TEXT_CHARS)", param=field
-        )
+    _check_length(text, settings.max_text_chars, field)
 
 
 def prompt_token_limit(lm: LanguageModel, settings: Settings) -> int:
     return min(settings.max_prompt_tokens, lm.context_length - 1)
 
 
-def encode_messages(lm: LanguageModel, settings: Settings, messages: list[ChatMessage]) -> tuple[str, list[int]]:
-    """Render a chat with the model's template and tokenize it (contents as plain text, see chat.py),
-    enforcing the prompt limits. Returns the rendered text and its ids."""
+def encode_messages(lm: LanguageModel, settings: Settings, messages: Sequence[Mapping[str, str]]) -> tuple[str, list[int]]:
+    """Render a chat (`role` and `content` of each message) with the model's template and tokenize it
+    (contents as plain text, see chat.py), enforcing the prompt limits. Returns the rendered text and its ids."""
     try:
-        text, ids = encode_chat(lm, [m.model_dump() for m in messages])
+        text, ids = encode_chat(lm, [{"role": m["role"], "content": m["content"]} for m in messages])
     except ChatContentError as exc:
-        raise InvalidInput(f"messages[{exc.index}].content {exc}", param=f"messages.{exc.index}.content") from exc
+        raise InvalidRequest(f"messages.{exc.index}.content", f"messages[{exc.index}].content {exc}") from exc
     except ValueError as exc:  # no chat template
-        raise InvalidInput(str(exc), param="messages") from exc
+        raise InvalidRequest("messages", str(exc)) from exc
     check_text_length(text, settings, "messages")
-    _check_prompt_ids(ids, lm, settings, "messages")
+    check_prompt_ids(ids, lm, settings, "messages")
     return text, ids
 
 
@@ -43,31 +137,28 @@ def encode_prompt(
     lm: LanguageModel,
     settings: Settings,
     *,
-    prompt: str | None,
-    messages: list[ChatMessage] | None = None,
+    prompt: str,
     add_special_tokens: bool = False,
     parse_special: bool = True,
     field: str = "prompt",
 ) -> list[int]:
-    """Tokenize a prompt (or render and tokenize a chat), enforcing the prompt limits."""
-    if messages is not None:
-        return encode_messages(lm, settings, messages)[1]
-    text = prompt or ""
-    check_text_length(text, settings, field)
-    ids = lm.encode(text, add_special_tokens=add_special_tokens, parse_special=parse_special)
-    _check_prompt_ids(ids, lm, settings, field)
+    """Tokenize a raw prompt, enforcing the prompt limits."""
+    check_text_length(prompt, settings, field)
+    ids = lm.encode(prompt, add_special_tokens=add_special_tokens, parse_special=parse_special)
+    check_prompt_ids(ids, lm, settings, field)
     return ids
 
 
-def _check_prompt_ids(ids: list[int], lm: LanguageModel, settings: Settings, field: str) -> None:
+def check_prompt_ids(ids: list[int], lm: LanguageModel, settings: Settings, field: str) -> None:
+    """A prompt's ids: not empty and within the prompt limit (ids a client sent: `check_token_ids` first)."""
     if not ids:
-        raise InvalidInput(f"{field} gives no tokens", param=field)
+        raise InvalidRequest(field, f"{field} gives no tokens")
     limit = prompt_token_limit(lm, settings)
     if len(ids) > limit:
-        raise InvalidInput(
+        raise InvalidRequest(
+            field,
             f"{field} has {len(ids)} tokens; the limit is {limit} "
             f"(the smaller of GENAI_MAX_PROMPT_TOKENS and the model's context of {lm.context_length} minus one)",
-            param=field,
         )
 
 
@@ -75,54 +166,4 @@ def check_token_ids(lm: LanguageModel, ids: list[int], field: str = "ids") -> No
     vocab = lm.vocab_size
     for position, token_id in enumerate(ids):
         if not 0 <= token_id < vocab:
-            raise InvalidInput(f"{field}[{position}] = {token_id} is outside the vocabulary [0, {vocab})", param=field)
-
-
-def check_top_k(top_k: int, lm: LanguageModel, settings: Settings, field: str = "top_k") -> None:
-    limit = min(settings.max_top_k, lm.vocab_size)
-    if top_k > limit:
-        raise InvalidInput(f"{field} = {top_k} exceeds the limit of {limit} (GENAI_MAX_TOP_K)", param=field)
-
-
-def sampling_params(request: GenerateRequest, prompt_tokens: int, lm: LanguageModel, settings: Settings) -> SamplingParams:
-    """Turn a validated request into engine parameters, enforcing the limits that depend on settings and model."""
-    if request.max_new_tokens > settings.max_new_tokens:
-        raise InvalidInput(
-            f"max_new_tokens = {request.max_new_tokens} exceeds the limit of {settings.max_new_tokens} (GENAI_MAX_NEW_TOKENS)",
-            param="max_new_tokens",
-        )
-    if prompt_tokens + request.max_new_tokens > lm.context_length:
-        raise InvalidInput(
-            f"prompt tokens ({prompt_tokens}) + max_new_tokens ({request.max_new_tokens}) exceed the model's context of {lm.context_length}",
-            param="max_new_tokens",
-        )
-    if request.top_alternatives > min(settings.max_top_alternatives, lm.vocab_size):
-        raise InvalidInput(
-            f"top_alternatives = {request.top_alternatives} exceeds the limit of {settings.max_top_alternatives} (GENAI_MAX_TOP_ALTERNATIVES)",
-            param="top_alternatives",
-        )
-    stop = tuple(request.stop or ())
-    if len(stop) > settings.max_stop_sequences:
-        raise InvalidInput(
-            f"{len(stop)} stop strings given; the limit is {settings.max_stop_sequences} (GENAI_MAX_STOP_SEQUENCES)", param="stop"
-        )
-    for text in stop:
-        check_text_length(text, settings, "stop")
-    if request.timeout_s is not None and request.timeout_s > settings.request_timeout_s:
-        raise InvalidInput(
-            f"timeout_s = {request.timeout_s} exceeds the limit of {settings.request_timeout_s} (GENAI_REQUEST_TIMEOUT_S)",
-            param="timeout_s",
-        )
-    return SamplingParams(
-        max_new_tokens=request.max_new_tokens,
-        do_sample=request.do_sample and request.temperature > 0,
-        temperature=request.temperature,
-        top_k=request.top_k,
-        top_p=request.top_p,
-        repetition_penalty=request.repetition_penalty,
-        seed=request.seed,
-        stop=stop,
-        ignore_eos=request.ignore_eos,
-        top_alternatives=request.top_alternatives,
-        timeout_s=request.timeout_s,
-    )
+            raise InvalidRequest(field, f"{field}[{position}] = {token_id} is outside the vocabulary [0, {vocab})")

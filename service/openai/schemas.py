@@ -1,6 +1,7 @@
 """Request and response bodies of the OpenAI-compatible API (`/v1/completions`, `/v1/chat/completions`, `/v1/models`).
 
-Fields follow OpenAI's API reference. Fields this service cannot honour are refused with a 400 that
+Fields follow OpenAI's API reference. Each request turns itself into engine parameters
+(`to_sampling_params`), with OpenAI's defaults, checked by the native limits under OpenAI's field names. Fields this service cannot honour are refused with a 400 that
 names them (never silently ignored), except `user`, which only labels a request. Unknown fields are
 refused too. `top_k`, `repetition_penalty` and `ignore_eos` are extensions (vLLM's names), sent with
 the `openai` client through `extra_body`.
@@ -8,10 +9,12 @@ the `openai` client through `extra_body`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from service.language.sampling import SamplingParams
+from service.language.validation import FieldNames, SamplingLimits
 from service.schemas import (
     ParseSpecial,
     RepetitionPenalty,
@@ -22,13 +25,18 @@ from service.schemas import (
     TimeoutSeconds,
     TopK,
     TopP,
+    Usage,
 )
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-def _refuse(value: Any, allowed: tuple[Any, ...], reason: str) -> Any:
+T = TypeVar("T")
+
+
+def _refuse(value: T, allowed: tuple[Any, ...], reason: str) -> T:
     """Field validators below use this so that the error's `param` names the refused field."""
     if value is not None and value not in allowed:
         raise ValueError(f"not supported by this server ({reason})")
@@ -87,6 +95,26 @@ class _SamplingFields(RequestModel):
             raise ValueError("not supported by this server (only an empty map)")
         return value
 
+    def _sampling_params(
+        self, limits: SamplingLimits, *, max_tokens: int | None, default_max_tokens: int, top_alternatives: int, names: FieldNames
+    ) -> SamplingParams:
+        """OpenAI's defaults (temperature 1 samples; no `max_tokens` = the default, fitted into the context)."""
+        temperature = 1.0 if self.temperature is None else self.temperature
+        params = SamplingParams(
+            max_new_tokens=limits.fit(default_max_tokens) if max_tokens is None else max_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature,
+            top_k=self.top_k,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+            stop=tuple(self.stop or ()),
+            ignore_eos=self.ignore_eos,
+            top_alternatives=top_alternatives,
+            timeout_s=self.timeout_s,
+        )
+        return limits.check(params, names)
+
 
 class CompletionRequest(_SamplingFields):
     model_config = ConfigDict(
@@ -134,12 +162,24 @@ class CompletionRequest(_SamplingFields):
         return self
 
     def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text or a list of token ids."""
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        ids = [x for x in p if isinstance(x, int)]
+        if len(ids) == len(p):
+            return [ids]
+        return [x if isinstance(x, str) else list(x) for x in p if not isinstance(x, int)]
+
+    def to_sampling_params(self, limits: SamplingLimits) -> SamplingParams:
+        """One prompt's parameters (`max_tokens` = 0 with `echo`: nothing to generate, `max_new_tokens` 0)."""
+        return self._sampling_params(
+            limits,
+            max_tokens=self.max_tokens,
+            default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
+            top_alternatives=self.logprobs or 0,
+            names={"max_new_tokens": "max_tokens", "top_alternatives": "logprobs"},
+        )
 
 
 class TextPart(RequestModel):
@@ -171,7 +211,10 @@ class ChatMessageIn(RequestModel):
         return "\n".join(str(part["text"]) for part in self.content or [])
 
     def template_role(self) -> Literal["system", "user", "assistant"]:
-        return "system" if self.role == "developer" else self.role  # type: ignore[return-value]
+        """The role the chat template knows (`developer` is OpenAI's newer `system`; tools are refused above)."""
+        if self.role in ("system", "developer"):
+            return "system"
+        return "user" if self.role == "user" else "assistant"
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -229,18 +272,21 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("give `max_tokens` or `max_completion_tokens`, not two different values")
         return self
 
-    @property
-    def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+    def to_sampling_params(self, limits: SamplingLimits) -> SamplingParams:
+        """Without `max_tokens`: GENAI_DEFAULT_MAX_NEW_TOKENS, capped by what the context leaves."""
+        only_new_name = self.max_tokens is None and self.max_completion_tokens is not None
+        return self._sampling_params(
+            limits,
+            max_tokens=self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens,
+            default_max_tokens=limits.default_max_new_tokens,
+            top_alternatives=(self.top_logprobs or 0) if self.logprobs else 0,
+            names={"max_new_tokens": "max_completion_tokens" if only_new_name else "max_tokens", "top_alternatives": "top_logprobs"},
+        )
 
 
 # ---- responses ------------------------------------------------------------------------------
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+# What `/v1` answers, whole (`response_model`) or as stream chunks (`data:` lines, see serving.py).
+# A chunk's `usage` is left out unless the request asked for `stream_options.include_usage`.
 
 
 class CompletionLogprobs(BaseModel):
@@ -250,14 +296,29 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+FinishReason = Literal["stop", "length"]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(BaseModel):
+    """One `data:` line of a `/v1/completions` stream (a choice's new text, or its `finish_reason`)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -295,7 +356,7 @@ class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -306,6 +367,49 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+class ChatDelta(BaseModel):
+    """What a chat chunk adds to its choice's message; fields it does not add are left out, not `null`."""
+
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
+    content: str | None = Field(default=None, exclude_if=_unset)
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` line of a `/v1/chat/completions` stream."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class StreamErrorDetail(BaseModel):
+    message: str
+    type: str = "server_error"
+    param: str | None = None
+    code: int = 500
+
+
+class StreamError(BaseModel):
+    """The `data:` line of a stream whose generation failed after it began (then `[DONE]`), as vLLM sends it."""
+
+    error: StreamErrorDetail
 
 
 class ModelCard(BaseModel):

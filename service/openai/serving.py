@@ -1,25 +1,25 @@
-"""Serving OpenAI requests on the generation engine: prompts in, choices (whole or streamed) out.
+"""Serving OpenAI requests on the generation engine: prompts in, choices out (whole here; streamed in
+streams.py).
 
 The router validates and calls these; the engine does the work. Prompt validation, sampling limits
-and the chat template are the native API's (`service.language.validation`), so both APIs enforce the
-same limits; only parameter names are translated (`max_new_tokens` → `max_tokens`, ...).
+and the chat template are the native API's (`service.language.validation`, reached through each
+request's `to_sampling_params`), so both APIs enforce the same limits, each naming its own fields.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from service.config import Settings
-from service.errors import GenerationError, InvalidInput, ServiceError, TimedOut
+from service.errors import GenerationError, InvalidInput, ModelNotFound
 from service.language.engine import GenerationEngine
 from service.language.events import (
     Candidate,
+    EngineEvent,
     ErrorEvent,
     FinishEvent,
     GenerationFailed,
@@ -28,18 +28,28 @@ from service.language.events import (
 )
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
-from service.language.schemas import ChatMessage, GenerateRequest
-from service.language.validation import check_token_ids, encode_messages, encode_prompt, prompt_token_limit, sampling_params
+from service.language.validation import SamplingLimits, check_prompt_ids, check_token_ids, encode_messages, encode_prompt
 from service.observability.context import add_usage
-from service.openai.schemas import ChatCompletionRequest, CompletionRequest, MAX_CHOICES, StreamOptions
+from service.openai.schemas import (
+    MAX_CHOICES,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    FinishReason,
+    TokenLogprob,
+    TopLogprob,
+)
+from service.schemas import Usage
+from service.streaming import raise_if_failed_before_first_token
 
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "time_limit": "length", "cancelled": "stop"}
+FINISH_REASONS: dict[str, FinishReason] = {"eos": "stop", "stop": "stop", "length": "length", "time_limit": "length", "cancelled": "stop"}
 _MIN_LOGPROB = -9999.0  # JSON has no -inf; vLLM clamps the same way
-
-
-class ModelNotFound(ServiceError):
-    status_code = 404
-    error_type = "invalid_request_error"
 
 
 def check_model(requested: str | None, lm: LanguageModel) -> str:
@@ -52,6 +62,10 @@ def check_model(requested: str | None, lm: LanguageModel) -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
 
 
 def clamp(logprob: float) -> float:
@@ -67,6 +81,13 @@ class Prompt:
     text: str
 
 
+@dataclass
+class ChoiceSpec:
+    index: int
+    prompt: Prompt
+    params: SamplingParams | None  # None: nothing to generate (max_tokens = 0 with echo)
+
+
 def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Settings) -> list[Prompt]:
     prompts: list[Prompt] = []
     for item in body.prompts():
@@ -75,9 +96,7 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
             prompts.append(Prompt(ids=ids, text=item))
         else:
             check_token_ids(lm, item, field="prompt")
-            limit = prompt_token_limit(lm, settings)
-            if len(item) > limit:
-                raise InvalidInput(f"prompt has {len(item)} tokens; the limit is {limit}", param="prompt")
+            check_prompt_ids(item, lm, settings, "prompt")
             prompts.append(Prompt(ids=list(item), text=lm.detokenize(item)))
     if len(prompts) * body.n > MAX_CHOICES:
         raise InvalidInput(f"{len(prompts)} prompts × n = {body.n} asks for more than {MAX_CHOICES} choices", param="n")
@@ -85,50 +104,8 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
 
 
 def chat_prompt(body: ChatCompletionRequest, lm: LanguageModel, settings: Settings) -> Prompt:
-    messages = [ChatMessage(role=m.template_role(), content=m.text()) for m in body.messages]
-    text, ids = encode_messages(lm, settings, messages)
+    text, ids = encode_messages(lm, settings, [{"role": m.template_role(), "content": m.text()} for m in body.messages])
     return Prompt(ids=ids, text=text)
-
-
-_PARAM_NAMES = {"max_new_tokens": "max_tokens", "top_alternatives": "top_logprobs"}
-
-
-def engine_params(
-    body: CompletionRequest | ChatCompletionRequest,
-    prompt_tokens: int,
-    max_tokens: int | None,
-    default_max_tokens: int,
-    top_alternatives: int,
-    lm: LanguageModel,
-    settings: Settings,
-    *,
-    logprobs_param: str,
-) -> SamplingParams:
-    """The native validation (`sampling_params`) with OpenAI's defaults and names."""
-    if max_tokens is None:  # a default, not a request: fit it into what the context leaves
-        max_tokens = max(1, min(default_max_tokens, lm.context_length - prompt_tokens))
-    temperature = 1.0 if body.temperature is None else body.temperature
-    native = GenerateRequest.model_construct(
-        max_new_tokens=max_tokens,
-        do_sample=temperature > 0,
-        temperature=temperature,
-        top_k=body.top_k,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        repetition_penalty=body.repetition_penalty,
-        seed=body.seed,
-        stop=body.stop,
-        ignore_eos=body.ignore_eos,
-        top_alternatives=top_alternatives,
-        timeout_s=body.timeout_s,
-    )
-    names = {**_PARAM_NAMES, "top_alternatives": logprobs_param}
-    try:
-        return sampling_params(native, prompt_tokens, lm, settings)
-    except InvalidInput as exc:
-        message = exc.message
-        for native_name, openai_name in names.items():
-            message = message.replace(native_name, openai_name)
-        raise InvalidInput(message, param=names.get(exc.param or "", exc.param)) from exc
 
 
 def seeded(params: SamplingParams, offset: int) -> SamplingParams:
@@ -138,14 +115,21 @@ def seeded(params: SamplingParams, offset: int) -> SamplingParams:
     return replace(params, seed=(params.seed + offset) % 2**63)
 
 
+def choice_specs(
+    body: CompletionRequest | ChatCompletionRequest, prompts: list[Prompt], lm: LanguageModel, settings: Settings
+) -> list[ChoiceSpec]:
+    """`n` choices per prompt, in OpenAI's order (prompt by prompt), each prompt's parameters checked against
+    what its length leaves of the context."""
+    specs: list[ChoiceSpec] = []
+    for p_index, prompt in enumerate(prompts):
+        params = body.to_sampling_params(SamplingLimits.of(lm, settings, prompt_tokens=len(prompt.ids)))
+        for j in range(body.n):
+            chosen = seeded(params, j) if params.max_new_tokens > 0 else None
+            specs.append(ChoiceSpec(index=p_index * body.n + j, prompt=prompt, params=chosen))
+    return specs
+
+
 # ---- running choices ---------------------------------------------------------------------------
-
-
-@dataclass
-class ChoiceSpec:
-    index: int
-    prompt: Prompt
-    params: SamplingParams | None  # None: nothing to generate (max_tokens = 0 with echo)
 
 
 @dataclass
@@ -185,18 +169,13 @@ async def collect(specs: list[ChoiceSpec], handles: dict[int, GenerationHandle])
         for handle in handles.values():
             handle.cancel()
     for result in results.values():
-        finish = result.finish
-        if finish is not None:
-            add_usage(completion_tokens=finish.completion_tokens)
-            if finish.finish_reason == "time_limit" and finish.completion_tokens == 0:  # as the native /generate
-                raise TimedOut(
-                    f"no token within the time limit of the request (GENAI_REQUEST_TIMEOUT_S); waited {finish.total_seconds:.1f} s",
-                    headers={"Retry-After": "1"},
-                )
+        if result.finish is not None:
+            add_usage(completion_tokens=result.finish.completion_tokens)
+            raise_if_failed_before_first_token(result.finish)  # as the native /generate: 504
     return [results[spec.index] for spec in specs]
 
 
-async def merged_events(handles: dict[int, GenerationHandle]) -> AsyncIterator[tuple[int, Any]]:
+async def merged_events(handles: dict[int, GenerationHandle]) -> AsyncGenerator[tuple[int, EngineEvent], None]:
     """(choice index, engine event) from every handle, as they come; closing the iterator cancels them all."""
     if len(handles) == 1:
         (index, handle), = handles.items()
@@ -206,7 +185,7 @@ async def merged_events(handles: dict[int, GenerationHandle]) -> AsyncIterator[t
         finally:
             handle.cancel()
         return
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, EngineEvent]] = asyncio.Queue()
 
     async def pump(index: int, handle: GenerationHandle) -> None:
         async for event in handle.events():
@@ -227,7 +206,7 @@ async def merged_events(handles: dict[int, GenerationHandle]) -> AsyncIterator[t
             handle.cancel()
 
 
-def finish_reason(finish: FinishEvent | None) -> str:
+def finish_reason(finish: FinishEvent | None) -> FinishReason:
     return FINISH_REASONS.get(finish.finish_reason, "stop") if finish is not None else "length"
 
 
@@ -236,18 +215,25 @@ def is_end_token(event: TokenEvent, lm: LanguageModel) -> bool:
     return event.special and event.id in lm.eos_token_ids
 
 
+def completion_tokens(results: list[ChoiceResult]) -> int:
+    return sum(r.finish.completion_tokens for r in results if r.finish)
+
+
 # ---- logprobs ----------------------------------------------------------------------------------
 
 
-def chat_token_logprob(lm: LanguageModel, token_id: int, token: str, logprob: float, alternatives: list[Candidate] | None) -> dict[str, Any]:
-    return {
-        "token": token,
-        "logprob": clamp(logprob),
-        "bytes": lm.token_bytes(token_id),
-        "top_logprobs": [
-            {"token": c.token, "logprob": clamp(c.logprob), "bytes": lm.token_bytes(c.id)} for c in alternatives or []
-        ],
-    }
+def token_logprob(lm: LanguageModel, token_id: int, token: str, logprob: float, alternatives: list[Candidate] | None) -> TokenLogprob:
+    """A chat token's logprob entry, with its alternatives and their UTF-8 bytes."""
+    return TokenLogprob(
+        token=token,
+        logprob=clamp(logprob),
+        bytes=lm.token_bytes(token_id),
+        top_logprobs=[TopLogprob(token=c.token, logprob=clamp(c.logprob), bytes=lm.token_bytes(c.id)) for c in alternatives or []],
+    )
+
+
+def event_logprob(event: TokenEvent, lm: LanguageModel) -> TokenLogprob:
+    return token_logprob(lm, event.id, event.token, event.logprob, event.alternatives)
 
 
 @dataclass
@@ -270,13 +256,13 @@ class LegacyLogprobs:
     def add_event(self, event: TokenEvent) -> None:
         self.add(event.token, event.logprob, [(c.token, c.logprob) for c in event.alternatives or []])
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "tokens": self.tokens,
-            "token_logprobs": self.token_logprobs,
-            "top_logprobs": self.top_logprobs,
-            "text_offset": self.text_offset,
-        }
+    def copy(self) -> LegacyLogprobs:
+        return LegacyLogprobs(list(self.tokens), list(self.token_logprobs), list(self.top_logprobs), list(self.text_offset), self.offset)
+
+    def to_schema(self) -> CompletionLogprobs:
+        return CompletionLogprobs(
+            tokens=self.tokens, token_logprobs=self.token_logprobs, top_logprobs=self.top_logprobs, text_offset=self.text_offset
+        )
 
 
 async def prompt_logprobs(engine: GenerationEngine, lm: LanguageModel, prompt: Prompt, top_n: int) -> LegacyLogprobs:
@@ -291,87 +277,56 @@ async def prompt_logprobs(engine: GenerationEngine, lm: LanguageModel, prompt: P
     return result
 
 
-# ---- SSE ----------------------------------------------------------------------------------------
+# ---- whole responses ---------------------------------------------------------------------------
 
 
-def sse_data(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+def completion_response(
+    body: CompletionRequest, results: list[ChoiceResult], echoed: dict[int, LegacyLogprobs], model: str, prompt_tokens: int, lm: LanguageModel
+) -> CompletionResponse:
+    def choice(result: ChoiceResult) -> CompletionChoice:
+        prompt = result.spec.prompt
+        logprobs = None
+        if body.logprobs is not None:
+            source = echoed.get(id(prompt))
+            lp = source.copy() if source is not None else LegacyLogprobs()
+            for event in result.tokens:
+                if not is_end_token(event, lm):
+                    lp.add_event(event)
+            logprobs = lp.to_schema()
+        return CompletionChoice(
+            index=result.spec.index,
+            text=(prompt.text if body.echo else "") + (result.finish.text if result.finish else ""),
+            logprobs=logprobs,
+            finish_reason=finish_reason(result.finish),
+        )
+
+    return CompletionResponse(
+        id=new_id("cmpl"),
+        created=now(),
+        model=model,
+        choices=[choice(r) for r in results],
+        usage=Usage.of(prompt_tokens, completion_tokens(results)),
+    )
 
 
-def error_chunk(message: str) -> str:
-    return sse_data({"error": {"message": message, "type": "server_error", "param": None, "code": 500}})
+def chat_response(
+    body: ChatCompletionRequest, results: list[ChoiceResult], model: str, prompt_tokens: int, lm: LanguageModel
+) -> ChatCompletionResponse:
+    def choice(result: ChoiceResult) -> ChatChoice:
+        logprobs = None
+        if body.logprobs:
+            logprobs = ChoiceLogprobs(content=[event_logprob(e, lm) for e in result.tokens if not is_end_token(e, lm)])
+        return ChatChoice(
+            index=result.spec.index,
+            message=ChatMessageOut(content=result.finish.text if result.finish else ""),
+            logprobs=logprobs,
+            finish_reason=finish_reason(result.finish),
+        )
 
-
-def now() -> int:
-    return int(time.time())
-
-
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-
-
-class StreamUsage:
-    """What a /v1 stream says about usage, as OpenAI sends it.
-
-    Without `stream_options.include_usage` no chunk has a `usage` field. With it, every chunk carries
-    `"usage": null` and a last chunk with empty `choices` carries the usage of the whole request, so a
-    client that adds up every chunk's usage (LangChain's `stream_usage=True`) counts each token once.
-    With vLLM's `continuous_usage_stats` as well, every chunk carries the request's usage so far instead
-    of `null` (all choices together: the completion tokens generated up to that chunk, end tokens included).
-    """
-
-    def __init__(self, options: StreamOptions | None, prompt_tokens: int) -> None:
-        self.include = bool(options is not None and options.include_usage)
-        self.continuous = self.include and bool(options is not None and options.continuous_usage_stats)
-        self.prompt_tokens = prompt_tokens
-        self._generated: dict[int, int] = {}  # choice index -> completion tokens so far
-
-    def count(self, index: int, completion_tokens: int) -> None:
-        self._generated[index] = completion_tokens
-
-    def total(self) -> dict[str, int]:
-        return usage_dict(self.prompt_tokens, sum(self._generated.values()))
-
-    def fields(self) -> dict[str, Any]:
-        """The `usage` entry of a chunk with choices: none, `null`, or the usage so far."""
-        if not self.include:
-            return {}
-        return {"usage": self.total() if self.continuous else None}
-
-
-async def stream_choices(
-    handles: dict[int, GenerationHandle],
-    lm: LanguageModel,
-    usage: StreamUsage,
-    *,
-    token_chunk: Callable[[int, TokenEvent], str | None],
-    finish_chunk: Callable[[int, str], str],
-    usage_chunk: Callable[[dict[str, int]], str],
-) -> AsyncIterator[str]:
-    """What every /v1 stream shares: the choices' events merged as they come, the usage counted as
-    tokens arrive (chunk builders read it through `usage.fields()`), the usage-only last chunk when
-    `include_usage` asks for it, an error chunk if generation fails, `[DONE]` at the end, and every
-    generation cancelled if the client leaves early. Endpoints only shape their chunks."""
-    try:
-        async for index, event in merged_events(handles):
-            if isinstance(event, TokenEvent):
-                usage.count(index, event.index + 1)
-                if is_end_token(event, lm):
-                    continue  # counted, not shown: the finish chunk's usage includes it
-                piece = token_chunk(index, event)
-                if piece is not None:
-                    yield piece
-            elif isinstance(event, FinishEvent):
-                usage.count(index, event.completion_tokens)
-                add_usage(completion_tokens=event.completion_tokens)
-                yield finish_chunk(index, finish_reason(event))
-            elif isinstance(event, ErrorEvent):
-                yield error_chunk(event.message)
-                yield "[DONE]"  # as vLLM: readers that wait for the terminator stop cleanly
-                return
-        if usage.include:
-            yield usage_chunk(usage.total())
-        yield "[DONE]"
-    finally:
-        for handle in handles.values():
-            handle.cancel()
+    return ChatCompletionResponse(
+        id=new_id("chatcmpl"),
+        created=now(),
+        model=model,
+        choices=[choice(r) for r in results],
+        usage=Usage.of(prompt_tokens, completion_tokens(results)),
+    )

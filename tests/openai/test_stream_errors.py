@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from service.language.events import ErrorEvent, TokenEvent
-from service.openai.router import _chat_chunks
 from service.openai.schemas import ChatCompletionRequest
-from service.openai.serving import ChoiceSpec, Prompt
+from service.openai.serving import ChoiceSpec, Prompt, merged_events
+from service.openai.streams import chat_chunks
 
 
 class FakeHandle:
@@ -30,7 +30,9 @@ async def test_error_mid_stream(language_model) -> None:  # type: ignore[no-unty
     handle = FakeHandle([token, ErrorEvent("the model failed")])
     body = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], stream=True)  # type: ignore[list-item]
     prompt = Prompt(ids=[1, 2, 3], text="Hi")
-    chunks = [c async for c in _chat_chunks(body, [ChoiceSpec(0, prompt, None)], {0: handle}, "m", prompt, language_model)]  # type: ignore[dict-item]
+    handles = {0: handle}
+    events = merged_events(handles)  # type: ignore[arg-type]
+    chunks = [c async for c in chat_chunks(body, [ChoiceSpec(0, prompt, None)], handles, events, "m", prompt, language_model)]  # type: ignore[arg-type]
     assert chunks[-1] == "[DONE]"
     payloads = [json.loads(c) for c in chunks[:-1]]
     assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
