@@ -79,3 +79,27 @@ async def test_explicit_nulls_mean_defaults(client: httpx.AsyncClient) -> None:
     completion = await client.post("/v1/completions", json={"prompt": "Hi", "echo": None, "suffix": None, "best_of": None, **nulls})
     assert completion.status_code == 200, completion.text
     assert completion.json()["choices"][0]["logprobs"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "native"),
+    [
+        ("/v1/completions", {"prompt": PROMPT, "max_tokens": 100000}, "max_tokens", "max_new_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, "max_tokens", "max_new_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 100000}, "max_completion_tokens", "max_new_tokens"),
+        ("/v1/completions", {"prompt": PROMPT, "timeout_s": 100000}, "timeout_s", None),
+    ],
+)
+async def test_a_limit_names_the_field_the_client_sent(client: httpx.AsyncClient, path: str, body: dict, field: str, native: str | None) -> None:
+    """The native limits, checked once for every protocol, say OpenAI's names under /v1 (param and message)."""
+    error = _assert_openai_error(await client.post(path, json=body), 400, field)
+    assert error["message"].startswith(f"{field} = 100000") and "exceeds the limit" in error["message"], error
+    if native is not None:
+        assert native not in error["message"], error
+
+
+async def test_native_limits_keep_native_names(client: httpx.AsyncClient) -> None:
+    response = await client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 100000})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["param"] == "max_new_tokens" and error["message"].startswith("max_new_tokens = 100000 exceeds"), error
