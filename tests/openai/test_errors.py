@@ -90,7 +90,9 @@ async def test_explicit_nulls_mean_defaults(client: httpx.AsyncClient) -> None:
         ("/v1/completions", {"prompt": PROMPT, "timeout_s": 100000}, "timeout_s", None),
     ],
 )
-async def test_a_limit_names_the_field_the_client_sent(client: httpx.AsyncClient, path: str, body: dict, field: str, native: str | None) -> None:
+async def test_a_limit_names_the_field_the_client_sent(
+    client: httpx.AsyncClient, path: str, body: dict[str, object], field: str, native: str | None
+) -> None:
     """The native limits, checked once for every protocol, say OpenAI's names under /v1 (param and message)."""
     error = _assert_openai_error(await client.post(path, json=body), 400, field)
     assert error["message"].startswith(f"{field} = 100000") and "exceeds the limit" in error["message"], error
