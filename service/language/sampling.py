@@ -1,5 +1,6 @@
 """Choosing the next token from a row of logits: greedy, or sampled with temperature / top-k / top-p,
-with a repetition penalty, and each request's own seeded generator.
+with a repetition penalty, and each request's own seeded generator. `temperature_scaled` is the one
+temperature routine: sampling here and the next-token distributions (token_choice.py) both use it.
 
 Reported probabilities are always the model's own distribution (softmax of the raw logits, temperature
 1, before any filter), so the numbers mean the same whatever sampling settings a request used; the
@@ -42,6 +43,18 @@ def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penal
     return logits.scatter(-1, seen_ids, scores)
 
 
+def temperature_scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`logits / temperature` along the last dimension ([..., vocab] in, same shape out), shifted so each
+    row's top score is 0 (softmax does not see the shift) and floored at the dtype's lowest finite value.
+
+    Shifting before dividing, and the floor, make a tiny temperature tend to the greedy limit (all mass on
+    the top token) instead of overflowing to inf - inf = NaN; a temperature below the dtype's smallest
+    normal number (5e-324 is 0 in float32) counts as that number."""
+    finfo = torch.finfo(logits.dtype)
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    return (shifted / max(temperature, finfo.tiny)).clamp(min=finfo.min)
+
+
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask (to -inf) every token outside the top-k and outside the smallest set whose mass reaches top-p."""
     if top_k and 0 < top_k < logits.shape[-1]:
@@ -76,7 +89,7 @@ class TokenChooser:
         return cls(params=params, generator=generator)
 
     def choose(self, logits: torch.Tensor, seen_ids: list[int]) -> int:
-        """Pick the next token from one row of float32 logits."""
+        """Pick the next token from one row of float32 logits [vocab]."""
         p = self.params
         if p.repetition_penalty != 1.0 and seen_ids:
             logits = apply_repetition_penalty(logits, torch.tensor(seen_ids, dtype=torch.long, device=logits.device), p.repetition_penalty)
@@ -84,8 +97,6 @@ class TokenChooser:
             # Zero is greedy, and so is the limit: a temperature too small for the logits' dtype would
             # divide by zero (NaN probabilities) instead of concentrating all mass on the argmax.
             return int(torch.argmax(logits))
-        # Shift so the top score is 0 before dividing: tiny temperatures then send the others to -inf
-        # (the greedy limit) instead of overflowing to inf - inf = NaN. Softmax is unchanged by the shift.
-        logits = filter_top_k_top_p((logits - logits.max()) / p.temperature, p.top_k, p.top_p)
+        logits = filter_top_k_top_p(temperature_scaled(logits, p.temperature), p.top_k, p.top_p)
         probs = logits.softmax(-1).cpu()
         return int(torch.multinomial(probs, 1, generator=self.generator))
