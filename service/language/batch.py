@@ -8,6 +8,8 @@ Two implementations:
     per-prompt caches into one left-padded `DynamicCache`;
   - `SlotBatch` (`llama_decoder.py`) runs Llama-family models through a lean forward pass over
     prepacked weights and a preallocated cache, several times cheaper per step on CPU.
+The engine takes any other implementation too (`GenerationEngine(..., batch=...)`): its unit tests
+pass one with scripted logits (tests/language/test_engine_unit.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from service.language.model import LanguageModel
 
 
 class RunningBatch(Protocol):
+    """The forward passes over the running rows' KV caches; every logits tensor is float32 and may be wider
+    than the tokenizer's vocabulary (the engine cuts it to `vocab_size`)."""
+
     @property
     def kind(self) -> str:
         """A short name for `/info`."""

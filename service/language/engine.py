@@ -3,27 +3,27 @@
 Why one thread: on a two-core CPU, model calls that hop between threads (FastAPI's threadpool) run a
 third slower, and the event loop must never run model code so `/health` stays instant.
 
-The model's forward passes and KV caches sit behind a `RunningBatch` (batch.py): the lean Llama
-decoder (llama_decoder.py) for Llama-family models, transformers' forward for any other.
+This module is the lifecycle and the thread plumbing: the request side (thread-safe queues the event
+loop fills, under the admission bound of admission.py) and the loop on the engine thread that empties
+them. Each loop iteration (a "step"):
+  1. runs queued engine-thread calls and answers all waiting next-token-distribution requests in
+     batched forward passes (distributions.py);
+  2. finishes cancelled or expired generations, queued or running (sequence.py says why one ends);
+  3. admits waiting generations up to the batch limit, prefilling their prompts together;
+  4. advances every running sequence by one token, or several by checked prompt-lookup drafts, over
+     the batch's KV caches, streams each token, and retires finished rows (running.py, token_choice.py).
 
-Each loop iteration (a "step"):
-  1. answers all waiting next-token-distribution requests with one batched forward pass;
-  2. admits waiting generation requests up to the batch limit, prefilling their prompts together
-     and appending them to the running batch;
-  3. advances every running sequence by one token in one batched forward pass over the batch's
-     KV caches (no prompt is ever recomputed); while few greedy sequences run, the same pass also
-     checks prompt-lookup draft tokens, and a sequence may advance by several;
-  4. streams each new token to its request, and retires finished or cancelled sequences.
-
-Per-row positions and the attention mask make a padded row compute what it would compute alone, so
-greedy output in float32 is the same batched or not; each request samples with its own generator,
-so seeded sampling, in float32, does not depend on what else shares the batch.
+The forward passes sit behind a `RunningBatch` (batch.py). Per-row positions and the attention mask make
+a padded row compute what it would compute alone, so greedy output in float32 is the same batched or
+not; each request samples with its own generator, so seeded sampling, in float32, does not depend on
+what else shares the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import os
@@ -31,27 +31,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 
 from service.config import Settings
+from service.language import token_choice
+from service.language.admission import AdmissionBound, estimate_retry_after, tokens_until_a_place_frees
 from service.language.batch import RunningBatch, make_running_batch
-from service.language.exceptions import EngineNotReady, EngineOverloaded
-from service.language.model import LanguageModel
-from service.language.prompt_lookup import draft_from_context
 from service.language.detokenize import TextAssembler
-from service.language.events import (
-    Candidate,
-    Distribution,
-    ErrorEvent,
-    FinishEvent,
-    GenerationFailed,
-    GenerationHandle,
-    TokenEvent,
-)
+from service.language.distributions import DistributionRequest, fail_distributions, serve_distributions
+from service.language.events import Candidate, Distribution, FinishEvent, GenerationFailed, GenerationHandle
+from service.language.exceptions import EngineNotReady
+from service.language.model import LanguageModel
+from service.language.running import RunningSequences
 from service.language.sampling import SamplingParams, TokenChooser
+from service.language.sequence import FinishReason, GenerationState, interruption
+from service.language.stats import EngineStats
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
@@ -73,83 +69,30 @@ def default_torch_threads() -> int:
     return cpus
 
 
-def estimate_retry_after(remaining_tokens: list[int], step_seconds: float) -> int:
-    """Whole seconds (1 to 60) until the running generation nearest its end is done: `Retry-After` for a
-    refused request, since that is when the admission bound has room again. With nothing running (the
-    bound is full of queued work behind a long prefill), one step's time."""
-    nearest = min(remaining_tokens, default=1)
-    return max(1, min(60, math.ceil(max(0, nearest) * step_seconds)))
-
-
-# --------------------------------------------------------------------------------------------
-# The engine side: lives on the engine thread
-
-
-@dataclass
-class _Sequence:
-    handle: GenerationHandle
-    params: SamplingParams
-    prompt_ids: list[int]
-    chooser: TokenChooser
-    submitted_at: float
-    deadline: float | None
-    assembler: TextAssembler
-    generated: list[int] = field(default_factory=list)
-    admitted_at: float = 0.0
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    finish_reason: str | None = None
-    released: bool = False  # its place under the admission bound has been given back
-
-
-@dataclass
-class _DistributionRequest:
-    prompt_ids: list[int]
-    top_k: int
-    temperature: float
-    future: concurrent.futures.Future[Distribution]
-
-
-@dataclass
-class EngineStats:
-    """Totals `/info` shows; the metrics take finer figures from the listeners."""
-
-    steps: int = 0
-    generated_tokens: int = 0
-    finished: int = 0
-    draft_tokens: int = 0  # proposed by prompt lookup
-    accepted_draft_tokens: int = 0  # of those, the ones greedy decoding chose too
-    refused: int = 0  # requests answered "overloaded" (429)
-    peak_held: int = 0  # the most requests ever held at once (never above the admission bound)
-    step_seconds: float = 0.05  # moving average of one decode step's time
-
+_Call = tuple[Callable[[], Any], concurrent.futures.Future[Any]]  # (work, where its result goes)
 
 class GenerationEngine:
-    """Owns the model on one thread and batches every request onto it. Thread-safe `submit` / `next_token_distribution`."""
+    """Owns the model on one thread and batches every request onto it. Thread-safe `submit` / `next_token_distribution`.
 
-    def __init__(self, lm: LanguageModel, settings: Settings) -> None:
+    `batch` replaces the forward passes `make_running_batch` would choose (tests pass a scripted one)."""
+
+    def __init__(self, lm: LanguageModel, settings: Settings, batch: RunningBatch | None = None) -> None:
         self.lm = lm
         self.settings = settings
         self.max_batch = min(settings.max_batch_size, settings.max_running_requests)
         self.max_waiting = settings.max_waiting_requests
-        # The admission bound: requests held at once (queued, being prefilled, running, or waiting for a
-        # next-token or scoring pass), counted from the moment they are accepted to the moment they end,
-        # so a burst cannot slip past it between two steps. Past it a request is refused at once.
-        self.max_held = self.max_batch + self.max_waiting
-        self._held = 0
         self.stats = EngineStats()
-        # Observers (metrics): called on the engine thread, must be cheap.
-        self.step_listeners: list[Callable[[int, float], None]] = []
-        self.finish_listeners: list[Callable[[FinishEvent], None]] = []
-        self.token_listeners: list[Callable[[float | None], None]] = []  # seconds since the previous token (None = first)
+        self._admission = AdmissionBound(self.max_batch + self.max_waiting, self.stats)
+        self._batch: RunningBatch = batch if batch is not None else make_running_batch(lm, self.max_batch, lean=settings.lean_decoder)
+        self._sequences = RunningSequences(
+            lm, self._batch, self._admission, self.stats,
+            lookup_tokens=settings.prompt_lookup_tokens, lookup_max_batch=settings.prompt_lookup_max_batch,
+        )
 
-        self._cv = threading.Condition()
-        self._waiting: deque[_Sequence] = deque()
-        self._distributions: deque[_DistributionRequest] = deque()
-        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
-        self._running: list[_Sequence] = []  # row b of the running batch is self._running[b]
-        self._batch: RunningBatch = make_running_batch(lm, self.max_batch, lean=settings.lean_decoder)
-        self._lookup_tokens = settings.prompt_lookup_tokens if self._batch.supports_drafts else 0
+        self._cv = threading.Condition()  # guards the three queues below and `_stopping`
+        self._waiting: deque[GenerationState] = deque()
+        self._distributions: deque[DistributionRequest] = deque()
+        self._calls: deque[_Call] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = False
@@ -158,12 +101,18 @@ class GenerationEngine:
     # ---- lifecycle ------------------------------------------------------------------------
 
     @property
+    def max_held(self) -> int:
+        """The admission bound: requests held at once (queued, being prefilled, running, or waiting for a
+        next-token or scoring pass); past it a request is refused at once."""
+        return self._admission.limit
+
+    @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._accepting and self._dead is None
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        return len(self._sequences.rows)
 
     @property
     def waiting_count(self) -> int:
@@ -171,7 +120,22 @@ class GenerationEngine:
 
     @property
     def held_count(self) -> int:
-        return self._held
+        return self._admission.held
+
+    @property
+    def step_listeners(self) -> list[Callable[[int, float], None]]:
+        """Called on the engine thread after each decode step with (rows, seconds); must be cheap."""
+        return self._sequences.step_listeners
+
+    @property
+    def finish_listeners(self) -> list[Callable[[FinishEvent], None]]:
+        """Called on the engine thread with each finish event, before its client hears of it."""
+        return self._sequences.finish_listeners
+
+    @property
+    def token_listeners(self) -> list[Callable[[float | None], None]]:
+        """Called on the engine thread per generated token with the seconds since the previous one (None = first)."""
+        return self._sequences.token_listeners
 
     def start(self) -> None:
         """Start the engine's thread, the only one that runs the model, with GENAI_TORCH_THREADS threads.
@@ -191,16 +155,14 @@ class GenerationEngine:
         """End every generation held now (shutdown, at the end of its grace): each finishes `cancelled`
         within a step, with what it generated so far."""
         with self._cv:
-            handles = [seq.handle for seq in (*self._waiting, *self._running)]
+            handles = [seq.handle for seq in (*self._waiting, *self._sequences.rows)]
         for handle in handles:
             handle.cancel()
 
-    def shutdown(self, grace_seconds: float = 0.0) -> None:
-        """Stop admitting, let in-flight work finish for up to `grace_seconds`, cancel the rest, join the thread."""
+    def shutdown(self) -> None:
+        """Stop admitting and join the thread; generations still held end with an error event. (The app
+        waits its grace period, and calls `cancel_all`, before this.)"""
         self._accepting = False
-        deadline = time.monotonic() + grace_seconds
-        while (self._running or self._waiting) and time.monotonic() < deadline:
-            time.sleep(0.05)
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
@@ -213,7 +175,7 @@ class GenerationEngine:
             "waiting": self.waiting_count,
             "max_batch_size": self.max_batch,
             "max_waiting": self.max_waiting,
-            "held": self._held,
+            "held": self.held_count,
             "max_held": self.max_held,
             "peak_held": self.stats.peak_held,
             "refused": self.stats.refused,
@@ -222,7 +184,7 @@ class GenerationEngine:
             "finished_requests": self.stats.finished,
             "accepting": self._accepting,
             "forward": self._batch.kind,
-            "prompt_lookup_tokens": self._lookup_tokens,
+            "prompt_lookup_tokens": self._sequences.lookup_tokens,
             "draft_tokens": self.stats.draft_tokens,
             "accepted_draft_tokens": self.stats.accepted_draft_tokens,
         }
@@ -234,13 +196,12 @@ class GenerationEngine:
     # ---- the request side -----------------------------------------------------------------
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
-        """Queue a generation. Raises Overloaded when the queue is full (the caller answers 429)."""
+        """Queue a generation. Raises EngineOverloaded when the admission bound is full (the caller answers 429)."""
         self._check_accepting()
-        loop = asyncio.get_running_loop()
-        handle = GenerationHandle(loop, self._wake)
+        handle = GenerationHandle(asyncio.get_running_loop(), self._wake)
         now = time.monotonic()
         timeout = params.timeout_s if params.timeout_s is not None else self.settings.request_timeout_s
-        seq = _Sequence(
+        seq = GenerationState(
             handle=handle,
             params=params,
             prompt_ids=list(prompt_ids),
@@ -256,37 +217,13 @@ class GenerationEngine:
         return handle
 
     def _hold(self) -> None:
-        """Take a place under the admission bound, or refuse at once (under `_cv`)."""
-        if self._held >= self.max_held:
-            self.stats.refused += 1
-            retry_after = self.retry_after_seconds()
-            raise EngineOverloaded(
-                f"the server is at capacity ({self._held} requests held: {len(self._running)} running, "
-                f"{len(self._waiting)} waiting, limit {self.max_held}); retry in about {retry_after} s",
-                retry_after_seconds=retry_after,
-            )
-        self._held += 1
-        self.stats.peak_held = max(self.stats.peak_held, self._held)
-
-    def _unhold(self) -> None:
-        with self._cv:
-            self._held -= 1
-
-    def _release(self, seq: _Sequence) -> None:
-        """Give back a generation's place, once, whichever way it ended."""
-        if not seq.released:
-            seq.released = True
-            self._unhold()
+        """Take a place under the admission bound, or raise EngineOverloaded (under `_cv`)."""
+        self._admission.hold(len(self._sequences.rows), len(self._waiting), self.retry_after_seconds)
 
     def retry_after_seconds(self) -> int:
         """When a refused client may find room: a place under the bound frees when the first running
         generation ends, at the latest after its remaining tokens at the recent step time."""
-        running = list(self._running)
-        # nothing running yet (a burst from idle, its first batch still being prefilled): the first of
-        # the queue's head will free a place after its own length
-        remaining = [seq.params.max_new_tokens - len(seq.generated) for seq in running] or [
-            seq.params.max_new_tokens for seq in list(self._waiting)[: self.max_batch]
-        ]
+        remaining = tokens_until_a_place_frees(list(self._sequences.rows), self._waiting, self.max_batch)
         return estimate_retry_after(remaining, self.stats.step_seconds)
 
     async def next_token_distribution(self, prompt_ids: list[int], top_k: int, temperature: float = 1.0) -> Distribution:
@@ -295,9 +232,9 @@ class GenerationEngine:
         future: concurrent.futures.Future[Distribution] = concurrent.futures.Future()
         with self._cv:
             self._hold()
-            self._distributions.append(_DistributionRequest(list(prompt_ids), top_k, temperature, future))
+            self._distributions.append(DistributionRequest(list(prompt_ids), top_k, temperature, future))
             self._cv.notify_all()
-        future.add_done_callback(lambda _: self._unhold())
+        future.add_done_callback(lambda _: self._admission.unhold())
         return await asyncio.wrap_future(future)
 
     async def run_on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -309,12 +246,12 @@ class GenerationEngine:
             self._hold()
             self._calls.append((lambda: fn(*args), future))
             self._cv.notify_all()
-        future.add_done_callback(lambda _: self._unhold())
+        future.add_done_callback(lambda _: self._admission.unhold())
         return await asyncio.wrap_future(future)
 
     async def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Float32 next-token logits after each prompt, by the forward pass the engine serves with (what
-        precision checks compare); one batch, on the engine thread."""
+        """Float32 next-token logits [len(prompts), vocab] after each prompt, by the forward pass the engine
+        serves with (what precision checks compare); one batch, on the engine thread."""
         return await self.run_on_engine_thread(self._batch.last_logits, prompts)
 
     async def prompt_logprobs(self, ids: list[int], top_n: int) -> list[tuple[float, list[Candidate]]]:
@@ -323,23 +260,8 @@ class GenerationEngine:
         return await self.run_on_engine_thread(self._prompt_logprobs, ids, top_n)
 
     def _prompt_logprobs(self, ids: list[int], top_n: int) -> list[tuple[float, list[Candidate]]]:
-        logprobs = torch.log_softmax(self._batch.prompt_logits(ids)[:-1, : self.lm.vocab_size], dim=-1)
-        targets = torch.tensor(ids[1:], dtype=torch.long, device=logprobs.device)
-        chosen = logprobs.gather(-1, targets[:, None])[:, 0].tolist()
-        top = torch.topk(logprobs, top_n) if top_n > 0 else None
-        return [
-            (lp, self._candidates(top.indices[pos].tolist(), top.values[pos].tolist()) if top is not None else [])
-            for pos, lp in enumerate(chosen)
-        ]
-
-    def _run_calls(self, calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]) -> None:
-        for call, future in calls:
-            if future.cancelled():
-                continue
-            try:
-                future.set_result(call())
-            except Exception as exc:  # reported to the caller, not fatal to the engine
-                future.set_exception(exc)
+        logits = self._batch.prompt_logits(ids)[:, : self.lm.vocab_size]  # [len(ids), vocab]
+        return token_choice.prompt_logprobs(logits, ids, top_n, self.lm.token_text)
 
     def _check_accepting(self) -> None:
         if self._dead is not None:
@@ -355,7 +277,7 @@ class GenerationEngine:
             with torch.inference_mode():
                 while True:
                     with self._cv:
-                        while not (self._stopping or self._waiting or self._distributions or self._running or self._calls):
+                        while not (self._stopping or self._waiting or self._distributions or self._sequences.rows or self._calls):
                             self._cv.wait()
                         if self._stopping:
                             break
@@ -363,27 +285,53 @@ class GenerationEngine:
                         self._distributions.clear()
                         calls = list(self._calls)
                         self._calls.clear()
-                        admitted: list[_Sequence] = []
-                        while self._waiting and len(self._running) + len(admitted) < self.max_batch:
+                        admitted: list[GenerationState] = []
+                        while self._waiting and len(self._sequences.rows) + len(admitted) < self.max_batch:
                             admitted.append(self._waiting.popleft())
                     try:
                         if calls:
                             self._run_calls(calls)
                         if distributions:
-                            self._serve_distributions(distributions)
-                        self._retire_cancelled_and_expired()
+                            serve_distributions(self._batch, distributions, self.lm.vocab_size, self.lm.token_text)
+                        self._sequences.retire_interrupted()
+                        self._retire_interrupted_waiting()
                         if admitted:
-                            self._admit(admitted)
-                        if self._running:
-                            self._decode_step()
+                            self._sequences.admit(admitted)
+                        if self._sequences.rows:
+                            self._sequences.step()
                     except Exception as exc:  # a model error must not kill the engine: fail the affected requests
                         log.exception("engine step failed")
-                        self._fail_all(admitted, distributions, f"{type(exc).__name__}: {exc}")
+                        message = f"{type(exc).__name__}: {exc}"
+                        fail_distributions(distributions, functools.partial(GenerationFailed, message))
+                        self._sequences.fail(message, admitted)
         except BaseException as exc:  # pragma: no cover - only on interpreter shutdown
             self._dead = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             self._drain_on_stop()
+
+    def _run_calls(self, calls: list[_Call]) -> None:
+        for call, future in calls:
+            if future.cancelled():
+                continue
+            try:
+                future.set_result(call())
+            except Exception as exc:  # reported to the caller, not fatal to the engine
+                future.set_exception(exc)
+
+    def _retire_interrupted_waiting(self) -> None:
+        """Finish queued generations whose client cancelled or whose deadline passed before their turn."""
+        now = time.monotonic()
+        ended: list[tuple[GenerationState, FinishReason]] = []
+        with self._cv:
+            for seq in self._waiting:
+                reason = interruption(seq.handle.cancelled, seq.deadline, now)
+                if reason is not None:
+                    ended.append((seq, reason))
+            for seq, _ in ended:
+                self._waiting.remove(seq)
+        for seq, reason in ended:
+            self._sequences.finish(seq, reason)
 
     def _drain_on_stop(self) -> None:
         with self._cv:
@@ -391,251 +339,10 @@ class GenerationEngine:
             self._waiting.clear()
             distributions = list(self._distributions)
             self._distributions.clear()
-        for seq in leftovers + self._running:
-            self._release(seq)
-            seq.handle._emit(ErrorEvent("the service shut down before this generation finished"))
-        self._running = []
-        self._batch.clear()
-        for req in distributions:
-            if not req.future.done():
-                req.future.set_exception(EngineNotReady("the service is shutting down"))
-        for _, future in self._calls:
+            calls = list(self._calls)
+            self._calls.clear()
+        self._sequences.fail("the service shut down before this generation finished", leftovers)
+        fail_distributions(distributions, lambda: EngineNotReady("the service is shutting down"))
+        for _, future in calls:
             if not future.done():
                 future.set_exception(EngineNotReady("the service is shutting down"))
-        self._calls.clear()
-
-    def _fail_all(self, admitted: list[_Sequence], distributions: list[_DistributionRequest], message: str) -> None:
-        for req in distributions:
-            if not req.future.done():
-                req.future.set_exception(GenerationFailed(message))
-        for seq in {id(s): s for s in admitted + self._running}.values():
-            if seq.finish_reason is None:
-                self._release(seq)
-                seq.handle._emit(ErrorEvent(message))
-        self._running = []
-        self._batch.clear()
-
-    # ---- forward passes -------------------------------------------------------------------
-
-    def _serve_distributions(self, requests: list[_DistributionRequest]) -> None:
-        live = [r for r in requests if not r.future.cancelled()]
-        # Bound the padded batch so one long prompt does not make many short ones expensive.
-        live.sort(key=lambda r: len(r.prompt_ids))
-        chunk: list[_DistributionRequest] = []
-        for req in live:
-            if chunk and (len(chunk) + 1) * len(req.prompt_ids) > 8192:
-                self._distribution_batch(chunk)
-                chunk = []
-            chunk.append(req)
-        if chunk:
-            self._distribution_batch(chunk)
-
-    def _distribution_batch(self, requests: list[_DistributionRequest]) -> None:
-        logits = self._batch.last_logits([r.prompt_ids for r in requests])
-        for row, req in enumerate(requests):
-            row_logits = logits[row, : self.lm.vocab_size]
-            # Shift before dividing and keep the result finite: a tiny temperature then tends to the greedy
-            # limit (probability 1 for the top token) instead of overflowing to inf - inf = NaN.
-            temperature = max(req.temperature, torch.finfo(torch.float32).tiny)  # 5e-324 is 0 in float32
-            scaled = ((row_logits - row_logits.max()) / temperature).clamp(min=torch.finfo(torch.float32).min)
-            logprobs = torch.log_softmax(scaled, dim=-1)
-            top = torch.topk(logprobs, req.top_k)
-            candidates = self._candidates(top.indices.tolist(), top.values.tolist())
-            if not req.future.done():
-                req.future.set_result(Distribution(candidates=candidates, prompt_tokens=len(req.prompt_ids)))
-
-    def _alternatives(self, seq: _Sequence, logprobs: torch.Tensor) -> list[Candidate] | None:
-        """The step's likeliest tokens, when the request asked for them (`top_alternatives`)."""
-        if not seq.params.top_alternatives:
-            return None
-        top = torch.topk(logprobs, seq.params.top_alternatives)
-        return self._candidates(top.indices.tolist(), top.values.tolist())
-
-    def _candidates(self, ids: list[int], logprobs: list[float]) -> list[Candidate]:
-        return [
-            Candidate(id=i, token=self.lm.token_text(i), probability=math.exp(lp), logprob=lp)
-            for i, lp in zip(ids, logprobs)
-        ]
-
-    def _admit(self, sequences: list[_Sequence]) -> None:
-        """Prefill new prompts together, append them to the running batch, and take each one's first token."""
-        now = time.monotonic()
-        live = []
-        for seq in sequences:
-            seq.admitted_at = now
-            if seq.handle.cancelled:
-                self._finish(seq, "cancelled")
-            elif seq.deadline is not None and now >= seq.deadline:
-                self._finish(seq, "time_limit")  # no token yet: the router answers 504
-            else:
-                live.append(seq)
-        if not live:
-            return
-        logits = self._batch.prefill([s.prompt_ids for s in live])
-        self._running.extend(live)
-        self._take_tokens(live, logits)
-        self._retire_finished()
-
-    def _decode_step(self) -> None:
-        started = time.perf_counter()
-        batch = self._running
-        drafts = self._drafts(batch)
-        if drafts is None:
-            logits = self._batch.decode([s.generated[-1] for s in batch])
-            self._take_tokens(batch, logits)
-        else:
-            self._take_checked_drafts(batch, drafts)
-        self.stats.steps += 1
-        self._retire_finished()
-        elapsed = time.perf_counter() - started
-        self.stats.step_seconds += 0.1 * (elapsed - self.stats.step_seconds)
-        for listener in self.step_listeners:
-            listener(len(batch), elapsed)
-
-    def _drafts(self, batch: list[_Sequence]) -> list[list[int]] | None:
-        """Prompt-lookup drafts for each row, or None for a plain step (drafting off, a sampled row, a busy batch)."""
-        if not self._lookup_tokens or len(batch) > self.settings.prompt_lookup_max_batch:
-            return None
-        if not all(seq.params.is_plain_greedy for seq in batch):
-            return None
-        drafts = []
-        for seq in batch:
-            done = len(seq.generated)
-            # This step emits up to 1 + len(draft) tokens: stay within max_new_tokens and the context.
-            room = min(self._lookup_tokens, seq.params.max_new_tokens - done - 1, self.lm.context_length - len(seq.prompt_ids) - done - 1)
-            drafts.append(draft_from_context(seq.prompt_ids + seq.generated, room))
-        return drafts if any(drafts) else None
-
-    def _take_checked_drafts(self, batch: list[_Sequence], drafts: list[list[int]]) -> None:
-        """Feed every row its last token plus its drafts in one pass; emit greedy's choice at each position
-        while it agrees with the next draft, so the output is what one-token steps would have given."""
-        logits = self._batch.decode_drafts([[seq.generated[-1], *draft] for seq, draft in zip(batch, drafts)])
-        logits = logits[:, :, : self.lm.vocab_size]
-        logprobs = torch.log_softmax(logits, dim=-1)
-        best = logits.argmax(dim=-1)  # [rows, positions]
-        best_logprobs = logprobs.gather(-1, best[..., None])[..., 0].tolist()
-        best_ids = best.tolist()
-        now = time.monotonic()
-        kept = []
-        for row, (seq, draft) in enumerate(zip(batch, drafts)):
-            emitted = 0
-            for position in range(len(draft) + 1):
-                token = best_ids[row][position]
-                alternatives = self._alternatives(seq, logprobs[row, position])
-                self._append_token(seq, token, best_logprobs[row][position], alternatives, now)
-                emitted += 1
-                if seq.finish_reason is not None or position == len(draft) or token != draft[position]:
-                    break
-            kept.append(emitted)
-            self.stats.draft_tokens += len(draft)
-            self.stats.accepted_draft_tokens += emitted - 1
-        self._batch.accept(kept)
-
-    # ---- choosing, streaming and retiring -------------------------------------------------
-
-    def _take_tokens(self, batch: list[_Sequence], logits: torch.Tensor) -> list[_Sequence]:
-        """Choose one token per row, stream it, and mark finished rows. Returns the rows that finished."""
-        logits = logits[:, : self.lm.vocab_size]
-        logprobs = torch.log_softmax(logits, dim=-1)
-        greedy_rows = [row for row, s in enumerate(batch) if s.params.is_plain_greedy]
-        chosen: list[int] = [0] * len(batch)
-        if greedy_rows:
-            argmax = torch.argmax(logits[greedy_rows], dim=-1).tolist()
-            for row, token in zip(greedy_rows, argmax):
-                chosen[row] = token
-        for row, seq in enumerate(batch):
-            if not seq.params.is_plain_greedy:
-                chosen[row] = seq.chooser.choose(logits[row], seq.prompt_ids + seq.generated)
-        chosen_logprobs = logprobs.gather(-1, torch.tensor(chosen, device=logprobs.device)[:, None])[:, 0].tolist()
-        finished = []
-        now = time.monotonic()
-        for row, seq in enumerate(batch):
-            self._append_token(seq, chosen[row], chosen_logprobs[row], self._alternatives(seq, logprobs[row]), now)
-            if seq.finish_reason is not None:
-                finished.append(seq)
-        return finished
-
-    def _append_token(self, seq: _Sequence, token_id: int, logprob: float, alternatives: list[Candidate] | None, now: float) -> None:
-        gap = None if seq.last_token_at is None else now - seq.last_token_at
-        if seq.first_token_at is None:
-            seq.first_token_at = now
-        seq.last_token_at = now
-        seq.generated.append(token_id)
-        self.stats.generated_tokens += 1
-        for listener in self.token_listeners:
-            listener(gap)
-
-        is_eos = token_id in self.lm.eos_token_ids
-        increment = seq.assembler.push(token_id)
-        reason = None
-        if is_eos and not seq.params.ignore_eos:
-            reason = "eos"
-        elif seq.assembler.stopped:
-            reason = "stop"
-        elif len(seq.generated) >= seq.params.max_new_tokens:
-            reason = "length"
-        elif len(seq.prompt_ids) + len(seq.generated) >= self.lm.context_length:
-            reason = "length"
-        elif seq.deadline is not None and now >= seq.deadline:
-            reason = "time_limit"
-        if reason is not None:
-            increment += seq.assembler.flush()
-        seq.handle._emit(
-            TokenEvent(
-                index=len(seq.generated) - 1,
-                id=token_id,
-                token=self.lm.token_text(token_id),
-                text=increment,
-                probability=math.exp(logprob),
-                logprob=logprob,
-                special=token_id in self.lm.special_token_ids,
-                alternatives=alternatives,
-            )
-        )
-        if reason is not None:
-            self._finish(seq, reason)
-
-    def _finish(self, seq: _Sequence, reason: str) -> None:
-        seq.finish_reason = reason
-        now = time.monotonic()
-        self._release(seq)
-        event = FinishEvent(
-            finish_reason=reason,
-            text=seq.assembler.text,
-            ids=list(seq.generated),
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=len(seq.generated),
-            queue_seconds=max(0.0, (seq.admitted_at or now) - seq.submitted_at),
-            time_to_first_token_seconds=(seq.first_token_at - seq.submitted_at) if seq.first_token_at else None,
-            total_seconds=now - seq.submitted_at,
-        )
-        self.stats.finished += 1
-        for listener in self.finish_listeners:  # before the client hears of it: a scrape right after sees it
-            listener(event)
-        seq.handle._emit(event)
-
-    def _retire_cancelled_and_expired(self) -> None:
-        now = time.monotonic()
-        changed = False
-        for seq in self._running:
-            if seq.finish_reason is None and seq.handle.cancelled:
-                self._finish(seq, "cancelled")
-                changed = True
-            elif seq.finish_reason is None and seq.deadline is not None and now >= seq.deadline:
-                self._finish(seq, "time_limit")
-                changed = True
-        with self._cv:
-            expired = [s for s in self._waiting if s.handle.cancelled or (s.deadline is not None and now >= s.deadline)]
-            for seq in expired:
-                self._waiting.remove(seq)
-        for seq in expired:
-            self._finish(seq, "cancelled" if seq.handle.cancelled else "time_limit")
-        if changed:
-            self._retire_finished()
-
-    def _retire_finished(self) -> None:
-        keep = [row for row, seq in enumerate(self._running) if seq.finish_reason is None]
-        if len(keep) == len(self._running):
-            return
-        self._batch.keep(keep)
-        self._running = [self._running[row] for row in keep]

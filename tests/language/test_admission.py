@@ -21,7 +21,7 @@ from servers import serve_in_thread
 from fastapi import FastAPI
 
 from service.config import Settings
-from service.language.engine import estimate_retry_after
+from service.language.admission import estimate_retry_after
 
 MAX_BATCH, MAX_WAITING = 4, 8
 BOUND = MAX_BATCH + MAX_WAITING
