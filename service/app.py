@@ -16,7 +16,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.config import Settings
-from service.digits.model import DigitModelError, load_digit_classifier
+from service.digits.model import DigitModelError
+from service.digits.provision import load_digit_classifier
 from service.errors import install_error_handlers
 from service.language.engine import GenerationEngine
 from service.language.model import ModelLoadError, load_language_model

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from service.config import Settings
 
@@ -77,9 +78,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
-def _digits_provisioner():  # type: ignore[no-untyped-def]
+def _digits_provisioner() -> Callable[[Settings], str] | None:
+    """The digit model's provisioning step, or None where the digit side cannot be imported."""
     try:
-        from service.digits.model import provision_digit_model
+        from service.digits.provision import provision_digit_model
     except ImportError:
         return None
     return provision_digit_model
@@ -92,7 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train_digits(args: argparse.Namespace) -> int:
-    from service.digits.train import main as train_main
+    from service.digits.train_cli import main as train_main
 
     return int(train_main(args.train_args) or 0)
 

@@ -8,20 +8,14 @@ version that trained it either: the forward pass below is the one `MLPClassifier
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import zipfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from service.config import Settings
-
-log = logging.getLogger("service.digits")
 
 FORMAT = "genai-service/digits-mlp"
 FORMAT_VERSION = 1
@@ -231,45 +225,3 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-# --- what the service and the CLI call -----------------------------------------------------
-
-
-def configured_model_path(settings: Settings) -> Path:
-    """`GENAI_DIGITS_MODEL_PATH`, or the default model shipped inside the package."""
-    return Path(settings.digits_model_path).expanduser() if settings.digits_model_path else DEFAULT_MODEL_PATH
-
-
-def load_digit_classifier(settings: Settings) -> DigitClassifier:
-    """Load the configured model; when the file is missing, train the default one (logging progress) and save it.
-
-    A file that exists but cannot be used raises `DigitModelError`: silently retraining over a file
-    someone pointed us at would hide their mistake.
-    """
-    path = configured_model_path(settings)
-    if path.exists():
-        model = DigitClassifier.load(path)
-        log.info("digit model loaded from %s (held-out accuracy %s)", path, model.meta.get("heldout_accuracy"))
-        return model
-    fallback = Path(settings.cache_dir) / "digits" / path.name  # where start-up training saves if `path` is read-only
-    if fallback.exists():
-        model = DigitClassifier.load(fallback)
-        log.info("digit model %s not found; loaded the one trained earlier at %s", path, fallback)
-        return model
-    log.warning("digit model %s not found: training the default model now (a minute or two)", path)
-    from service.digits.train import TrainConfig, train_default_and_save
-
-    saved = train_default_and_save(path, TrainConfig(), fallback_path=fallback, progress=log.info)
-    return DigitClassifier.load(saved)
-
-
-def provision_digit_model(settings: Settings) -> str:
-    """Make sure the configured digit model exists and loads (training it if missing); describe it in a line."""
-    model = load_digit_classifier(settings)
-    acc = model.meta.get("heldout_accuracy")
-    acc_text = f"{acc * 100:.2f}%" if isinstance(acc, (int, float)) else "unknown"
-    return (
-        f"{model.path} ({'-'.join(map(str, model.layer_sizes))} MLP, held-out accuracy {acc_text} "
-        f"on {model.meta.get('heldout_size', '?')} digits of {model.meta.get('training_set', 'unknown data')})"
-    )

@@ -3,8 +3,8 @@
 MNIST digits are white ink on black, cropped to the ink, scaled to fit 20x20 keeping the aspect ratio
 (anti-aliased), then placed in 28x28 so that the centre of mass sits at the centre. A real drawing (dark
 ink on a white canvas, a photo of paper) only looks like MNIST to the model after the same steps, so
-`prepare_image` repeats them. Nothing here knows about HTTP: problems raise `DigitInputError`, which the
-router maps to 422 (or 413 when `too_large`).
+`prepare_image` repeats them. Nothing here knows about HTTP: problems raise `DigitInputError`, which
+`service.errors` maps to 422 (or 413 when `too_large`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from service.digits.exceptions import DigitInputError
+
 SIDE = 28
 FIT = 20  # MNIST scales the digit to fit a 20x20 box ...
 CENTRE = 14.0  # ... and puts its centre of mass here (row/column index; measured on MNIST itself)
@@ -32,16 +34,6 @@ MIN_CONTRAST = 0.08  # darkest-to-lightest spread (of 1.0) below which an image 
 _NOISE_FLOOR = 0.2  # ink weaker than this (after background removal) is paper texture or JPEG noise
 _TARGET_STROKE = 2.0  # MNIST strokes are about 2-3 px wide at 28x28; thinner ones are thickened
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-
-
-class DigitInputError(ValueError):
-    """Input that cannot be classified; `param` names the field, `too_large` asks for a 413."""
-
-    def __init__(self, message: str, *, param: str | None = None, too_large: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.too_large = too_large
 
 
 # --- pixel arrays ------------------------------------------------------------------------

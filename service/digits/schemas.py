@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.digits.jobs import ClassifyJob, DigitInput, check_batch_size
 from service.schemas import RequestModel
 
 # A small "1": a vertical bar in the middle of the 28x28 field, as MNIST would store it.
@@ -71,6 +72,25 @@ class ClassifyDigitRequest(RequestModel):
             found = ", ".join(given) if given else "none"
             raise ValueError(f"give exactly one of pixels, pixels_batch, image, images (got: {found})")
         return self
+
+    def to_job(self, max_batch: int) -> ClassifyJob:
+        """The inputs in order, each named as errors should name it; a batch over `max_batch` is refused."""
+        inputs, batch = self._inputs(max_batch)
+        return ClassifyJob(
+            inputs, batch=batch, value_range=self.value_range, prepare=self.prepare, include_prepared=self.include_prepared
+        )
+
+    def _inputs(self, max_batch: int) -> tuple[list[DigitInput], bool]:
+        if self.pixels is not None:
+            return [DigitInput(self.pixels, "pixels")], False
+        if self.image is not None:
+            return [DigitInput(self.image, "image")], False
+        if self.pixels_batch is not None:
+            check_batch_size("pixels_batch", len(self.pixels_batch), max_batch)
+            return [DigitInput(v, f"pixels_batch[{i}]") for i, v in enumerate(self.pixels_batch)], True
+        assert self.images is not None  # the validator above guarantees exactly one input field
+        check_batch_size("images", len(self.images), max_batch)
+        return [DigitInput(v, f"images[{i}]") for i, v in enumerate(self.images)], True
 
 
 class DigitPrediction(BaseModel):

@@ -282,3 +282,27 @@ async def test_api_key_is_required_when_configured(samples: list[tuple[np.ndarra
         assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
         response = await client.post(URL, json=body, headers={"Authorization": "Bearer s3cret"})
         assert response.status_code == 200 and response.json()["digit"] == 5
+
+
+async def test_decoding_and_classification_run_off_the_event_loop(
+    digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image decoding and the forward pass run in a worker thread, so the loop keeps serving meanwhile."""
+    import threading
+
+    from service.digits import jobs
+
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    real_input_to_array = jobs.input_to_array
+
+    def recording(*args: Any) -> np.ndarray:
+        threads.append(threading.get_ident())
+        return real_input_to_array(*args)
+
+    monkeypatch.setattr(jobs, "input_to_array", recording)
+    image, label = samples[3]
+    response = await digits_client.post(URL, json={"images": [b64(mnist_png(image)), b64(mnist_png(image))]})
+    assert response.status_code == 200, response.text
+    assert [_check_prediction(r) for r in response.json()["results"]] == [label, label]
+    assert len(threads) == 2 and loop_thread not in threads

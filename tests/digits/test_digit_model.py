@@ -14,13 +14,8 @@ import pytest
 from service.app import load_models
 from service.config import Settings
 from service.digits import train as train_module
-from service.digits.model import (
-    DigitClassifier,
-    DigitModelError,
-    load_digit_classifier,
-    metrics_path_for,
-    provision_digit_model,
-)
+from service.digits.model import DigitClassifier, DigitModelError, metrics_path_for
+from service.digits.provision import load_digit_classifier, provision_digit_model
 from service.digits.train import heldout_split
 from service.language.model import ModelLoadError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import httpx
 import numpy as np
@@ -178,3 +179,24 @@ async def test_health_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2/health/ready")).json() == {"ready": True}
     assert (await client.get(f"/v2/models/{MODEL}/ready")).json() == {"name": MODEL, "ready": True}
     assert (await client.get("/v2")).status_code == 200
+
+
+async def test_inference_runs_off_the_event_loop(client: httpx.AsyncClient, digits, expected, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The forward pass runs in a worker thread: the loop keeps serving other requests meanwhile."""
+    from service.digits.model import DigitClassifier
+
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    real_predict_proba = DigitClassifier.predict_proba
+
+    def recording(self: DigitClassifier, images: np.ndarray) -> np.ndarray:
+        threads.append(threading.get_ident())
+        return real_predict_proba(self, images)
+
+    monkeypatch.setattr(DigitClassifier, "predict_proba", recording)
+    x, _ = digits
+    body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": x[0].reshape(-1).tolist()}]}
+    response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert next(o for o in response.json()["outputs"] if o["name"] == "digits")["data"] == [int(expected[0].argmax())]
+    assert len(threads) == 1 and threads[0] != loop_thread
