@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.app_state import AppState, state_of
 from service.config import Settings
 from service.digits.model import DigitModelError
 from service.digits.provision import load_digit_classifier
@@ -66,8 +67,9 @@ def load_models(settings: Settings) -> LoadedModels:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    preloaded: LoadedModels | None = app.state.preloaded_models
+    state = state_of(app)
+    settings = state.settings
+    preloaded = state.preloaded_models
     if preloaded is not None:
         # A copy: apps built from the same preloaded models (tests do this) each run their own engine.
         models = dataclasses.replace(preloaded, engine=None, load_seconds=dict(preloaded.load_seconds))
@@ -76,15 +78,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if models.language is not None:
         models.engine = GenerationEngine(models.language, settings)
         models.engine.start()
-    app.state.models = models
-    app.state.metrics.bind(models)
-    app.state.ready = True
+    state.models = models
+    state.metrics.bind(models)
+    state.ready = True
     log.info("ready")
     try:
         yield
     finally:
-        app.state.ready = False
-        app.state.metrics.unbind()
+        state.ready = False
+        state.metrics.unbind()
         if models.engine is not None:
             # uvicorn has already waited GENAI_SHUTDOWN_GRACE_S for open requests; what is left is cancelled.
             await asyncio.to_thread(models.engine.shutdown)
@@ -93,14 +95,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def begin_draining(app: FastAPI) -> None:
     """First step of a graceful shutdown: readiness turns 503 and no new generation is admitted,
     while requests already admitted run on to the end (or the grace period)."""
-    app.state.ready = False
-    engine = app.state.models.engine
+    state = state_of(app)
+    state.ready = False
+    engine = state.models.engine
     if engine is not None:
         engine.stop_accepting()
         # uvicorn cancels the handlers still running when the grace ends, and a cancelled handler answers
         # 500; a second before that, the engine ends what is left itself, so each gets its own answer
         # (finish_reason `cancelled`, with the text so far).
-        grace = app.state.settings.shutdown_grace_s
+        grace = state.settings.shutdown_grace_s
         timer = threading.Timer(max(0.0, grace - 1.0), engine.cancel_all)
         timer.daemon = True
         timer.start()
@@ -121,12 +124,9 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     # No automatic `/path/` -> `/path` redirects: their Location echoes the request's Host header (an
     # open redirect and a cache-poisoning vector); a wrong path is a plain 404.
     app.router.redirect_slashes = False
-    app.state.settings = settings
-    app.state.preloaded_models = models
-    app.state.models = LoadedModels()
-    app.state.ready = False
-    app.state.started_at = time.time()
-    app.state.metrics = ServiceMetrics()
+    # One typed record instead of Starlette's attribute bag; the lifespan fills in the models and `ready`.
+    state = AppState(settings=settings, metrics=ServiceMetrics(), preloaded_models=models)
+    app.state = state  # type: ignore[assignment]  # FastAPI declares `state: State`; nothing in it reads the bag
 
     install_error_handlers(app)
     # Outermost last: request ids/logs/metrics see everything, CORS answers preflights before the body limit.
@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
             allow_headers=["*"],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, log_prompts=settings.log_prompts)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, log_prompts=settings.log_prompts)
 
     from service.digits.router import router as digits_router
     from service.language.router import router as language_router

@@ -1,7 +1,9 @@
-"""Annotated dependency aliases: how routers reach the settings and the loaded models on `app.state`.
+"""Annotated dependency aliases: how routers reach the app's `AppState` (settings, metrics, loaded models).
 
-They are `async def` on purpose: FastAPI runs a plain `def` dependency in its threadpool, a thread hop
-per dependency per request (about a third of a /tokenize request's time on two cores).
+Routers take these as parameters (`settings: SettingsDep`) and never read `app.state` themselves, so
+every access is typed and a model that is not loaded answers 503 in one place. The dependencies are
+`async def` on purpose: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per
+dependency per request (about a third of a /tokenize request's time on two cores).
 """
 
 from __future__ import annotations
@@ -10,44 +12,63 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.app_state import AppState, state_of
 from service.config import Settings
 from service.digits.model import DigitClassifier
 from service.errors import ModelNotReady
 from service.language.engine import GenerationEngine
 from service.language.model import LanguageModel
+from service.observability.metrics import ServiceMetrics
 from service.state import LoadedModels
 
 
+def app_state(request: Request) -> AppState:
+    """The state of the app serving `request` (plain function: also callable where a parameter cannot be added)."""
+    return state_of(request.app)
+
+
+async def get_app_state(request: Request) -> AppState:
+    return app_state(request)
+
+
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return app_state(request).settings
+
+
+async def get_metrics(request: Request) -> ServiceMetrics:
+    return app_state(request).metrics
 
 
 async def get_models(request: Request) -> LoadedModels:
-    return request.app.state.models
+    return app_state(request).models
 
 
 async def get_language_model(request: Request) -> LanguageModel:
-    model = request.app.state.models.language
+    model = app_state(request).models.language
     if model is None:
-        raise ModelNotReady("the language model is not loaded (still starting, or disabled by GENAI_LOAD_LANGUAGE_MODEL)")
+        raise ModelNotReady(
+            "the language model is not loaded (still starting, or disabled by GENAI_LOAD_LANGUAGE_MODEL)"
+        )
     return model
 
 
 async def get_engine(request: Request) -> GenerationEngine:
-    engine = request.app.state.models.engine
+    engine = app_state(request).models.engine
     if engine is None or not engine.is_running:
         raise ModelNotReady("the generation engine is not running (still starting, or shutting down)")
     return engine
 
 
 async def get_digit_classifier(request: Request) -> DigitClassifier:
-    classifier = request.app.state.models.digits
+    classifier = app_state(request).models.digits
     if classifier is None:
         raise ModelNotReady("the digit classifier is not loaded yet")
     return classifier
 
 
+AppStateDep = Annotated[AppState, Depends(get_app_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ModelsDep = Annotated[LoadedModels, Depends(get_models)]
 LanguageModelDep = Annotated[LanguageModel, Depends(get_language_model)]
 EngineDep = Annotated[GenerationEngine, Depends(get_engine)]

@@ -12,9 +12,10 @@ import hashlib
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.deps import SettingsDep
 from service.errors import ServiceError
 
 _bearer = HTTPBearer(auto_error=False, description="One of GENAI_API_KEYS (only when keys are configured).")
@@ -42,9 +43,9 @@ def key_matches(given: str, keys: list[str]) -> bool:
 
 
 async def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    keys: list[str] = request.app.state.settings.api_keys
+    keys = settings.api_keys
     if not keys:
         return
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:

@@ -1,11 +1,12 @@
-"""What the lifespan loads and the routers use: one typed container on `app.state.models`."""
+"""What the lifespan loads and the routers use: one typed container, `AppState.models` (see `service.app_state`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from service.digits.model import DigitClassifier
     from service.language.engine import GenerationEngine
     from service.language.model import LanguageModel
 
@@ -16,5 +17,5 @@ class LoadedModels:
 
     language: LanguageModel | None = None
     engine: GenerationEngine | None = None
-    digits: Any | None = None  # service.digits.model.DigitClassifier
+    digits: DigitClassifier | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)

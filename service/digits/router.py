@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings
-from service.deps import DigitClassifierDep, SettingsDep
+from service.deps import DigitClassifierDep, MetricsDep, SettingsDep
 from service.digits import jobs
 from service.digits.decoding import MULTIPART_FIELDS, FormField, job_from_form, job_from_json
 from service.digits.schemas import ClassifyDigitRequest, DigitBatchResponse, DigitPrediction
@@ -82,7 +82,7 @@ def _openapi_body() -> dict[str, Any]:
     },
 )
 async def classify_digit(
-    request: Request, classifier: DigitClassifierDep, settings: SettingsDep
+    request: Request, classifier: DigitClassifierDep, settings: SettingsDep, metrics: MetricsDep
 ) -> DigitPrediction | DigitBatchResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
@@ -100,9 +100,7 @@ async def classify_digit(
 
     result = await asyncio.to_thread(jobs.run, classifier, job, jobs.ImageLimits.from_settings(settings))
 
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.record_digits([p.digit for p in result.predictions], endpoint="/classify-digit")
+    metrics.record_digits([p.digit for p in result.predictions], endpoint="/classify-digit")
     results = [
         DigitPrediction(
             digit=p.digit,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from service.observability.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from service.deps import AppStateDep
+from service.observability.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["system"])
 
@@ -15,7 +16,7 @@ router = APIRouter(tags=["system"])
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
 )
-async def metrics(request: Request) -> Response:
-    service_metrics: ServiceMetrics = request.app.state.metrics
-    service_metrics.ready.set(1 if request.app.state.ready else 0)
+async def metrics(state: AppStateDep) -> Response:
+    service_metrics = state.metrics
+    service_metrics.ready.set(1 if state.ready else 0)
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.deps import DigitClassifierDep, ModelsDep
+from service.app_state import AppState
+from service.deps import AppStateDep, DigitClassifierDep, ModelsDep
 from service.digits.model import DigitClassifier
 from service.errors import ModelNotFound
 from service.observability.context import annotate
@@ -73,14 +74,14 @@ async def live() -> LiveResponse:
 
 
 @router.get("/health/ready", response_model=ReadyResponse, responses={503: {"description": "Not ready"}}, summary="Readiness (open)")
-async def ready(request: Request, models: ModelsDep) -> ReadyResponse | JSONResponse:
-    if not request.app.state.ready or models.digits is None:
+async def ready(state: AppStateDep, models: ModelsDep) -> ReadyResponse | JSONResponse:
+    if not state.ready or models.digits is None:
         return _not_ready({"ready": False})
     return ReadyResponse(ready=True)
 
 
-def _metadata(classifier: Any) -> ModelMetadata:
-    describe = classifier.describe() if hasattr(classifier, "describe") else {}
+def _metadata(classifier: DigitClassifier) -> ModelMetadata:
+    describe = classifier.describe()
     return ModelMetadata(
         name=MODEL_NAME,
         versions=[MODEL_VERSION],
@@ -124,17 +125,17 @@ async def model_version_metadata(model_name: str, model_version: str, classifier
 
 
 @router.get("/models/{model_name}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model readiness (open)")
-async def model_ready(model_name: str, request: Request, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
+async def model_ready(model_name: str, state: AppStateDep, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
     _check_model(model_name)
-    if not request.app.state.ready or models.digits is None:
+    if not state.ready or models.digits is None:
         return _not_ready({"name": model_name, "ready": False})
     return ModelReadyResponse(name=model_name, ready=True)
 
 
 @router.get("/models/{model_name}/versions/{model_version}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model version readiness (open)")
-async def model_version_ready(model_name: str, model_version: str, request: Request, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
+async def model_version_ready(model_name: str, model_version: str, state: AppStateDep, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
     _check_model(model_name, model_version)
-    return await model_ready(model_name, request, models)
+    return await model_ready(model_name, state, models)
 
 
 # The body is read raw (the binary tensor extension is not JSON), so its schema is declared here. Binary
@@ -157,14 +158,14 @@ def _classify(classifier: DigitClassifier, infer_request: InferenceRequest, bina
     return np.asarray(classifier.predict_proba(decoded.images), dtype=np.float64)
 
 
-async def _infer(model_name: str, model_version: str | None, request: Request, classifier: DigitClassifier) -> Response:
+async def _infer(model_name: str, model_version: str | None, request: Request, classifier: DigitClassifier, state: AppState) -> Response:
     _check_model(model_name, model_version)
     raw = await request.body()
     infer_request, binary = parse_request(raw, request.headers.get("inference-header-content-length"))
     # Off the event loop, as /classify-digit: decoding a large JSON tensor and the forward pass are CPU work.
-    probabilities = await asyncio.to_thread(_classify, classifier, infer_request, binary, request.app.state.settings.digits_max_batch)
+    probabilities = await asyncio.to_thread(_classify, classifier, infer_request, binary, state.settings.digits_max_batch)
     digits = probabilities.argmax(axis=1)
-    request.app.state.metrics.record_digits(digits.tolist(), endpoint="/v2/models/mnist/infer")
+    state.metrics.record_digits(digits.tolist(), endpoint="/v2/models/mnist/infer")
     annotate(model=MODEL_NAME, images=int(digits.shape[0]))
     encoded = encode_outputs(infer_request, probabilities, digits)
     response = InferenceResponse(
@@ -184,13 +185,15 @@ async def _infer(model_name: str, model_version: str | None, request: Request, c
     "/models/{model_name}/infer", response_model=InferenceResponse, responses=_ERRORS, dependencies=[ApiKey],
     openapi_extra=_INFER_DOC, summary="Classify digits: [N,784] or [N,28,28] pixels in, probabilities [N,10] and digits [N] out",
 )
-async def infer(model_name: str, request: Request, classifier: DigitClassifierDep) -> Response:
-    return await _infer(model_name, None, request, classifier)
+async def infer(model_name: str, request: Request, classifier: DigitClassifierDep, state: AppStateDep) -> Response:
+    return await _infer(model_name, None, request, classifier, state)
 
 
 @router.post(
     "/models/{model_name}/versions/{model_version}/infer", response_model=InferenceResponse, responses=_ERRORS,
     dependencies=[ApiKey], openapi_extra=_INFER_DOC, summary="Classify digits with one model version",
 )
-async def infer_version(model_name: str, model_version: str, request: Request, classifier: DigitClassifierDep) -> Response:
-    return await _infer(model_name, model_version, request, classifier)
+async def infer_version(
+    model_name: str, model_version: str, request: Request, classifier: DigitClassifierDep, state: AppStateDep
+) -> Response:
+    return await _infer(model_name, model_version, request, classifier, state)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.deps import EngineDep, LanguageModelDep, SettingsDep
+from service.deps import EngineDep, LanguageModelDep, SettingsDep, app_state
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.language.model import LanguageModel
 from service.observability.context import add_usage, annotate, note_prompt
@@ -67,7 +67,7 @@ def _stream_doc(chunk_object: str) -> dict[str, Any]:
 
 
 def _card(lm: LanguageModel, request: Request) -> ModelCard:
-    return ModelCard(id=lm.model_id, created=int(request.app.state.started_at), max_model_len=lm.context_length)
+    return ModelCard(id=lm.model_id, created=int(app_state(request).started_at), max_model_len=lm.context_length)
 
 
 @router.get("/models", response_model=ModelList, responses=_ERRORS, summary="The served language model, OpenAI-style")

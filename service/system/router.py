@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import platform
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.deps import ModelsDep, SettingsDep
+from service.deps import AppStateDep, ModelsDep, SettingsDep
 from service.errors import error_body
 from service.system.schemas import HealthResponse, InfoResponse, ReadyResponse
 
@@ -30,10 +30,10 @@ async def health() -> HealthResponse:
     description="`HEAD /ready` answers the same status and headers without a body.",
     responses={503: {"description": "Still loading, or shutting down"}},
 )
-async def ready(request: Request, models: ModelsDep, settings: SettingsDep) -> ReadyResponse | JSONResponse:
+async def ready(state: AppStateDep, models: ModelsDep) -> ReadyResponse | JSONResponse:
     loaded = {"language": models.language is not None, "digits": models.digits is not None}
     engine_ok = models.engine is None or models.engine.is_running
-    if not request.app.state.ready or not engine_ok:
+    if not state.ready or not engine_ok:
         return JSONResponse(error_body("not ready: loading models or shutting down", error_type="not_ready", code=503), status_code=503)
     return ReadyResponse(status="ready", models=loaded)
 
