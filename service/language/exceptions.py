@@ -30,3 +30,12 @@ class InvalidRequest(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class TokenizerNotExplainable(InvalidRequest):
+    """`explain` asked of a tokenizer the BPE replay cannot reproduce (WordLevel, Unigram, BPE with dropout,
+    or a feature the replay does not model, found when its ids differ from the tokenizer's). A refusal of
+    the request's `explain` field, so the HTTP layer answers it as it answers `InvalidRequest`: 422 naming it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("explain", message)
