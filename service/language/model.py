@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from service.language.bpe_explain import BpeExplainer
+from service.language.exceptions import TokenizerNotExplainable
 
 log = logging.getLogger("service.language")
 
@@ -54,6 +58,9 @@ class LanguageModel:
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     special_token_ids: frozenset[int] = field(default_factory=frozenset)
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
+    _explainer: BpeExplainer | None = field(default=None, repr=False)
+    _explainer_refusal: str | None = field(default=None, repr=False)
+    _explainer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -76,6 +83,22 @@ class LanguageModel:
         copy = tokenizers.Tokenizer.from_str(self._rust_tokenizer.to_str())
         copy.encode_special_tokens = True
         return copy
+
+    def bpe_explainer(self) -> BpeExplainer:
+        """The step-by-step BPE replay behind `/tokenize`'s `explain`: built on first use (it reads the whole
+        merge table, ~0.1 s) and kept, as is a refusal (raised again each time, without rebuilding).
+        Locked, since concurrent first requests would each build one."""
+        with self._explainer_lock:
+            if self._explainer is None and self._explainer_refusal is None:
+                try:
+                    if self._rust_tokenizer is None:
+                        raise TokenizerNotExplainable("explain needs a fast tokenizer (a tokenizer.json); this model's is a Python one")
+                    self._explainer = BpeExplainer(self._rust_text_tokenizer)
+                except TokenizerNotExplainable as exc:
+                    self._explainer_refusal = exc.message
+            if self._explainer is None:
+                raise TokenizerNotExplainable(self._explainer_refusal or "explain is not available for this tokenizer")
+            return self._explainer
 
     def _rust_for(self, parse_special: bool) -> Any:
         return self._rust_tokenizer if parse_special else self._rust_text_tokenizer
