@@ -16,14 +16,8 @@ from service.deps import EngineDep, LanguageModelDep, SettingsDep, app_state
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.language.model import LanguageModel
 from service.observability.context import add_usage, annotate, note_prompt
-from service.openai.schemas import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    ModelCard,
-    ModelList,
-)
+from service.openai.responses import ChatCompletionResponse, CompletionResponse, ModelCard, ModelList
+from service.openai.schemas import ChatCompletionRequest, CompletionRequest
 from service.openai.serving import (
     LegacyLogprobs,
     chat_prompt,

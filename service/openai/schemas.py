@@ -1,4 +1,5 @@
-"""Request and response bodies of the OpenAI-compatible API (`/v1/completions`, `/v1/chat/completions`, `/v1/models`).
+"""Request bodies of the OpenAI-compatible API (`/v1/completions`, `/v1/chat/completions`); the responses
+and stream chunks are in responses.py.
 
 Fields follow OpenAI's API reference. Each request turns itself into engine parameters
 (`to_sampling_params`), with OpenAI's defaults, checked by the native limits under OpenAI's field names. Fields this service cannot honour are refused with a 400 that
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.language.sampling import SamplingParams
 from service.language.validation import FieldNames, SamplingLimits
@@ -25,7 +26,6 @@ from service.schemas import (
     TimeoutSeconds,
     TopK,
     TopP,
-    Usage,
 )
 
 MAX_LOGPROBS = 20
@@ -282,144 +282,3 @@ class ChatCompletionRequest(_SamplingFields):
             top_alternatives=(self.top_logprobs or 0) if self.logprobs else 0,
             names={"max_new_tokens": "max_completion_tokens" if only_new_name else "max_tokens", "top_alternatives": "top_logprobs"},
         )
-
-
-# ---- responses ------------------------------------------------------------------------------
-# What `/v1` answers, whole (`response_model`) or as stream chunks (`data:` lines, see serving.py).
-# A chunk's `usage` is left out unless the request asked for `stream_options.include_usage`.
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float] | None]
-    text_offset: list[int]
-
-
-FinishReason = Literal["stop", "length"]
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class CompletionChunk(BaseModel):
-    """One `data:` line of a `/v1/completions` stream (a choice's new text, or its `finish_reason`)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class TokenLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-    top_logprobs: list[TopLogprob]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprob] | None = None
-    refusal: list[TokenLogprob] | None = None
-
-
-class ChatMessageOut(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    refusal: str | None = None
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatMessageOut
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-def _unset(value: Any) -> bool:
-    return value is None
-
-
-class ChatDelta(BaseModel):
-    """What a chat chunk adds to its choice's message; fields it does not add are left out, not `null`."""
-
-    role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
-    content: str | None = Field(default=None, exclude_if=_unset)
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    """One `data:` line of a `/v1/chat/completions` stream."""
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
-class StreamErrorDetail(BaseModel):
-    message: str
-    type: str = "server_error"
-    param: str | None = None
-    code: int = 500
-
-
-class StreamError(BaseModel):
-    """The `data:` line of a stream whose generation failed after it began (then `[DONE]`), as vLLM sends it."""
-
-    error: StreamErrorDetail
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "genai-service"
-    max_model_len: int | None = Field(default=None, description="Extension (as vLLM): the model's context length.")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

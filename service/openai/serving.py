@@ -30,21 +30,19 @@ from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.language.validation import SamplingLimits, check_prompt_ids, check_token_ids, encode_messages, encode_prompt
 from service.observability.context import add_usage
-from service.openai.schemas import (
-    MAX_CHOICES,
+from service.openai.responses import (
     ChatChoice,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessageOut,
     ChoiceLogprobs,
     CompletionChoice,
     CompletionLogprobs,
-    CompletionRequest,
     CompletionResponse,
     FinishReason,
     TokenLogprob,
     TopLogprob,
 )
+from service.openai.schemas import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
 from service.schemas import Usage
 from service.streaming import raise_if_failed_before_first_token
 

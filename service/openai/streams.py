@@ -13,21 +13,19 @@ from fastapi import Request
 from service.language.events import EngineEvent, ErrorEvent, FinishEvent, GenerationHandle, TokenEvent
 from service.language.model import LanguageModel
 from service.observability.context import add_usage
-from service.openai.schemas import (
+from service.openai.responses import (
     ChatChunkChoice,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatDelta,
     ChoiceLogprobs,
     CompletionChoice,
     CompletionChunk,
     CompletionLogprobs,
-    CompletionRequest,
     FinishReason,
     StreamError,
     StreamErrorDetail,
-    StreamOptions,
 )
+from service.openai.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
 from service.openai.serving import ChoiceSpec, LegacyLogprobs, Prompt, event_logprob, finish_reason, is_end_token, merged_events, new_id, now
 from service.schemas import Usage
 from service.streaming import first_event_checked
