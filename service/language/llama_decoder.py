@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -207,6 +209,58 @@ class LlamaDecoder:
         if last is not None:
             x = x[torch.arange(n, device=ids.device), last]  # [n, hidden]: only the positions whose logits are wanted
         return self.lm_head(self._rms(x, self.norm_final)).float()
+
+    # ---- inspection: not on the serving path -----------------------------------------------
+
+    def trace(self, ids: torch.Tensor, attention_layers: Collection[int] = ()) -> DecoderTrace:
+        """One sequence `ids` [S] from position 0, without a cache, keeping what `forward` lets go: every
+        layer's output and, for `attention_layers`, each head's attention weights, by an explicit
+        softmax(QKᵀ/√d + causal mask) (the flash kernel returns none). Same products, RoPE, norms and
+        softmax precision as `forward`, so its last layer gives `forward`'s logits (the inspection tests)."""
+        s = ids.shape[0]
+        heads, kv_heads, dim, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
+        x = F.embedding(ids[None], self.embed)  # [1, S, hidden]
+        freqs = torch.arange(s, device=ids.device).float()[:, None] * self.inv_freq  # [S, dim/2]
+        angles = torch.cat([freqs, freqs], dim=-1)
+        cos = (angles.cos() * self.rope_scaling).to(self.dtype)[None, :, None, :]  # [1, S, 1, dim]
+        sin = (angles.sin() * self.rope_scaling).to(self.dtype)[None, :, None, :]
+        future = torch.ones(s, s, dtype=torch.bool, device=ids.device).triu(1)  # [S query, S key]: key after query
+        mask = torch.zeros((s, s), dtype=self.cache_dtype, device=ids.device).masked_fill_(future, float("-inf"))
+        hidden = [x[0]]
+        attentions: dict[int, torch.Tensor] = {}
+        for i in range(self.layers):
+            h = self._rms(x, self.norm_attn[i])
+            qkv = self.qkv[i](h).view(1, s, heads + 2 * kv_heads, dim)
+            qk = qkv[:, :, : heads + kv_heads]
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+            q = qk[0, :, :heads].to(self.cache_dtype).transpose(0, 1)  # [heads, S, dim]
+            # Query head j reads key/value head j // group (transformers' repeat_kv): [heads, S, dim] each.
+            keys = qk[0, :, heads:].to(self.cache_dtype).transpose(0, 1).repeat_interleave(heads // kv_heads, dim=0)
+            values = qkv[0, :, heads + kv_heads :].to(self.cache_dtype).transpose(0, 1).repeat_interleave(heads // kv_heads, dim=0)
+            scores = torch.baddbmm(mask.expand(heads, s, s), q, keys.transpose(1, 2), alpha=self.scale)  # [heads, S, S]
+            probs = torch.softmax(scores.float(), dim=-1)  # [heads, S query, S key]: rows sum to 1, zero above the diagonal
+            if i in attention_layers:
+                attentions[i] = probs
+            attended = torch.bmm(probs.to(self.cache_dtype), values)  # [heads, S, dim]
+            x = x + self.o[i](attended.transpose(0, 1).reshape(1, s, heads * dim).to(self.dtype))
+            h = self._rms(x, self.norm_mlp[i])
+            gate_up = self.gate_up[i](h)
+            x = x + self.down[i](F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :])
+            hidden.append(x[0])
+        return DecoderTrace(hidden=hidden, attentions=attentions)
+
+    def lens_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The final norm and the output layer applied to any layer's states [..., hidden]: float32 [..., vocab]
+        (the logit lens; of the last layer's output, what `forward` returns)."""
+        return self.lm_head(self._rms(states, self.norm_final)).float()
+
+
+@dataclass
+class DecoderTrace:
+    """What `LlamaDecoder.trace` keeps of one pass over S tokens."""
+
+    hidden: list[torch.Tensor]  # layers + 1 of [S, hidden]: the embeddings, then each layer's output (before the final norm)
+    attentions: dict[int, torch.Tensor]  # layer -> [heads, S query, S key], float32, for the layers asked
 
 
 class SlotBatch:
