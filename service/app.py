@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, log_prompts=settings.log_prompts)
 
     from service.digits.router import router as digits_router
+    from service.inspect.router import router as inspect_router
     from service.language.router import router as language_router
     from service.system.router import router as system_router
     from service.web.docs import router as docs_router
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     # Model routes need an API key when GENAI_API_KEYS is set (`/v1` and `/v2` routers carry their own).
     app.include_router(language_router, dependencies=[ApiKey])
     app.include_router(digits_router, dependencies=[ApiKey])
+    app.include_router(inspect_router, dependencies=[ApiKey])
     app.include_router(openai_router)
     app.include_router(oip_router)
     app.include_router(web_router)

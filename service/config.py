@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     )
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
 
+    # --- inspection (/inspect/*: each request is one call on the engine thread, which waits for it) ---
+    inspect_max_prompt_tokens: int = Field(
+        default=256, ge=1, description="Longest prompt /inspect/* accepts, in tokens (a pass keeps every layer's states; also capped by GENAI_MAX_PROMPT_TOKENS)."
+    )
+    inspect_max_lens_entries: int = Field(
+        default=20_000, ge=1, description="Most tokens one /inspect/logit-lens answer lists: positions × layers × top_k."
+    )
+
     # --- digit classifier -------------------------------------------------------------
     digits_model_path: Path | None = Field(
         default=None, description="Digit model file (.npz arrays, see `make train-digits`). Empty = the packaged default; trained at start-up if missing."

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.digits.exceptions import DigitInputError, DigitRequestInvalid
+from service.inspect.exceptions import InspectionUnsupported
 from service.language.exceptions import EngineNotReady, EngineOverloaded, InvalidRequest
 
 log = logging.getLogger("service.errors")
@@ -169,6 +170,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _overloaded(request: Request, exc: EngineOverloaded) -> JSONResponse:
         body = error_body(str(exc), error_type="overloaded", code=429)
         return _error_response(request, body, 429, {"Retry-After": str(exc.retry_after_seconds)})
+
+    @app.exception_handler(InspectionUnsupported)
+    async def _inspection_unsupported(request: Request, exc: InspectionUnsupported) -> JSONResponse:
+        """The request is fine, but the loaded model lacks what the inspection needs."""
+        return _error_response(request, error_body(str(exc), error_type="not_implemented", code=501), 501)
 
     @app.exception_handler(EngineNotReady)
     async def _not_ready(request: Request, exc: EngineNotReady) -> JSONResponse:

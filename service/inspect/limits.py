@@ -1,0 +1,103 @@
+"""The checks of an inspection request against the loaded model's shape and the configured limits
+(`GENAI_INSPECT_*`), before anything is queued: every failure names the request's field and the limit.
+
+Indexes may count from the end (-1 is the last), as in Python; the parameters hold them counted from
+the start. Lens layers run 0..L (0 = the embeddings, l = the output of the l-th decoder layer, as
+transformers' `hidden_states`); attention layers 0..L-1 (as its `attentions`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.config import Settings
+from service.inspect.exceptions import InspectionRefused
+from service.language.model import LanguageModel
+from service.language.validation import prompt_token_limit
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int  # decoder layers
+    heads: int  # attention (query) heads in each
+    vocab: int
+
+    @classmethod
+    def of(cls, lm: LanguageModel) -> ModelShape:
+        config = lm.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return cls(layers=int(text.num_hidden_layers), heads=int(text.num_attention_heads), vocab=lm.vocab_size)
+
+
+@dataclass(frozen=True)
+class LensParams:
+    positions: tuple[int, ...]
+    layers: tuple[int, ...]  # 0..L
+    top_k: int
+
+
+def indexes(values: Sequence[int] | None, count: int, field: str, what: str) -> tuple[int, ...]:
+    """`values` counted from the start (all of 0..count-1 when None); out of range: refused, naming `field`."""
+    if values is None:
+        return tuple(range(count))
+    if not values:
+        raise InspectionRefused(field, f"{field} is empty: give at least one {what}, or leave it out for all")
+    for place, value in enumerate(values):
+        if not -count <= value < count:
+            raise InspectionRefused(
+                field, f"{field}[{place}] = {value} is out of range: {what}s run 0..{count - 1} (or -{count}..-1 from the end)"
+            )
+    return tuple(value % count for value in values)
+
+
+@dataclass(frozen=True)
+class InspectionLimits:
+    """The bounds one prompt's inspection must keep: the model's shape, the prompt's length, the settings."""
+
+    shape: ModelShape
+    prompt_tokens: int
+    context_length: int
+    max_prompt_tokens: int
+    max_top_k: int
+    max_lens_entries: int
+
+    @classmethod
+    def of(cls, lm: LanguageModel, settings: Settings, prompt_tokens: int) -> InspectionLimits:
+        return cls(
+            shape=ModelShape.of(lm),
+            prompt_tokens=prompt_tokens,
+            context_length=lm.context_length,
+            max_prompt_tokens=min(settings.inspect_max_prompt_tokens, prompt_token_limit(lm, settings)),
+            max_top_k=min(settings.max_top_k, lm.vocab_size),
+            max_lens_entries=settings.inspect_max_lens_entries,
+        )
+
+    def check_prompt(self, field: str = "prompt") -> None:
+        if self.prompt_tokens > self.max_prompt_tokens:
+            raise InspectionRefused(
+                field,
+                f"{field} has {self.prompt_tokens} tokens; inspection takes at most {self.max_prompt_tokens} "
+                "(GENAI_INSPECT_MAX_PROMPT_TOKENS, within GENAI_MAX_PROMPT_TOKENS and the model's context)",
+            )
+
+    def lens(
+        self, *, top_k: int, positions: Sequence[int], layers: Sequence[int] | None, include_embeddings: bool
+    ) -> LensParams:
+        self.check_prompt()
+        if top_k > self.max_top_k:
+            raise InspectionRefused("top_k", f"top_k = {top_k} exceeds the limit of {self.max_top_k} (GENAI_MAX_TOP_K)")
+        at = indexes(positions, self.prompt_tokens, "positions", "position")
+        if layers is None:
+            chosen = tuple(range(0 if include_embeddings else 1, self.shape.layers + 1))
+        else:
+            chosen = indexes(layers, self.shape.layers + 1, "layers", "lens layer")
+            if not include_embeddings and 0 in chosen:
+                raise InspectionRefused("layers", "layers includes 0 (the embeddings) but include_embeddings is false")
+        entries = len(at) * len(chosen) * top_k
+        if entries > self.max_lens_entries:
+            raise InspectionRefused(
+                "positions",
+                f"positions × layers × top_k = {len(at)} × {len(chosen)} × {top_k} = {entries} exceeds the limit of "
+                f"{self.max_lens_entries} (GENAI_INSPECT_MAX_LENS_ENTRIES): ask for fewer positions or layers, or a smaller top_k",
+            )
+        return LensParams(positions=at, layers=chosen, top_k=top_k)

@@ -1,0 +1,48 @@
+"""Inspection endpoints: HTTP in, one call on the engine thread, HTTP out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.config import Settings
+from service.deps import EngineDep, LanguageModelDep, SettingsDep
+from service.inspect.limits import InspectionLimits
+from service.inspect.logit_lens import inspect_logit_lens
+from service.inspect.schemas import (
+    LogitLensRequest,
+    LogitLensResponse,
+)
+from service.language.model import LanguageModel
+from service.language.validation import encode_prompt
+from service.observability.context import add_usage, note_prompt
+
+router = APIRouter(prefix="/inspect", tags=["inspection"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Request body too large"},
+    422: {"description": "Invalid field or over a limit: the body names the field and the limit"},
+    429: {"description": "Queue full: retry after `Retry-After` seconds"},
+    501: {"description": "The loaded model lacks what this inspection needs"},
+    503: {"description": "Model still loading, or shutting down"},
+}
+
+
+def _prompt_ids(lm: LanguageModel, settings: Settings, prompt: str, add_special_tokens: bool, parse_special: bool) -> list[int]:
+    ids = encode_prompt(lm, settings, prompt=prompt, add_special_tokens=add_special_tokens, parse_special=parse_special)
+    note_prompt(prompt)
+    add_usage(prompt_tokens=len(ids))
+    return ids
+
+
+@router.post(
+    "/logit-lens", response_model=LogitLensResponse, responses=_ERRORS,
+    summary="The logit lens: each layer's next-token distribution, through the final norm and output layer",
+)
+async def logit_lens(body: LogitLensRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> LogitLensResponse:
+    ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
+    limits = InspectionLimits.of(lm, settings, len(ids))
+    params = body.to_lens_params(limits)
+    lens = await engine.run_on_engine_thread(inspect_logit_lens, lm, settings.lean_decoder, ids, params, limits.shape.layers)
+    return LogitLensResponse.of(lens, lm.model_id)

@@ -1,0 +1,108 @@
+"""Request and response bodies of /inspect/logit-lens.
+
+Static bounds here; each request turns itself into inspection parameters checked against the loaded
+model's shape and the limits (`GENAI_INSPECT_*`) by `limits.InspectionLimits`, and each response is
+built from the model side's result (`of`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.inspect.limits import InspectionLimits, LensParams
+from service.inspect.logit_lens import LogitLens
+from service.language.events import Candidate
+from service.language.schemas import TokenCandidate
+from service.schemas import ParseSpecial, RequestModel
+
+_PROMPT = "The text to inspect (at most GENAI_INSPECT_MAX_PROMPT_TOKENS tokens)."
+_ADD_SPECIAL = "Tokenize the prompt with the tokenizer's special tokens."
+_FORWARD = "The forward pass used: `lean-llama` (the built-in decoder) or `transformers`, as /info's engine `forward`."
+
+
+def _candidate(c: Candidate) -> TokenCandidate:
+    return TokenCandidate(id=c.id, token=c.token, probability=c.probability, logprob=c.logprob)
+
+
+class PromptToken(BaseModel):
+    position: int
+    id: int
+    token: str
+
+    @classmethod
+    def all(cls, ids: list[int], tokens: list[str]) -> list[PromptToken]:
+        return [cls(position=p, id=i, token=t) for p, (i, t) in enumerate(zip(ids, tokens, strict=True))]
+
+
+# ---- /inspect/logit-lens -------------------------------------------------------------------------
+
+
+class LogitLensRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"prompt": "The capital of France is", "top_k": 3},
+                {"prompt": "The capital of France is", "top_k": 3, "positions": [-2, -1], "layers": [0, 10, 20, -1]},
+            ]
+        }
+    )
+
+    prompt: str = Field(min_length=1, description=_PROMPT)
+    top_k: int = Field(default=5, ge=1, description="Tokens listed per cell (at most GENAI_MAX_TOP_K).")
+    positions: list[int] = Field(
+        default_factory=lambda: [-1], min_length=1,
+        description="Prompt positions whose next-token distribution to read (negative: from the end; default the last).",
+    )
+    layers: list[int] | None = Field(
+        default=None,
+        description="Lens layers, 0..L: 0 = the embeddings, l = after the l-th decoder layer, L = the model's output "
+        "(negative: from the end). Default: all.",
+    )
+    include_embeddings: bool = Field(default=True, description="With `layers` left out: include layer 0, the embeddings.")
+    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
+    parse_special: ParseSpecial = True
+
+    def to_lens_params(self, limits: InspectionLimits) -> LensParams:
+        return limits.lens(top_k=self.top_k, positions=self.positions, layers=self.layers, include_embeddings=self.include_embeddings)
+
+
+class LensLayerCell(BaseModel):
+    layer: int = Field(description="0 = the embeddings, l = after the l-th decoder layer.")
+    top: list[TokenCandidate] = Field(description="The likeliest next tokens read at this layer, likeliest first.")
+    entropy: float = Field(ge=0, description="Of this layer's whole distribution, in nats.")
+    final_token_rank: int = Field(ge=1, description="Rank here of the model's own top token (`final_token`); 1 = first.")
+
+
+class LensPositionRow(BaseModel):
+    position: int
+    token: str = Field(description="The prompt token at this position; the distributions are over the token after it.")
+    final_token: TokenCandidate = Field(description="The model's own likeliest next token here (its last layer's top).")
+    layers: list[LensLayerCell]
+
+
+class LogitLensResponse(BaseModel):
+    prompt_tokens: list[PromptToken]
+    layers: int = Field(description="The model's decoder layers, L: lens layers run 0..L.")
+    positions: list[LensPositionRow]
+    forward: str = Field(description=_FORWARD)
+    model: str
+
+    @classmethod
+    def of(cls, lens: LogitLens, model: str) -> LogitLensResponse:
+        return cls(
+            prompt_tokens=PromptToken.all(lens.ids, lens.tokens),
+            layers=lens.layers,
+            positions=[
+                LensPositionRow(
+                    position=p.position,
+                    token=p.token,
+                    final_token=_candidate(p.final_token),
+                    layers=[
+                        LensLayerCell(layer=c.layer, top=[_candidate(t) for t in c.top], entropy=c.entropy, final_token_rank=c.final_token_rank)
+                        for c in p.layers
+                    ],
+                )
+                for p in lens.positions
+            ],
+            forward=lens.forward,
+            model=model,
+        )
