@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     inspect_max_lens_entries: int = Field(
         default=20_000, ge=1, description="Most tokens one /inspect/logit-lens answer lists: positions × layers × top_k."
     )
+    inspect_max_attention_weights: int = Field(
+        default=250_000, ge=1,
+        description="Most weights one /inspect/attention answer holds: layers × heads (1 when averaged) × the keys each query position sees.",
+    )
 
     # --- digit classifier -------------------------------------------------------------
     digits_model_path: Path | None = Field(

@@ -9,7 +9,7 @@ the tokenizer's vocabulary. The tree's passes, over the prompt's cache, are in c
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -32,6 +32,9 @@ class ModelInspector(Protocol):
         stream after each lens layer (0 = the embeddings); the last layer's row is the model's own logits."""
         ...
 
+    def attention(self, ids: list[int], layers: Collection[int]) -> dict[int, torch.Tensor]:
+        """Layer -> its attention weights [heads, S query, S key] over the prompt (causal: zero above the diagonal)."""
+        ...
 
 
 def inspector_for(lm: LanguageModel, lean: bool) -> ModelInspector:
@@ -62,6 +65,9 @@ class LeanInspector:
             states = torch.stack([trace.hidden[layer][position] for layer in layers])  # [len(layers), hidden]
             yield self.decoder.lens_logits(states)[:, : self.vocab]
 
+    def attention(self, ids: list[int], layers: Collection[int]) -> dict[int, torch.Tensor]:
+        return dict(self.decoder.trace(self.ids_tensor(ids), set(layers)).attentions)
+
 
 # ---- transformers' forward -----------------------------------------------------------------------
 
@@ -79,7 +85,8 @@ def final_norm(model: Any) -> torch.nn.Module | None:
 
 
 class TransformersInspector:
-    """Any causal LM through its own forward, with `output_hidden_states`."""
+    """Any causal LM through its own forward: `output_hidden_states`, and `output_attentions` with eager
+    attention switched on for that one call (the SDPA and flash kernels return no weights)."""
 
     kind = "transformers"
 
@@ -116,3 +123,20 @@ class TransformersInspector:
                 for layer in layers
             ]
             yield torch.stack(rows)[:, : self.vocab]
+
+    def attention(self, ids: list[int], layers: Collection[int]) -> dict[int, torch.Tensor]:
+        config = self.model.config
+        previous = config._attn_implementation
+        if previous != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            if config._attn_implementation != "eager":
+                raise InspectionUnsupported(f"{type(self.model).__name__} cannot switch to eager attention, which attention weights need")
+            out = self.model(input_ids=self.ids_tensor(ids), output_attentions=True, use_cache=False)
+        finally:
+            if previous != "eager":
+                self.model.set_attn_implementation(previous)
+        attentions = out.attentions  # layers of [1, heads, S, S]
+        if not attentions or any(weights is None for weights in attentions):
+            raise InspectionUnsupported(f"{type(self.model).__name__} returned no attention weights")
+        return {layer: attentions[layer][0].float() for layer in layers}

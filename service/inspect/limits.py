@@ -36,6 +36,14 @@ class LensParams:
     top_k: int
 
 
+@dataclass(frozen=True)
+class AttentionParams:
+    layers: tuple[int, ...]  # 0..L-1
+    heads: tuple[int, ...]
+    query_positions: tuple[int, ...]
+    mean_over_heads: bool
+
+
 def indexes(values: Sequence[int] | None, count: int, field: str, what: str) -> tuple[int, ...]:
     """`values` counted from the start (all of 0..count-1 when None); out of range: refused, naming `field`."""
     if values is None:
@@ -60,6 +68,7 @@ class InspectionLimits:
     max_prompt_tokens: int
     max_top_k: int
     max_lens_entries: int
+    max_attention_weights: int
 
     @classmethod
     def of(cls, lm: LanguageModel, settings: Settings, prompt_tokens: int) -> InspectionLimits:
@@ -70,6 +79,7 @@ class InspectionLimits:
             max_prompt_tokens=min(settings.inspect_max_prompt_tokens, prompt_token_limit(lm, settings)),
             max_top_k=min(settings.max_top_k, lm.vocab_size),
             max_lens_entries=settings.inspect_max_lens_entries,
+            max_attention_weights=settings.inspect_max_attention_weights,
         )
 
     def check_prompt(self, field: str = "prompt") -> None:
@@ -101,3 +111,24 @@ class InspectionLimits:
                 f"{self.max_lens_entries} (GENAI_INSPECT_MAX_LENS_ENTRIES): ask for fewer positions or layers, or a smaller top_k",
             )
         return LensParams(positions=at, layers=chosen, top_k=top_k)
+
+    def attention(
+        self, *, layers: Sequence[int] | None, heads: Sequence[int] | None, query_positions: Sequence[int] | None, mean_over_heads: bool
+    ) -> AttentionParams:
+        self.check_prompt()
+        params = AttentionParams(
+            layers=indexes(layers, self.shape.layers, "layers", "layer"),
+            heads=indexes(heads, self.shape.heads, "heads", "head"),
+            query_positions=indexes(query_positions, self.prompt_tokens, "query_positions", "position"),
+            mean_over_heads=mean_over_heads,
+        )
+        maps = len(params.layers) * (1 if mean_over_heads else len(params.heads))
+        weights = maps * sum(position + 1 for position in params.query_positions)
+        if weights > self.max_attention_weights:
+            raise InspectionRefused(
+                "query_positions",
+                f"the answer would hold {weights} weights ({len(params.layers)} layers × {1 if mean_over_heads else len(params.heads)} "
+                f"heads × the keys the query positions see), over the limit of {self.max_attention_weights} "
+                "(GENAI_INSPECT_MAX_ATTENTION_WEIGHTS): ask for fewer query_positions, layers or heads, or mean_over_heads",
+            )
+        return params

@@ -8,9 +8,12 @@ from fastapi import APIRouter
 
 from service.config import Settings
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
+from service.inspect.attention import inspect_attention
 from service.inspect.limits import InspectionLimits
 from service.inspect.logit_lens import inspect_logit_lens
 from service.inspect.schemas import (
+    AttentionRequest,
+    AttentionResponse,
     LogitLensRequest,
     LogitLensResponse,
 )
@@ -46,3 +49,14 @@ async def logit_lens(body: LogitLensRequest, lm: LanguageModelDep, engine: Engin
     params = body.to_lens_params(limits)
     lens = await engine.run_on_engine_thread(inspect_logit_lens, lm, settings.lean_decoder, ids, params, limits.shape.layers)
     return LogitLensResponse.of(lens, lm.model_id)
+
+
+@router.post(
+    "/attention", response_model=AttentionResponse, responses=_ERRORS,
+    summary="Attention weights of chosen layers, heads and query positions over the prompt",
+)
+async def attention(body: AttentionRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> AttentionResponse:
+    ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
+    params = body.to_attention_params(InspectionLimits.of(lm, settings, len(ids)))
+    weights = await engine.run_on_engine_thread(inspect_attention, lm, settings.lean_decoder, ids, params)
+    return AttentionResponse.of(weights, lm.model_id)

@@ -1,4 +1,4 @@
-"""Request and response bodies of /inspect/logit-lens.
+"""Request and response bodies of /inspect/logit-lens and /inspect/attention.
 
 Static bounds here; each request turns itself into inspection parameters checked against the loaded
 model's shape and the limits (`GENAI_INSPECT_*`) by `limits.InspectionLimits`, and each response is
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.inspect.limits import InspectionLimits, LensParams
+from service.inspect.attention import AttentionWeights
+from service.inspect.limits import AttentionParams, InspectionLimits, LensParams
 from service.inspect.logit_lens import LogitLens
 from service.language.events import Candidate
 from service.language.schemas import TokenCandidate
@@ -104,5 +105,62 @@ class LogitLensResponse(BaseModel):
                 for p in lens.positions
             ],
             forward=lens.forward,
+            model=model,
+        )
+
+
+# ---- /inspect/attention --------------------------------------------------------------------------
+
+
+class AttentionRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"prompt": "The capital of France is", "layers": [0], "heads": [0]},
+                {"prompt": "The capital of France is", "layers": [-1], "query_positions": [-1], "mean_over_heads": True},
+            ]
+        }
+    )
+
+    prompt: str = Field(min_length=1, description=_PROMPT)
+    layers: list[int] | None = Field(default=None, description="Decoder layers, 0..L-1 (negative: from the end). Default: all.")
+    heads: list[int] | None = Field(default=None, description="Attention heads of each layer (negative: from the end). Default: all.")
+    query_positions: list[int] | None = Field(
+        default=None, description="Positions whose attention to report (negative: from the end). Default: all."
+    )
+    mean_over_heads: bool = Field(default=False, description="One map per layer: the mean over `heads`, instead of one per head.")
+    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
+    parse_special: ParseSpecial = True
+
+    def to_attention_params(self, limits: InspectionLimits) -> AttentionParams:
+        return limits.attention(layers=self.layers, heads=self.heads, query_positions=self.query_positions, mean_over_heads=self.mean_over_heads)
+
+
+class AttentionMapBody(BaseModel):
+    layer: int
+    head: int | None = Field(description="null: the mean over `heads`.")
+    weights: list[list[float]] = Field(
+        description="One row per `query_positions` entry q: its weights over prompt positions 0..q (they sum to 1)."
+    )
+
+
+class AttentionResponse(BaseModel):
+    prompt_tokens: list[PromptToken]
+    query_positions: list[int]
+    heads: list[int] = Field(description="The heads shown, or averaged when `mean_over_heads`.")
+    mean_over_heads: bool
+    maps: list[AttentionMapBody] = Field(description="Layer by layer, head by head, in the order asked.")
+    forward: str = Field(description=_FORWARD)
+    model: str
+
+    @classmethod
+    def of(cls, result: AttentionWeights, model: str) -> AttentionResponse:
+        return cls(
+            prompt_tokens=PromptToken.all(result.ids, result.tokens),
+            query_positions=result.query_positions,
+            heads=result.heads,
+            mean_over_heads=result.mean_over_heads,
+            maps=[AttentionMapBody(layer=m.layer, head=m.head, weights=m.weights) for m in result.maps],
+            forward=result.forward,
             model=model,
         )
