@@ -87,6 +87,8 @@ class Settings(BaseSettings):
         default=250_000, ge=1,
         description="Most weights one /inspect/attention answer holds: layers × heads (1 when averaged) × the keys each query position sees.",
     )
+    inspect_max_tree_nodes: int = Field(default=256, ge=1, description="Most nodes one /inspect/tree may expand: branching + branching² + … + branching^depth.")
+    inspect_max_tree_depth: int = Field(default=16, ge=1, le=64, description="Deepest /inspect/tree (the answer nests one level per step).")
 
     # --- digit classifier -------------------------------------------------------------
     digits_model_path: Path | None = Field(

@@ -44,6 +44,17 @@ class AttentionParams:
     mean_over_heads: bool
 
 
+@dataclass(frozen=True)
+class TreeParams:
+    depth: int
+    branching: int
+
+    @property
+    def nodes(self) -> int:
+        """branching + branching² + … + branching^depth: every node below the root."""
+        return sum(self.branching**level for level in range(1, self.depth + 1))
+
+
 def indexes(values: Sequence[int] | None, count: int, field: str, what: str) -> tuple[int, ...]:
     """`values` counted from the start (all of 0..count-1 when None); out of range: refused, naming `field`."""
     if values is None:
@@ -69,6 +80,8 @@ class InspectionLimits:
     max_top_k: int
     max_lens_entries: int
     max_attention_weights: int
+    max_tree_nodes: int
+    max_tree_depth: int
 
     @classmethod
     def of(cls, lm: LanguageModel, settings: Settings, prompt_tokens: int) -> InspectionLimits:
@@ -80,6 +93,8 @@ class InspectionLimits:
             max_top_k=min(settings.max_top_k, lm.vocab_size),
             max_lens_entries=settings.inspect_max_lens_entries,
             max_attention_weights=settings.inspect_max_attention_weights,
+            max_tree_nodes=settings.inspect_max_tree_nodes,
+            max_tree_depth=settings.inspect_max_tree_depth,
         )
 
     def check_prompt(self, field: str = "prompt") -> None:
@@ -130,5 +145,27 @@ class InspectionLimits:
                 f"the answer would hold {weights} weights ({len(params.layers)} layers × {1 if mean_over_heads else len(params.heads)} "
                 f"heads × the keys the query positions see), over the limit of {self.max_attention_weights} "
                 "(GENAI_INSPECT_MAX_ATTENTION_WEIGHTS): ask for fewer query_positions, layers or heads, or mean_over_heads",
+            )
+        return params
+
+    def tree(self, *, depth: int, branching: int) -> TreeParams:
+        self.check_prompt()
+        if depth > self.max_tree_depth:
+            raise InspectionRefused("depth", f"depth = {depth} exceeds the limit of {self.max_tree_depth} (GENAI_INSPECT_MAX_TREE_DEPTH)")
+        if self.prompt_tokens + depth > self.context_length:
+            raise InspectionRefused(
+                "depth", f"prompt tokens ({self.prompt_tokens}) + depth ({depth}) exceed the model's context of {self.context_length}"
+            )
+        if branching > min(self.shape.vocab, self.max_tree_nodes):
+            field_limit = "the vocabulary" if self.shape.vocab < self.max_tree_nodes else "GENAI_INSPECT_MAX_TREE_NODES"
+            raise InspectionRefused(
+                "branching", f"branching = {branching} exceeds the limit of {min(self.shape.vocab, self.max_tree_nodes)} ({field_limit})"
+            )
+        params = TreeParams(depth=depth, branching=branching)
+        if params.nodes > self.max_tree_nodes:
+            raise InspectionRefused(
+                "depth",
+                f"depth {depth} at branching {branching} makes {params.nodes} nodes, over the limit of {self.max_tree_nodes} "
+                "(GENAI_INSPECT_MAX_TREE_NODES): a smaller depth or branching",
             )
         return params

@@ -16,7 +16,10 @@ from service.inspect.schemas import (
     AttentionResponse,
     LogitLensRequest,
     LogitLensResponse,
+    TreeRequest,
+    TreeResponse,
 )
+from service.inspect.tree import inspect_tree
 from service.language.model import LanguageModel
 from service.language.validation import encode_prompt
 from service.observability.context import add_usage, note_prompt
@@ -60,3 +63,14 @@ async def attention(body: AttentionRequest, lm: LanguageModelDep, engine: Engine
     params = body.to_attention_params(InspectionLimits.of(lm, settings, len(ids)))
     weights = await engine.run_on_engine_thread(inspect_attention, lm, settings.lean_decoder, ids, params)
     return AttentionResponse.of(weights, lm.model_id)
+
+
+@router.post(
+    "/tree", response_model=TreeResponse, responses=_ERRORS,
+    summary="The tree of likeliest continuations: `branching` tokens at each step, `depth` steps",
+)
+async def tree(body: TreeRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> TreeResponse:
+    ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
+    params = body.to_tree_params(InspectionLimits.of(lm, settings, len(ids)))
+    continuations = await engine.run_on_engine_thread(inspect_tree, lm, settings.lean_decoder, ids, params)
+    return TreeResponse.of(continuations, lm.model_id)

@@ -1,4 +1,4 @@
-"""Request and response bodies of /inspect/logit-lens and /inspect/attention.
+"""Request and response bodies of /inspect/logit-lens, /inspect/attention and /inspect/tree.
 
 Static bounds here; each request turns itself into inspection parameters checked against the loaded
 model's shape and the limits (`GENAI_INSPECT_*`) by `limits.InspectionLimits`, and each response is
@@ -9,8 +9,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.inspect.attention import AttentionWeights
-from service.inspect.limits import AttentionParams, InspectionLimits, LensParams
+from service.inspect.limits import AttentionParams, InspectionLimits, LensParams, TreeParams
 from service.inspect.logit_lens import LogitLens
+from service.inspect.tree import ContinuationTree
+from service.inspect.tree import TreeNode as ModelTreeNode
 from service.language.events import Candidate
 from service.language.schemas import TokenCandidate
 from service.schemas import ParseSpecial, RequestModel
@@ -162,5 +164,65 @@ class AttentionResponse(BaseModel):
             mean_over_heads=result.mean_over_heads,
             maps=[AttentionMapBody(layer=m.layer, head=m.head, weights=m.weights) for m in result.maps],
             forward=result.forward,
+            model=model,
+        )
+
+
+# ---- /inspect/tree -------------------------------------------------------------------------------
+
+
+class TreeRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The capital of France is", "depth": 2, "branching": 2}]})
+
+    prompt: str = Field(min_length=1, description=_PROMPT)
+    depth: int = Field(ge=1, description="Tokens each path runs (at most GENAI_INSPECT_MAX_TREE_DEPTH).")
+    branching: int = Field(ge=1, description="Likeliest tokens expanded at each node.")
+    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
+    parse_special: ParseSpecial = True
+
+    def to_tree_params(self, limits: InspectionLimits) -> TreeParams:
+        """branching + branching² + … + branching^depth nodes must stay within GENAI_INSPECT_MAX_TREE_NODES."""
+        return limits.tree(depth=self.depth, branching=self.branching)
+
+
+class TreeNode(BaseModel):
+    id: int
+    token: str
+    probability: float = Field(ge=0, le=1, description="Given the path above it.")
+    logprob: float
+    cumulative_logprob: float = Field(description="Of the whole path from the prompt to this token.")
+    children: list[TreeNode] = Field(description="Likeliest first; empty at the leaves.")
+
+    @classmethod
+    def of(cls, node: ModelTreeNode) -> TreeNode:
+        return cls(
+            id=node.id, token=node.token, probability=node.probability, logprob=node.logprob,
+            cumulative_logprob=node.cumulative_logprob, children=[cls.of(child) for child in node.children],
+        )
+
+
+class TreeLeafBody(BaseModel):
+    ids: list[int]
+    tokens: list[str]
+    text: str = Field(description="The path's tokens decoded together.")
+    logprob: float = Field(description="The path's total log-probability after the prompt.")
+
+
+class TreeResponse(BaseModel):
+    prompt_tokens: list[PromptToken]
+    children: list[TreeNode] = Field(description="The root's children: the likeliest next tokens after the prompt.")
+    leaves: list[TreeLeafBody] = Field(description="Every path of `depth` tokens, likeliest first.")
+    nodes: int = Field(description="Nodes below the root.")
+    forward: str = Field(description=_FORWARD)
+    model: str
+
+    @classmethod
+    def of(cls, tree: ContinuationTree, model: str) -> TreeResponse:
+        return cls(
+            prompt_tokens=PromptToken.all(tree.ids, tree.tokens),
+            children=[TreeNode.of(node) for node in tree.children],
+            leaves=[TreeLeafBody(ids=leaf.ids, tokens=leaf.tokens, text=leaf.text, logprob=leaf.logprob) for leaf in tree.leaves],
+            nodes=tree.nodes,
+            forward=tree.forward,
             model=model,
         )

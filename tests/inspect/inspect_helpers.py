@@ -45,3 +45,10 @@ def lens_logprobs(model: Any, ids: list[int], position: int) -> torch.Tensor:
         rows = [head(norm(h[0, position])) for h in out.hidden_states[:-1]] + [out.logits[0, position]]
         return torch.log_softmax(torch.stack(rows).float(), dim=-1)
 
+
+def path_logprob(model: Any, prompt: list[int], path: list[int]) -> float:
+    """The log-probability the model gives `path` after `prompt`, scored in one pass over prompt + path."""
+    ids = prompt + path
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    return sum(float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(path))
