@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "service"
-MODEL_LAYERS = ("language", "digits")
+MODEL_LAYERS = ("language", "digits", "inspect")
 HTTP_SIDE_FILES = {"router.py", "schemas.py"}
 HTTP_MODULES = ("fastapi", "starlette", "service.errors")
 
