@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.config import Settings  # noqa: E402
+from service.config import Settings
 
 app = FastAPI(title="empty endpoint")
 

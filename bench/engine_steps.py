@@ -20,8 +20,14 @@ from service.language.model import load_language_model
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
-    "The capital of France is", "Once upon a time", "def fibonacci(n):", "Hello, my name is",
-    "The quick brown fox", "In 1492, Columbus", "Water boils at", "The best way to learn is",
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "Hello, my name is",
+    "The quick brown fox",
+    "In 1492, Columbus",
+    "Water boils at",
+    "The best way to learn is",
 ]
 
 
@@ -42,8 +48,18 @@ async def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 16])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--forwards", nargs="+", default=["lean", "transformers"], help="lean = the lean Llama decoder, transformers = its own forward")
-    parser.add_argument("--prompt-lookup", type=int, default=0, help="GENAI_PROMPT_LOOKUP_TOKENS (default 0: one token a step, the raw step speed)")
+    parser.add_argument(
+        "--forwards",
+        nargs="+",
+        default=["lean", "transformers"],
+        help="lean = the lean Llama decoder, transformers = its own forward",
+    )
+    parser.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=0,
+        help="GENAI_PROMPT_LOOKUP_TOKENS (default 0: one token a step, the raw step speed)",
+    )
     args = parser.parse_args()
     settings = Settings()
     print(f"torch {torch.__version__}, threads {settings.torch_threads or 'all CPUs'} on the engine thread")
@@ -53,15 +69,25 @@ async def main() -> None:
     for dtype in args.dtypes:
         lm = load_language_model(settings.lm_model, dtype=dtype, cache_dir=settings.cache_dir)
         for forward in args.forwards:
-            engine = GenerationEngine(lm, settings.model_copy(update={
-                "max_batch_size": max(args.batches), "max_running_requests": max(args.batches), "lean_decoder": forward == "lean",
-                "prompt_lookup_tokens": args.prompt_lookup,
-            }))
+            engine = GenerationEngine(
+                lm,
+                settings.model_copy(
+                    update={
+                        "max_batch_size": max(args.batches),
+                        "max_running_requests": max(args.batches),
+                        "lean_decoder": forward == "lean",
+                        "prompt_lookup_tokens": args.prompt_lookup,
+                    }
+                ),
+            )
             engine.start()
             await run_batch(engine, lm, 2, 8)  # warm-up
             for batch in args.batches:
                 rate, step = await run_batch(engine, lm, batch, args.tokens)
-                print(f"| {engine.describe()['forward']} | {dtype} | {batch} | {rate:.1f} | {step * 1000:.1f} |", flush=True)
+                print(
+                    f"| {engine.describe()['forward']} | {dtype} | {batch} | {rate:.1f} | {step * 1000:.1f} |",
+                    flush=True,
+                )
             engine.shutdown()
 
 

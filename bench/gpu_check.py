@@ -20,8 +20,16 @@ from service.language.engine import GenerationEngine
 from service.language.model import load_language_model
 from service.language.sampling import SamplingParams
 
-PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at",
-           "The quick brown fox jumps over", "In 1492, Columbus", "Hello, my name is", "Two plus two equals"]
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "Water boils at",
+    "The quick brown fox jumps over",
+    "In 1492, Columbus",
+    "Hello, my name is",
+    "Two plus two equals",
+]
 
 
 async def rate(engine: GenerationEngine, lm, batch: int, tokens: int = 128) -> float:  # type: ignore[no-untyped-def]
@@ -48,7 +56,9 @@ async def main() -> int:
         for prompt in PROMPTS:
             with torch.inference_mode():
                 ref = torch.softmax(cpu.model(torch.tensor([cpu.encode(prompt)])).logits[0, -1].float(), -1)
-                got = torch.softmax(lm.model(torch.tensor([lm.encode(prompt)], device="cuda")).logits[0, -1].float(), -1).cpu()
+                got = torch.softmax(
+                    lm.model(torch.tensor([lm.encode(prompt)], device="cuda")).logits[0, -1].float(), -1
+                ).cpu()
             agree += int(got.argmax() == ref.argmax())
             worst = max(worst, float((got - ref).abs().max()))
         engine = GenerationEngine(lm, settings)
@@ -56,11 +66,14 @@ async def main() -> int:
         params = SamplingParams(max_new_tokens=24, ignore_eos=True)
         alone = [(await engine.submit(lm.encode(p), params).result())[1].ids for p in PROMPTS]
         together = [(await h.result())[1].ids for h in [engine.submit(lm.encode(p), params) for p in PROMPTS]]
-        same = sum(a == b for a, b in zip(alone, together))
+        same = sum(a == b for a, b in zip(alone, together, strict=True))
         await rate(engine, lm, 2, 8)
         r1, r16 = await rate(engine, lm, 1), await rate(engine, lm, 16)
         engine.shutdown()
-        print(f"| {dtype} | {agree}/{len(PROMPTS)} | {worst:.4f} | {same}/{len(PROMPTS)} | {r1:.1f} | {r16:.1f} |", flush=True)
+        print(
+            f"| {dtype} | {agree}/{len(PROMPTS)} | {worst:.4f} | {same}/{len(PROMPTS)} | {r1:.1f} | {r16:.1f} |",
+            flush=True,
+        )
         ok &= agree >= len(PROMPTS) - 1 and (dtype != "float32" or same == len(PROMPTS))
     return 0 if ok else 1
 

@@ -19,8 +19,14 @@ from service.language.model import load_language_model
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
-    "The capital of France is", "Once upon a time", "def fibonacci(n):", "Hello, my name is",
-    "The quick brown fox", "In 1492, Columbus", "Water boils at", "The best way to learn is",
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "Hello, my name is",
+    "The quick brown fox",
+    "In 1492, Columbus",
+    "Water boils at",
+    "The best way to learn is",
 ]
 
 
@@ -43,16 +49,20 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     lm = load_language_model(settings.lm_model, cache_dir=settings.cache_dir)
-    config = GenerationConfig(max_new_tokens=args.tokens, do_sample=False, eos_token_id=-1, pad_token_id=lm.tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=args.tokens, do_sample=False, eos_token_id=-1, pad_token_id=lm.tokenizer.pad_token_id
+    )
     inputs = [lm.encode(p) for p in PROMPTS]
     with torch.inference_mode():
-        lm.model.generate_batch(inputs=inputs[:2], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False))
+        lm.model.generate_batch(
+            inputs=inputs[:2], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False)
+        )
         started = time.perf_counter()
         outputs = lm.model.generate_batch(inputs=inputs, generation_config=config)
         hf_rate = len(PROMPTS) * args.tokens / (time.perf_counter() - started)
     hf_ids = [outputs[k].generated_tokens for k in sorted(outputs, key=lambda k: int(str(k).split("_")[-1]))]
     ours_rate, ours_ids = asyncio.run(engine_run(lm, args.tokens))
-    same = sum(a[: len(b)] == b[: len(a)] for a, b in zip(hf_ids, ours_ids))
+    same = sum(a[: len(b)] == b[: len(a)] for a, b in zip(hf_ids, ours_ids, strict=True))
     print("| scheduler | 8 × greedy tokens/s | same tokens as the engine |")
     print("|---|---|---|")
     print(f"| transformers generate_batch | {hf_rate:.1f} | {same}/8 |")

@@ -36,7 +36,7 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-import loadgen  # noqa: E402
+import loadgen
 
 PYTHON = sys.executable
 RESULTS = BENCH / "RESULTS.md"
@@ -130,7 +130,11 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*command, "--port", str(self.port)], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [*command, "--port", str(self.port)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
@@ -165,7 +169,9 @@ class Server:
                 self.process.wait(10)
 
 
-def table(title: str, names: list[str], runs: dict[str, list[dict[str, Any]]], keys: list[tuple[str, str, str]]) -> list[str]:
+def table(
+    title: str, names: list[str], runs: dict[str, list[dict[str, Any]]], keys: list[tuple[str, str, str]]
+) -> list[str]:
     lines = [f"| {title} | " + " | ".join(names) + " | " + " | ".join(f"{n}/{names[0]}" for n in names[1:]) + " |"]
     lines.append("|---|" + "---:|" * (2 * len(names) - 1))
     for key, label, fmt in keys:
@@ -173,7 +179,10 @@ def table(title: str, names: list[str], runs: dict[str, list[dict[str, Any]]], k
         for name in names:
             values = [r[key] for r in runs[name] if isinstance(r.get(key), (int, float))]
             medians.append(statistics.median(values) if values else float("nan"))
-        cells = [fmt.format(m) + " (" + ", ".join(fmt.format(r[key]) for r in runs[name] if key in r) + ")" for m, name in zip(medians, names)]
+        cells = [
+            fmt.format(m) + " (" + ", ".join(fmt.format(r[key]) for r in runs[name] if key in r) + ")"
+            for m, name in zip(medians, names, strict=True)
+        ]
         ratios = [f"{m / medians[0]:.3f}x" if medians[0] else "" for m in medians[1:]]
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return lines
@@ -181,14 +190,25 @@ def table(title: str, names: list[str], runs: dict[str, list[dict[str, Any]]], k
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", action="append", default=[], help="NAME=DIR: a checkout to serve (first = the reference)")
-    parser.add_argument("--empty", default="", help="comma-separated empty-app protocols: default,guarded,h11 "
-                        "(MODE@DIR: the service package of that checkout)")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=DIR: a checkout to serve (first = the reference)"
+    )
+    parser.add_argument(
+        "--empty",
+        default="",
+        help="comma-separated empty-app protocols: default,guarded,h11 "
+        "(MODE@DIR: the service package of that checkout)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--w2-seconds", type=float, default=45)
     parser.add_argument("--w4-seconds", type=float, default=20)
     parser.add_argument("--save", action="store_true")
-    parser.add_argument("--max-others", type=float, default=0.15, help="discard (and redo) a slice when other processes used more cores than this")
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=0.15,
+        help="discard (and redo) a slice when other processes used more cores than this",
+    )
     parser.add_argument("--max-minutes", type=float, default=60, help="stop measuring after this long")
     parser.add_argument("--serve-empty", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -214,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         # Every server runs for the whole session (idle between its slices), so slices can alternate quickly.
         for name, folder in variants:
             log(f"starting service {name} ({folder})")
-            servers[name] = Server([PYTHON, "-m", "service", "serve"], folder, "/ready", {**os.environ, "PYTHONPATH": str(folder)})
+            servers[name] = Server(
+                [PYTHON, "-m", "service", "serve"], folder, "/ready", {**os.environ, "PYTHONPATH": str(folder)}
+            )
             heads[name] = servers[name].head_limit_status()
         for mode in empties:
             servers["empty:" + mode] = Server(
-                [PYTHON, str(BENCH / "http_ab.py"), "--serve-empty", mode], ROOT, "/health", {**os.environ, "PYTHONPATH": ""}
+                [PYTHON, str(BENCH / "http_ab.py"), "--serve-empty", mode],
+                ROOT,
+                "/health",
+                {**os.environ, "PYTHONPATH": ""},
             )
         pids = [server.process.pid for server in servers.values()]
 
@@ -232,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                     return result
                 if time.monotonic() > give_up:  # out of time: keep it, and say so
                     kept_busy.append(f"{label} ({others.cores:.2f} cores)")
-                    log(f"  {label}: kept although other processes used {others.cores:.2f} cores (--max-minutes passed)")
+                    log(
+                        f"  {label}: kept although other processes used {others.cores:.2f} cores (--max-minutes passed)"
+                    )
                     return result
                 discarded.append(f"{label} ({others.cores:.2f} cores)")
                 log(f"  {label}: discarded, other processes used {others.cores:.2f} cores; waiting 20 s")
@@ -250,13 +277,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = measure(f"round {round_no} {name}", service_slice)
                 runs[name].append(result)
-                log(f"    W2 {result['w2_tps']:.1f} tok/s p95 {result['w2_p95']:.2f} s health p99 {result['w2_health_p99']:.1f} ms "
-                    f"({result['w2_requests']} done, {result['w2_failed']} failed); W4 {result['w4_rps']:.0f} req/s p99 {result['w4_p99']:.2f} ms")
+                log(
+                    f"    W2 {result['w2_tps']:.1f} tok/s p95 {result['w2_p95']:.2f} s health p99 {result['w2_health_p99']:.1f} ms "
+                    f"({result['w2_requests']} done, {result['w2_failed']} failed); W4 {result['w4_rps']:.0f} req/s p99 {result['w4_p99']:.2f} ms"
+                )
             for mode in empties:
                 base = servers["empty:" + mode].base
                 result = measure(
                     f"round {round_no} empty {mode}",
-                    lambda base=base: loadgen.w4(base, loadgen.ADAPTERS["empty"], {}, seconds=plan.w4_seconds, connections=plan.clients),
+                    lambda base=base: loadgen.w4(
+                        base, loadgen.ADAPTERS["empty"], {}, seconds=plan.w4_seconds, connections=plan.clients
+                    ),
                 )
                 empty_runs[mode].append(result)
                 log(f"    W4 {result['w4_rps']:.0f} req/s p99 {result['w4_p99']:.2f} ms")
@@ -264,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     out = [
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — HTTP server A/B (issue 11, item 3)",
         "",
@@ -277,13 +310,18 @@ def main(argv: list[str] | None = None) -> int:
         out += table("Service", [n for n, _ in variants], runs, KEYS)
         out += ["", "- " + "; ".join(f"{n}: {folder}" for n, folder in variants)]
         out += ["- A 70 KB request head got: " + ", ".join(f"{n} {heads.get(n)}" for n, _ in variants)]
-    out += ["- Slices discarded because other processes used more than "
-            f"{args.max_others:g} cores meanwhile: " + ("; ".join(discarded) or "none"),
-            "- Slices kept although others used more (the time allowed had passed): " + ("; ".join(kept_busy) or "none")]
+    out += [
+        "- Slices discarded because other processes used more than "
+        f"{args.max_others:g} cores meanwhile: " + ("; ".join(discarded) or "none"),
+        "- Slices kept although others used more (the time allowed had passed): " + ("; ".join(kept_busy) or "none"),
+    ]
     if empties:
         out += ["", *table("Empty app (bench/empty_app.py)", empties, empty_runs, EMPTY_KEYS)]
-        out += ["", "- default: uvicorn's auto protocol (httptools); guarded: service.http.protocol; "
-                f"h11: uvicorn's h11 with h11_max_incomplete_event_size=64 KiB. W4: wrk -t1 -c{plan.clients} -d{plan.w4_seconds:g}s."]
+        out += [
+            "",
+            "- default: uvicorn's auto protocol (httptools); guarded: service.http.protocol; "
+            f"h11: uvicorn's h11 with h11_max_incomplete_event_size=64 KiB. W4: wrk -t1 -c{plan.clients} -d{plan.w4_seconds:g}s.",
+        ]
     text = "\n".join(out) + "\n"
     print(text)
     if args.save:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -145,7 +146,12 @@ GENAI = Adapter(  # this service, and the baselines that copy its JSON shapes
     tokenize_path="/tokenize",
     health_path="/health",
     streams=True,
-    generate_body=lambda prompt, n, stream: {"prompt": prompt, "max_new_tokens": n, "ignore_eos": True, "stream": stream},
+    generate_body=lambda prompt, n, stream: {
+        "prompt": prompt,
+        "max_new_tokens": n,
+        "ignore_eos": True,
+        "stream": stream,
+    },
     probs_body=lambda prompt, k: {"prompt": prompt, "top_k": k},
     tokenize_body=lambda text: {"text": text},
     completion_tokens=lambda body: int(body["usage"]["completion_tokens"]),
@@ -167,7 +173,12 @@ def llama_adapter(cache_prompt: bool = False) -> Adapter:
         health_path="/health",
         streams=True,
         generate_body=lambda prompt, n, stream: {
-            "prompt": prompt, "n_predict": n, "ignore_eos": True, "temperature": 0, "stream": stream, "cache_prompt": cache_prompt,
+            "prompt": prompt,
+            "n_predict": n,
+            "ignore_eos": True,
+            "temperature": 0,
+            "stream": stream,
+            "cache_prompt": cache_prompt,
         },
         probs_body=lambda prompt, k: {"prompt": prompt, "n_predict": 1, "n_probs": k, "cache_prompt": cache_prompt},
         tokenize_body=lambda text: {"content": text},
@@ -181,9 +192,18 @@ def llama_adapter(cache_prompt: bool = False) -> Adapter:
 LLAMA = llama_adapter()
 
 EMPTY = Adapter(  # bench/empty_app.py: only W4, against its empty route
-    generate_path="", probs_path="", tokenize_path="/empty", health_path="/health", streams=False,
-    generate_body=_unsupported, probs_body=_unsupported, tokenize_body=lambda text: {"text": text},
-    completion_tokens=_unsupported, server_ttft=_unsupported, probs_ok=_unsupported, stream_event=_unsupported,
+    generate_path="",
+    probs_path="",
+    tokenize_path="/empty",
+    health_path="/health",
+    streams=False,
+    generate_body=_unsupported,
+    probs_body=_unsupported,
+    tokenize_body=lambda text: {"text": text},
+    completion_tokens=_unsupported,
+    server_ttft=_unsupported,
+    probs_ok=_unsupported,
+    stream_event=_unsupported,
 )
 
 ADAPTERS: dict[str, Adapter] = {"genai": GENAI, "genai-nostream": GENAI_NO_STREAM, "llama": LLAMA, "empty": EMPTY}
@@ -244,7 +264,9 @@ async def generate_once(client: httpx.AsyncClient, adapter: Adapter, prompt: str
             if response.status_code != 200:
                 return Outcome(False, end - started, end, error=f"HTTP {response.status_code}: {response.text[:200]}")
             data = response.json()
-            return Outcome(True, end - started, end, tokens=adapter.completion_tokens(data), ttft=adapter.server_ttft(data))
+            return Outcome(
+                True, end - started, end, tokens=adapter.completion_tokens(data), ttft=adapter.server_ttft(data)
+            )
         first: float | None = None
         count = 0
         done_tokens: int | None = None
@@ -281,8 +303,13 @@ async def generate_once(client: httpx.AsyncClient, adapter: Adapter, prompt: str
         end = time.perf_counter()
         if done_tokens is None and count == 0:
             return Outcome(False, end - started, end, error="stream ended without tokens")
-        return Outcome(True, end - started, end, tokens=done_tokens if done_tokens is not None else count,
-                       ttft=(first - started) if first is not None else None)
+        return Outcome(
+            True,
+            end - started,
+            end,
+            tokens=done_tokens if done_tokens is not None else count,
+            ttft=(first - started) if first is not None else None,
+        )
     except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
         end = time.perf_counter()
         return Outcome(False, end - started, end, error=_error_text(exc))
@@ -305,8 +332,12 @@ async def probs_once(client: httpx.AsyncClient, adapter: Adapter, prompt: str, t
 
 
 async def closed_loop(
-    clients: int, seconds: float, grace: float, one_request: Callable[[int, int, httpx.AsyncClient], Any],
-    base_url: str, headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    grace: float,
+    one_request: Callable[[int, int, httpx.AsyncClient], Any],
+    base_url: str,
+    headers: dict[str, str],
 ) -> tuple[list[Outcome], float, int]:
     """`clients` tasks each looping `one_request(client_index, iteration, http_client)` until `seconds` pass.
 
@@ -348,7 +379,9 @@ def _summarize_errors(outcomes: list[Outcome]) -> str:
 # Workloads. Each returns {metric key: value}; a key ending in "note" holds text.
 
 
-async def w1(base_url: str, adapter: Adapter, headers: dict[str, str], runs: int = 5, tokens: int = 128) -> dict[str, Any]:
+async def w1(
+    base_url: str, adapter: Adapter, headers: dict[str, str], runs: int = 5, tokens: int = 128
+) -> dict[str, Any]:
     _check_local(base_url)
     async with _client(base_url, headers) as http:
         warm = await generate_once(http, adapter, W1_PROMPT, min(tokens, 8), stream=False)
@@ -366,8 +399,14 @@ async def w1(base_url: str, adapter: Adapter, headers: dict[str, str], runs: int
 
 
 async def w2(
-    base_url: str, adapter: Adapter, headers: dict[str, str], seconds: float = 45, clients: int = 8,
-    tokens: int = 64, health_every: float = 0.1, grace: float | None = None,
+    base_url: str,
+    adapter: Adapter,
+    headers: dict[str, str],
+    seconds: float = 45,
+    clients: int = 8,
+    tokens: int = 64,
+    health_every: float = 0.1,
+    grace: float | None = None,
 ) -> dict[str, Any]:
     _check_local(base_url)
     stream = adapter.streams
@@ -392,10 +431,8 @@ async def w2(
                     health_failures[0] += 1
                 elapsed = time.perf_counter() - started
                 health.append(elapsed)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, health_every - elapsed))
-                except TimeoutError:
-                    pass
 
     async def one(index: int, iteration: int, http: httpx.AsyncClient) -> Outcome:
         prompt = W2_PROMPTS[(index + clients * iteration) % len(W2_PROMPTS)]
@@ -425,17 +462,26 @@ async def w2(
         "w2_health_max": max(health, default=float("nan")) * 1000,
         "w2_requests": len(ok),
         "w2_failed": len(outcomes) - len(ok) + unfinished + health_failures[0],
-        "w2_note": "; ".join(x for x in (
-            _summarize_errors(outcomes),
-            f"{unfinished} unfinished after the grace period" if unfinished else "",
-            f"{health_failures[0]} /health polls failed" if health_failures[0] else "",
-        ) if x),
+        "w2_note": "; ".join(
+            x
+            for x in (
+                _summarize_errors(outcomes),
+                f"{unfinished} unfinished after the grace period" if unfinished else "",
+                f"{health_failures[0]} /health polls failed" if health_failures[0] else "",
+            )
+            if x
+        ),
     }
 
 
 async def w3(
-    base_url: str, adapter: Adapter, headers: dict[str, str], seconds: float = 30, clients: int = 8,
-    top_k: int = 5, grace: float | None = None,
+    base_url: str,
+    adapter: Adapter,
+    headers: dict[str, str],
+    seconds: float = 30,
+    clients: int = 8,
+    top_k: int = 5,
+    grace: float | None = None,
 ) -> dict[str, Any]:
     _check_local(base_url)
     async with _client(base_url, headers) as http:
@@ -457,7 +503,9 @@ async def w3(
         "w3_requests": len(ok),
         "w3_prompt_tokens": warm.data.get("prompt_tokens") if isinstance(warm.data, dict) else None,
         "w3_failed": len(outcomes) - len(ok) + unfinished,
-        "w3_note": "; ".join(x for x in (_summarize_errors(outcomes), f"{unfinished} unfinished" if unfinished else "") if x),
+        "w3_note": "; ".join(
+            x for x in (_summarize_errors(outcomes), f"{unfinished} unfinished" if unfinished else "") if x
+        ),
     }
 
 
@@ -495,7 +543,12 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 def w4(
-    base_url: str, adapter: Adapter, headers: dict[str, str], seconds: float = 20, connections: int = 8, threads: int = 1,
+    base_url: str,
+    adapter: Adapter,
+    headers: dict[str, str],
+    seconds: float = 20,
+    connections: int = 8,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """wrk against the tokenize route (or the empty app's route) with a 1 KB English body."""
     _check_local(base_url)
@@ -503,7 +556,12 @@ def w4(
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install -y wrk)")
     body = json.dumps(adapter.tokenize_body(W4_TEXT))
-    check = httpx.post(base_url + adapter.tokenize_path, content=body, headers={"Content-Type": "application/json", **headers}, timeout=60)
+    check = httpx.post(
+        base_url + adapter.tokenize_path,
+        content=body,
+        headers={"Content-Type": "application/json", **headers},
+        timeout=60,
+    )
     if check.status_code != 200:
         raise RuntimeError(f"W4 check request failed: HTTP {check.status_code}: {check.text[:200]}")
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{body}]==]", 'wrk.headers["Content-Type"] = "application/json"']
@@ -511,8 +569,18 @@ def w4(
     with tempfile.TemporaryDirectory(prefix="genai-bench-") as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text("\n".join(lines) + "\n")
-        command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
-                   "-s", str(script), base_url + adapter.tokenize_path]
+        command = [
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            base_url + adapter.tokenize_path,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-500:]}")
@@ -548,16 +616,22 @@ def run_workload(name: str, base_url: str, adapter: Adapter, headers: dict[str, 
     if name == "W1":
         return asyncio.run(w1(base_url, adapter, headers, runs=plan.w1_runs, tokens=plan.w1_tokens))
     if name == "W2":
-        return asyncio.run(w2(base_url, adapter, headers, seconds=plan.w2_seconds, clients=plan.clients, tokens=plan.w2_tokens))
+        return asyncio.run(
+            w2(base_url, adapter, headers, seconds=plan.w2_seconds, clients=plan.clients, tokens=plan.w2_tokens)
+        )
     if name == "W3":
         return asyncio.run(w3(base_url, adapter, headers, seconds=plan.w3_seconds, clients=plan.clients))
     if name == "W4":
-        return w4(base_url, adapter, headers, seconds=plan.w4_seconds, connections=plan.clients, threads=plan.wrk_threads)
+        return w4(
+            base_url, adapter, headers, seconds=plan.w4_seconds, connections=plan.clients, threads=plan.wrk_threads
+        )
     raise ValueError(f"unknown workload {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run benchmark workloads against a server already running on this machine.")
+    parser = argparse.ArgumentParser(
+        description="Run benchmark workloads against a server already running on this machine."
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--api", choices=sorted(ADAPTERS), default="genai")
     parser.add_argument("--workloads", default="W1,W2,W3,W4")

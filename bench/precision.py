@@ -26,15 +26,38 @@ from service.language.model import LanguageModel, load_language_model
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
-    "The capital of France is", "Once upon a time", "def fibonacci(n):", "Hello, my name is",
-    "The quick brown fox jumps over", "In 1492, Columbus", "Water boils at", "The best way to learn is",
-    "My favourite colour is", "import numpy as", "The sun rises in the", "Two plus two equals",
-    "Dear Sir or Madam,", "The largest planet in our solar system is", "To be or not to be,",
-    "Photosynthesis is the process by which", "The Eiffel Tower is located in", "Monday, Tuesday,",
-    "A haiku about autumn:", "The chemical symbol for gold is", "SELECT * FROM", "Paris is the capital of",
-    "The meaning of life is", "She opened the door and saw", "Machine learning is",
-    "The first man on the moon was", "for i in range(", "Roses are red, violets are",
-    "The opposite of hot is", "Shakespeare wrote", "An apple a day", "The speed of light is",
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "Hello, my name is",
+    "The quick brown fox jumps over",
+    "In 1492, Columbus",
+    "Water boils at",
+    "The best way to learn is",
+    "My favourite colour is",
+    "import numpy as",
+    "The sun rises in the",
+    "Two plus two equals",
+    "Dear Sir or Madam,",
+    "The largest planet in our solar system is",
+    "To be or not to be,",
+    "Photosynthesis is the process by which",
+    "The Eiffel Tower is located in",
+    "Monday, Tuesday,",
+    "A haiku about autumn:",
+    "The chemical symbol for gold is",
+    "SELECT * FROM",
+    "Paris is the capital of",
+    "The meaning of life is",
+    "She opened the door and saw",
+    "Machine learning is",
+    "The first man on the moon was",
+    "for i in range(",
+    "Roses are red, violets are",
+    "The opposite of hot is",
+    "Shakespeare wrote",
+    "An apple a day",
+    "The speed of light is",
 ]
 
 
@@ -44,7 +67,9 @@ async def next_token_probs(engine: GenerationEngine, lm: LanguageModel, prompt: 
     return torch.softmax(logits[0, : lm.vocab_size], dim=-1).cpu()
 
 
-async def greedy(engine: GenerationEngine, lm: LanguageModel, prompts: list[str], tokens: int, together: bool) -> tuple[list[list[int]], float]:
+async def greedy(
+    engine: GenerationEngine, lm: LanguageModel, prompts: list[str], tokens: int, together: bool
+) -> tuple[list[list[int]], float]:
     params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
     started = time.perf_counter()
     if together:
@@ -63,7 +88,10 @@ async def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     torch.set_num_threads(1)  # only the engine thread runs torch in parallel (see GenerationEngine.start)
-    models = {d: load_language_model(settings.lm_model, device=args.device, dtype=d, cache_dir=settings.cache_dir) for d in ("float32", "bfloat16")}
+    models = {
+        d: load_language_model(settings.lm_model, device=args.device, dtype=d, cache_dir=settings.cache_dir)
+        for d in ("float32", "bfloat16")
+    }
     reference: dict[str, torch.Tensor] = {}
     rows = []
     for dtype, lm in models.items():
@@ -79,10 +107,8 @@ async def main() -> None:
         alone, rate1 = await greedy(engine, lm, PROMPTS[:8], args.tokens, together=False)
         batched, rate8 = await greedy(engine, lm, PROMPTS[:8], args.tokens, together=True)
         engine.shutdown()
-        differ = sum(a != b for a, b in zip(alone, batched))
-        rows.append(
-            f"| {dtype} | {agree}/{len(PROMPTS)} | {worst:.4f} | {differ}/8 | {rate1:.1f} | {rate8:.1f} |"
-        )
+        differ = sum(a != b for a, b in zip(alone, batched, strict=True))
+        rows.append(f"| {dtype} | {agree}/{len(PROMPTS)} | {worst:.4f} | {differ}/8 | {rate1:.1f} | {rate8:.1f} |")
     table = "\n".join(
         [
             f"precision ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "

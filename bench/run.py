@@ -37,8 +37,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import loadgen  # noqa: E402  (bench/loadgen.py)
-from machine import free_port, git_commit, machine_info  # noqa: E402  (bench/machine.py)
+import loadgen
+from machine import free_port, git_commit, machine_info
 
 PYTHON = sys.executable
 LLAMA_SERVER = ROOT / ".cache" / "llama.cpp" / "build" / "bin" / "llama-server"
@@ -76,18 +76,48 @@ def _llama_command(port: int) -> list[str]:
     binary = Path(os.environ.get("LLAMA_SERVER", LLAMA_SERVER))
     if not os.access(binary, os.X_OK):
         raise Skip(f"llama-server not built ({binary} missing): run bench/build_llama_server.sh (~15 min)")
-    return [str(binary), "-m", _embedded_gguf(), "-np", "8", "-cb", "-t", "2", "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        str(binary),
+        "-m",
+        _embedded_gguf(),
+        "-np",
+        "8",
+        "-cb",
+        "-t",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 SERVERS: dict[str, ServerSpec] = {
-    "service": ServerSpec("service", lambda port: [PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                          "/ready", "genai", ttft="client-measured, streamed"),
-    "per_request": ServerSpec("per_request", lambda port: [PYTHON, "bench/baselines/per_request.py", "--port", str(port)],
-                              "/ready", "genai-nostream", ttft="server-reported (no streaming)"),
-    "naive": ServerSpec("naive", lambda port: [PYTHON, "bench/baselines/naive_loop.py", "--port", str(port)],
-                        "/ready", "genai-nostream", ttft="server-reported (no streaming)"),
+    "service": ServerSpec(
+        "service",
+        lambda port: [PYTHON, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        "/ready",
+        "genai",
+        ttft="client-measured, streamed",
+    ),
+    "per_request": ServerSpec(
+        "per_request",
+        lambda port: [PYTHON, "bench/baselines/per_request.py", "--port", str(port)],
+        "/ready",
+        "genai-nostream",
+        ttft="server-reported (no streaming)",
+    ),
+    "naive": ServerSpec(
+        "naive",
+        lambda port: [PYTHON, "bench/baselines/naive_loop.py", "--port", str(port)],
+        "/ready",
+        "genai-nostream",
+        ttft="server-reported (no streaming)",
+    ),
     "llama": ServerSpec("llama", _llama_command, "/health", "llama", ttft="client-measured, streamed"),
-    "empty": ServerSpec("empty", lambda port: [PYTHON, "bench/empty_app.py", "--port", str(port)], "/health", "empty", {"W4"}),
+    "empty": ServerSpec(
+        "empty", lambda port: [PYTHON, "bench/empty_app.py", "--port", str(port)], "/health", "empty", {"W4"}
+    ),
 }
 
 
@@ -108,7 +138,9 @@ class RunningServer:
         self._log = self.log_path.open("w")
         log(f"{spec.name}: starting on port {self.port}: {' '.join(command)}")
         started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             self._wait_ready(ready_timeout)
         except BaseException:
@@ -128,7 +160,9 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise Skip(f"exited with code {self.process.returncode} before ready (log {self.log_path.relative_to(ROOT)}: {self._tail()})")
+                raise Skip(
+                    f"exited with code {self.process.returncode} before ready (log {self.log_path.relative_to(ROOT)}: {self._tail()})"
+                )
             try:
                 if httpx.get(self.base_url + self.spec.ready_path, timeout=2).status_code == 200:
                     return
@@ -166,8 +200,20 @@ class Row:
 
 
 ROWS = [
-    Row("w1_tps", "W1 tokens/s (1 client, {w1_tokens} tokens, median of {w1_runs})", "{:.1f}", ("per_request",), ">=2x per_request"),
-    Row("w2_tps", "W2 aggregate tokens/s ({clients} clients, {w2_tokens}-token requests)", "{:.1f}", ("llama",), ">=1.0x llama"),
+    Row(
+        "w1_tps",
+        "W1 tokens/s (1 client, {w1_tokens} tokens, median of {w1_runs})",
+        "{:.1f}",
+        ("per_request",),
+        ">=2x per_request",
+    ),
+    Row(
+        "w2_tps",
+        "W2 aggregate tokens/s ({clients} clients, {w2_tokens}-token requests)",
+        "{:.1f}",
+        ("llama",),
+        ">=1.0x llama",
+    ),
     Row("w2_p50", "W2 latency p50 (s)", "{:.2f}"),
     Row("w2_p95", "W2 latency p95 (s)", "{:.2f}", ("llama",), "<=1.0x llama"),
     Row("w2_ttft_p50", "W2 time to first token p50 (s)", "{:.3f}"),
@@ -177,7 +223,13 @@ ROWS = [
     Row("w3_rps", "W3 next-token top-5 req/s ({clients} clients)", "{:.2f}", ("llama",), ">=2x llama"),
     Row("w3_p50", "W3 latency p50 (ms)", "{:.0f}"),
     Row("w3_p95", "W3 latency p95 (ms)", "{:.0f}"),
-    Row("w4_rps", "W4 tokenize 1 KB req/s (wrk, {clients} connections; empty: its empty route)", "{:.0f}", ("empty", "llama"), ">=0.8x empty, >=1.0x llama"),
+    Row(
+        "w4_rps",
+        "W4 tokenize 1 KB req/s (wrk, {clients} connections; empty: its empty route)",
+        "{:.0f}",
+        ("empty", "llama"),
+        ">=0.8x empty, >=1.0x llama",
+    ),
     Row("w4_p50", "W4 latency p50 (ms)", "{:.2f}"),
     Row("w4_p99", "W4 latency p99 (ms)", "{:.2f}"),
 ]
@@ -239,7 +291,12 @@ def _verdict(results: dict[str, Any], row: Row) -> str:
 def render_table(results: dict[str, Any], servers: list[str], plan: loadgen.Plan) -> str:
     ratio_columns = [o for o in RATIO_COLUMNS if "service" in servers and o in servers]
     with_target = "service" in servers
-    header = ["Metric", *servers, *(f"service/{o}" for o in ratio_columns), *(["Target (service)"] if with_target else [])]
+    header = [
+        "Metric",
+        *servers,
+        *(f"service/{o}" for o in ratio_columns),
+        *(["Target (service)"] if with_target else []),
+    ]
     aligns = ["---"] + ["---:"] * (len(servers) + len(ratio_columns)) + (["---"] if with_target else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
     ran = {w for entry in results.values() for w in entry.get("workloads", [])}
@@ -256,7 +313,9 @@ def render_table(results: dict[str, Any], servers: list[str], plan: loadgen.Plan
     return "\n".join(lines)
 
 
-def render_notes(results: dict[str, Any], servers: list[str], plan: loadgen.Plan, args: argparse.Namespace) -> list[str]:
+def render_notes(
+    results: dict[str, Any], servers: list[str], plan: loadgen.Plan, args: argparse.Namespace
+) -> list[str]:
     notes = []
     for server in servers:
         entry = results.get(server, {})
@@ -270,19 +329,31 @@ def render_notes(results: dict[str, Any], servers: list[str], plan: loadgen.Plan
                 notes.append(f"{server} {key[:2].upper()}: {values[key]}")
         if "ready_seconds" in entry:
             notes.append(f"{server}: ready {entry['ready_seconds']:.1f} s after start")
-    ttft = [f"{s}: {SERVERS[s].ttft}" for s in servers if SERVERS[s].ttft and "w2_ttft_p50" in results.get(s, {}).get("values", {})]
+    ttft = [
+        f"{s}: {SERVERS[s].ttft}"
+        for s in servers
+        if SERVERS[s].ttft and "w2_ttft_p50" in results.get(s, {}).get("values", {})
+    ]
     if ttft:
         notes.append("Time to first token — " + "; ".join(ttft) + ". Latency is client-measured for every server.")
     service_values = results.get("service", {}).get("values", {})
     if service_values.get("w3_prompt_tokens"):
         notes.append(f"W3 prompt: {service_values['w3_prompt_tokens']} tokens.")
-    body_tokens = next((results[s]["values"]["w4_body_tokens"] for s in servers
-                        if results.get(s, {}).get("values", {}).get("w4_body_tokens")), None)
+    body_tokens = next(
+        (
+            results[s]["values"]["w4_body_tokens"]
+            for s in servers
+            if results.get(s, {}).get("values", {}).get("w4_body_tokens")
+        ),
+        None,
+    )
     if body_tokens:
         notes.append(f"W4 body: {len(loadgen.W4_TEXT)} characters of English = {body_tokens} tokens.")
     if "llama" in servers:
-        notes.append(f"llama-server asked with cache_prompt={'true' if args.llama_cache_prompt else 'false'} "
-                     "(false: it recomputes every prompt, as the service does).")
+        notes.append(
+            f"llama-server asked with cache_prompt={'true' if args.llama_cache_prompt else 'false'} "
+            "(false: it recomputes every prompt, as the service does)."
+        )
     ran = {w for s in servers for w in results.get(s, {}).get("workloads", [])}
     durations = {
         "W1": f"W1 {plan.w1_runs} run(s) of {plan.w1_tokens} tokens",
@@ -295,11 +366,15 @@ def render_notes(results: dict[str, Any], servers: list[str], plan: loadgen.Plan
         "Clients start no request after the duration; rates count what completed, up to the last completion."
     )
     genai = {k: v for k, v in sorted(os.environ.items()) if k.startswith("GENAI_") and k != "GENAI_API_KEYS"}
-    notes.append("Settings: " + (", ".join(f"{k}={v}" for k, v in genai.items()) if genai else "defaults (no GENAI_* set)") + ".")
+    notes.append(
+        "Settings: " + (", ".join(f"{k}={v}" for k, v in genai.items()) if genai else "defaults (no GENAI_* set)") + "."
+    )
     return notes
 
 
-def run_server(name: str, workloads: list[str], plan: loadgen.Plan, args: argparse.Namespace, headers: dict[str, str]) -> dict[str, Any]:
+def run_server(
+    name: str, workloads: list[str], plan: loadgen.Plan, args: argparse.Namespace, headers: dict[str, str]
+) -> dict[str, Any]:
     spec = SERVERS[name]
     todo = [w for w in workloads if w in spec.workloads]
     entry: dict[str, Any] = {"values": {}, "errors": {}, "workloads": todo}
@@ -310,21 +385,31 @@ def run_server(name: str, workloads: list[str], plan: loadgen.Plan, args: argpar
     except Skip as exc:
         log(f"{name}: skipped: {exc}")
         return {"skip": str(exc), "workloads": todo}
-    except Exception as exc:  # noqa: BLE001 — never crash the whole run for one server
+    except Exception as exc:
         log(f"{name}: could not start: {exc!r}")
         return {"skip": f"could not start: {type(exc).__name__}: {exc}", "workloads": todo}
     entry["ready_seconds"] = server.ready_seconds
-    adapter = loadgen.llama_adapter(args.llama_cache_prompt) if spec.adapter == "llama" else loadgen.ADAPTERS[spec.adapter]
+    adapter = (
+        loadgen.llama_adapter(args.llama_cache_prompt) if spec.adapter == "llama" else loadgen.ADAPTERS[spec.adapter]
+    )
     try:
         for workload in todo:
             log(f"{name}: {workload} …")
             started = time.perf_counter()
             try:
-                values = loadgen.run_workload(workload, server.base_url, adapter, headers if name == "service" else {}, plan)
+                values = loadgen.run_workload(
+                    workload, server.base_url, adapter, headers if name == "service" else {}, plan
+                )
                 entry["values"].update(values)
-                shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in values.items() if not isinstance(v, list)}
-                log(f"{name}: {workload} done in {time.perf_counter() - started:.0f} s: {json.dumps(shown, default=str)}")
-            except Exception as exc:  # noqa: BLE001
+                shown = {
+                    k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in values.items()
+                    if not isinstance(v, list)
+                }
+                log(
+                    f"{name}: {workload} done in {time.perf_counter() - started:.0f} s: {json.dumps(shown, default=str)}"
+                )
+            except Exception as exc:
                 entry["errors"][workload] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"{name}: {workload} failed: {exc!r}\n{traceback.format_exc(limit=3)}")
             if server.process.poll() is not None:
@@ -338,14 +423,22 @@ def run_server(name: str, workloads: list[str], plan: loadgen.Plan, args: argpar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short durations for a smoke run (not saved unless --save)")
-    parser.add_argument("--servers", default=",".join(ALL_SERVERS), help=f"comma-separated, from {','.join(ALL_SERVERS)}")
+    parser.add_argument(
+        "--quick", action="store_true", help="short durations for a smoke run (not saved unless --save)"
+    )
+    parser.add_argument(
+        "--servers", default=",".join(ALL_SERVERS), help=f"comma-separated, from {','.join(ALL_SERVERS)}"
+    )
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma-separated, from W1,W2,W3,W4")
     parser.add_argument("--save", action="store_true", help="append to the results file even with --quick")
     parser.add_argument("--no-save", action="store_true", help="print only")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="file the table is appended to (default bench/RESULTS.md)")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="file the table is appended to (default bench/RESULTS.md)"
+    )
     parser.add_argument("--ready-timeout", type=float, default=900, help="seconds to wait for a server to be ready")
-    parser.add_argument("--llama-cache-prompt", action="store_true", help="let llama-server reuse cached prompt prefixes")
+    parser.add_argument(
+        "--llama-cache-prompt", action="store_true", help="let llama-server reuse cached prompt prefixes"
+    )
     for name in ("w1_runs", "w1_tokens", "w2_tokens", "clients", "wrk_threads"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     for name in ("w2_seconds", "w3_seconds", "w4_seconds"):
@@ -361,7 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         servers.append("empty")  # W4's ceiling
     servers = [s for s in ALL_SERVERS if s in servers]
     plan = loadgen.Plan.quick() if args.quick else loadgen.Plan()
-    for name in ("w1_runs", "w1_tokens", "w2_tokens", "clients", "wrk_threads", "w2_seconds", "w3_seconds", "w4_seconds"):
+    for name in (
+        "w1_runs",
+        "w1_tokens",
+        "w2_tokens",
+        "clients",
+        "wrk_threads",
+        "w2_seconds",
+        "w3_seconds",
+        "w4_seconds",
+    ):
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     keys = os.environ.get("GENAI_API_KEYS", "").strip()
@@ -383,17 +485,19 @@ def main(argv: list[str] | None = None) -> int:
     table = render_table(results, servers, plan)
     notes = render_notes(results, servers, plan, args)
     command = "bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = "\n".join([
-        f"## {started_at:%Y-%m-%d %H:%M} UTC — {kind}",
-        "",
-        f"Commit {commit}. Machine: {machine}. Command: `{command.strip()}`. "
-        f"Took {(datetime.now(UTC) - started_at).total_seconds() / 60:.1f} min.",
-        "",
-        table,
-        "",
-        *(f"- {n}" for n in notes),
-        "",
-    ])
+    report = "\n".join(
+        [
+            f"## {started_at:%Y-%m-%d %H:%M} UTC — {kind}",
+            "",
+            f"Commit {commit}. Machine: {machine}. Command: `{command.strip()}`. "
+            f"Took {(datetime.now(UTC) - started_at).total_seconds() / 60:.1f} min.",
+            "",
+            table,
+            "",
+            *(f"- {n}" for n in notes),
+            "",
+        ]
+    )
     print(report)
     if (not args.quick or args.save) and not args.no_save:
         new = not args.results.exists()

@@ -50,7 +50,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from machine import free_port, git_commit, machine_info  # noqa: E402  (bench/machine.py)
+import contextlib
+
+from machine import free_port, git_commit, machine_info
+
 RESULTS = ROOT / "bench" / "RESULTS.md"
 LOG_DIR = ROOT / ".cache" / "bench-logs"
 FULL_RUN_SECONDS = 600
@@ -137,7 +140,15 @@ class Payloads:
 Scenario = Callable[[httpx.AsyncClient, random.Random, Payloads, float], Awaitable[Outcome]]
 
 
-async def _plain(client: httpx.AsyncClient, endpoint: str, method: str, path: str, timeout: float, check: Callable[[httpx.Response], str | None] | None = None, **kwargs: Any) -> Outcome:
+async def _plain(
+    client: httpx.AsyncClient,
+    endpoint: str,
+    method: str,
+    path: str,
+    timeout: float,
+    check: Callable[[httpx.Response], str | None] | None = None,
+    **kwargs: Any,
+) -> Outcome:
     outcome = Outcome(endpoint)
     started = time.perf_counter()
     try:
@@ -154,7 +165,16 @@ async def _plain(client: httpx.AsyncClient, endpoint: str, method: str, path: st
     return outcome
 
 
-async def _stream(client: httpx.AsyncClient, endpoint: str, path: str, body: dict[str, Any], timeout: float, *, openai: bool, disconnect_after: int | None = None) -> Outcome:
+async def _stream(
+    client: httpx.AsyncClient,
+    endpoint: str,
+    path: str,
+    body: dict[str, Any],
+    timeout: float,
+    *,
+    openai: bool,
+    disconnect_after: int | None = None,
+) -> Outcome:
     """POST a streaming request and read its events: `token`... `done` (native) or `data:` ... `[DONE]` (/v1)."""
     outcome = Outcome(endpoint)
     started = time.perf_counter()
@@ -213,15 +233,33 @@ def _has(key: str) -> Callable[[httpx.Response], str | None]:
 
 
 async def s_tokenize(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "tokenize", "POST", "/tokenize", t, _has("ids"), json={"text": rng.choice([LONG_TEXT, _prompt(rng)])})
+    return await _plain(
+        c, "tokenize", "POST", "/tokenize", t, _has("ids"), json={"text": rng.choice([LONG_TEXT, _prompt(rng)])}
+    )
 
 
 async def s_detokenize(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "detokenize", "POST", "/detokenize", t, _has("text"), json={"ids": [rng.randrange(0, 30000) for _ in range(rng.randint(1, 40))]})
+    return await _plain(
+        c,
+        "detokenize",
+        "POST",
+        "/detokenize",
+        t,
+        _has("text"),
+        json={"ids": [rng.randrange(0, 30000) for _ in range(rng.randint(1, 40))]},
+    )
 
 
 async def s_next_token(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "next-token-probs", "POST", "/next-token-probs", t, _has("candidates"), json={"prompt": _prompt(rng), "top_k": 5})
+    return await _plain(
+        c,
+        "next-token-probs",
+        "POST",
+        "/next-token-probs",
+        t,
+        _has("candidates"),
+        json={"prompt": _prompt(rng), "top_k": 5},
+    )
 
 
 def _generate_body(rng: random.Random, tokens: int) -> dict[str, Any]:
@@ -232,23 +270,31 @@ def _generate_body(rng: random.Random, tokens: int) -> dict[str, Any]:
 
 
 async def s_generate(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "generate", "POST", "/generate", t, _has("text"), json=_generate_body(rng, rng.randint(4, 16)))
+    return await _plain(
+        c, "generate", "POST", "/generate", t, _has("text"), json=_generate_body(rng, rng.randint(4, 16))
+    )
 
 
 async def s_generate_stream(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _stream(c, "generate stream", "/generate", {**_generate_body(rng, rng.randint(4, 16)), "stream": True}, t, openai=False)
+    return await _stream(
+        c, "generate stream", "/generate", {**_generate_body(rng, rng.randint(4, 16)), "stream": True}, t, openai=False
+    )
 
 
 async def s_generate_stream_disconnect(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
     body = {**_generate_body(rng, 64), "stream": True, "ignore_eos": True}
-    return await _stream(c, "generate stream, client leaves", "/generate", body, t, openai=False, disconnect_after=rng.randint(1, 3))
+    return await _stream(
+        c, "generate stream, client leaves", "/generate", body, t, openai=False, disconnect_after=rng.randint(1, 3)
+    )
 
 
 async def s_generate_disconnect(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
     """A non-streamed 64-token generation whose client gives up after a fraction of a second."""
     outcome = Outcome("generate, client leaves")
     try:
-        await asyncio.wait_for(c.post("/generate", json={**_generate_body(rng, 64), "ignore_eos": True}, timeout=t), rng.uniform(0.1, 0.5))
+        await asyncio.wait_for(
+            c.post("/generate", json={**_generate_body(rng, 64), "ignore_eos": True}, timeout=t), rng.uniform(0.1, 0.5)
+        )
     except TimeoutError:
         outcome.disconnected = True  # cancelling the request closes its connection: the server sees a disconnect
         return outcome
@@ -260,11 +306,21 @@ async def s_generate_disconnect(c: httpx.AsyncClient, rng: random.Random, p: Pay
 
 
 async def s_digit_pixels(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "classify-digit pixels", "POST", "/classify-digit", t, _has("digit"), json={"pixels": rng.choice(p.pixels)})
+    return await _plain(
+        c, "classify-digit pixels", "POST", "/classify-digit", t, _has("digit"), json={"pixels": rng.choice(p.pixels)}
+    )
 
 
 async def s_digit_upload(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "classify-digit upload", "POST", "/classify-digit", t, _has("digit"), files={"file": ("digit.png", rng.choice(p.pngs), "image/png")})
+    return await _plain(
+        c,
+        "classify-digit upload",
+        "POST",
+        "/classify-digit",
+        t,
+        _has("digit"),
+        files={"file": ("digit.png", rng.choice(p.pngs), "image/png")},
+    )
 
 
 def _completion_body(rng: random.Random) -> dict[str, Any]:
@@ -272,7 +328,11 @@ def _completion_body(rng: random.Random) -> dict[str, Any]:
 
 
 def _chat_body(rng: random.Random) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": _prompt(rng)}], "max_tokens": rng.randint(4, 16), "temperature": rng.choice([0, 0.8])}
+    return {
+        "messages": [{"role": "user", "content": _prompt(rng)}],
+        "max_tokens": rng.randint(4, 16),
+        "temperature": rng.choice([0, 0.8]),
+    }
 
 
 async def s_v1_completions(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
@@ -280,20 +340,34 @@ async def s_v1_completions(c: httpx.AsyncClient, rng: random.Random, p: Payloads
 
 
 async def s_v1_completions_stream(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _stream(c, "/v1/completions stream", "/v1/completions", {**_completion_body(rng), "stream": True}, t, openai=True)
+    return await _stream(
+        c, "/v1/completions stream", "/v1/completions", {**_completion_body(rng), "stream": True}, t, openai=True
+    )
 
 
 async def s_v1_chat(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _plain(c, "/v1/chat/completions", "POST", "/v1/chat/completions", t, _has("choices"), json=_chat_body(rng))
+    return await _plain(
+        c, "/v1/chat/completions", "POST", "/v1/chat/completions", t, _has("choices"), json=_chat_body(rng)
+    )
 
 
 async def s_v1_chat_stream(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
-    return await _stream(c, "/v1/chat/completions stream", "/v1/chat/completions", {**_chat_body(rng), "stream": True}, t, openai=True)
+    return await _stream(
+        c, "/v1/chat/completions stream", "/v1/chat/completions", {**_chat_body(rng), "stream": True}, t, openai=True
+    )
 
 
 async def s_v1_stream_disconnect(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
     body = {**_chat_body(rng), "max_tokens": 64, "stream": True}
-    return await _stream(c, "/v1/chat stream, client leaves", "/v1/chat/completions", body, t, openai=True, disconnect_after=rng.randint(1, 3))
+    return await _stream(
+        c,
+        "/v1/chat stream, client leaves",
+        "/v1/chat/completions",
+        body,
+        t,
+        openai=True,
+        disconnect_after=rng.randint(1, 3),
+    )
 
 
 async def s_v2_infer(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float) -> Outcome:
@@ -306,16 +380,49 @@ async def s_v2_infer(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: f
 # Bad input: (label, request kwargs, the 4xx it must get).
 BAD_INPUTS: list[tuple[str, dict[str, Any], int]] = [
     ("tokenize without text", {"method": "POST", "url": "/tokenize", "json": {}}, 422),
-    ("tokenize, broken JSON", {"method": "POST", "url": "/tokenize", "content": b'{"text": ', "headers": {"content-type": "application/json"}}, 422),
+    (
+        "tokenize, broken JSON",
+        {
+            "method": "POST",
+            "url": "/tokenize",
+            "content": b'{"text": ',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+    ),
     ("tokenize, text too long", {"method": "POST", "url": "/tokenize", "json": {"text": "x" * 200_001}}, 422),
-    ("generate, max_new_tokens too large", {"method": "POST", "url": "/generate", "json": {"prompt": "x", "max_new_tokens": 10**6}}, 422),
-    ("generate, negative temperature", {"method": "POST", "url": "/generate", "json": {"prompt": "x", "temperature": -1}}, 422),
-    ("next-token-probs, top_k 0", {"method": "POST", "url": "/next-token-probs", "json": {"prompt": "x", "top_k": 0}}, 422),
+    (
+        "generate, max_new_tokens too large",
+        {"method": "POST", "url": "/generate", "json": {"prompt": "x", "max_new_tokens": 10**6}},
+        422,
+    ),
+    (
+        "generate, negative temperature",
+        {"method": "POST", "url": "/generate", "json": {"prompt": "x", "temperature": -1}},
+        422,
+    ),
+    (
+        "next-token-probs, top_k 0",
+        {"method": "POST", "url": "/next-token-probs", "json": {"prompt": "x", "top_k": 0}},
+        422,
+    ),
     ("detokenize, id out of range", {"method": "POST", "url": "/detokenize", "json": {"ids": [10**9]}}, 422),
     ("classify-digit, 3 pixels", {"method": "POST", "url": "/classify-digit", "json": {"pixels": [1, 2, 3]}}, 422),
-    ("classify-digit, not an image", {"method": "POST", "url": "/classify-digit", "files": {"file": ("x.png", b"not a picture", "image/png")}}, 422),
-    ("classify-digit, text/plain", {"method": "POST", "url": "/classify-digit", "content": b"7", "headers": {"content-type": "text/plain"}}, 415),
-    ("/v1/completions, negative max_tokens", {"method": "POST", "url": "/v1/completions", "json": {"prompt": "x", "max_tokens": -5}}, 400),
+    (
+        "classify-digit, not an image",
+        {"method": "POST", "url": "/classify-digit", "files": {"file": ("x.png", b"not a picture", "image/png")}},
+        422,
+    ),
+    (
+        "classify-digit, text/plain",
+        {"method": "POST", "url": "/classify-digit", "content": b"7", "headers": {"content-type": "text/plain"}},
+        415,
+    ),
+    (
+        "/v1/completions, negative max_tokens",
+        {"method": "POST", "url": "/v1/completions", "json": {"prompt": "x", "max_tokens": -5}},
+        400,
+    ),
     ("/v1/chat, no messages", {"method": "POST", "url": "/v1/chat/completions", "json": {"messages": []}}, 400),
     ("/v2 infer, no inputs", {"method": "POST", "url": "/v2/models/mnist/infer", "json": {"inputs": []}}, 400),
     ("/v2 infer, unknown model", {"method": "POST", "url": "/v2/models/nope/infer", "json": {"inputs": []}}, 404),
@@ -323,7 +430,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int]] = [
 ]
 
 
-async def s_bad_input(c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float, which: int | None = None) -> Outcome:
+async def s_bad_input(
+    c: httpx.AsyncClient, rng: random.Random, p: Payloads, t: float, which: int | None = None
+) -> Outcome:
     label, request, expected = BAD_INPUTS[which] if which is not None else rng.choice(BAD_INPUTS)
     outcome = Outcome("bad input")
     started = time.perf_counter()
@@ -364,10 +473,22 @@ MIX: list[tuple[Scenario, float]] = [
 
 # Table rows in this order (the endpoint labels the scenarios record).
 ENDPOINT_ORDER = [
-    "tokenize", "detokenize", "next-token-probs", "generate", "generate stream", "generate, client leaves",
-    "generate stream, client leaves", "classify-digit pixels", "classify-digit upload", "/v1/completions",
-    "/v1/completions stream", "/v1/chat/completions", "/v1/chat/completions stream", "/v1/chat stream, client leaves",
-    "/v2 infer", "bad input",
+    "tokenize",
+    "detokenize",
+    "next-token-probs",
+    "generate",
+    "generate stream",
+    "generate, client leaves",
+    "generate stream, client leaves",
+    "classify-digit pixels",
+    "classify-digit upload",
+    "/v1/completions",
+    "/v1/completions stream",
+    "/v1/chat/completions",
+    "/v1/chat/completions stream",
+    "/v1/chat stream, client leaves",
+    "/v2 infer",
+    "bad input",
 ]
 
 
@@ -422,12 +543,16 @@ class Server:
         command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
         log(f"starting {' '.join(command)} (log {self.log_path.relative_to(ROOT)})")
         started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.process.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"server exited with code {self.process.returncode} before ready; see {self.log_path}")
+                raise RuntimeError(
+                    f"server exited with code {self.process.returncode} before ready; see {self.log_path}"
+                )
             try:
                 if httpx.get(self.base_url + "/ready", timeout=2).status_code == 200:
                     break
@@ -463,9 +588,15 @@ class Server:
 # --- running the load -------------------------------------------------------------------------
 
 
-async def _client_loop(client: httpx.AsyncClient, rng: random.Random, payloads: Payloads, phases: list[tuple[float, Tally]], request_timeout: float) -> None:
+async def _client_loop(
+    client: httpx.AsyncClient,
+    rng: random.Random,
+    payloads: Payloads,
+    phases: list[tuple[float, Tally]],
+    request_timeout: float,
+) -> None:
     """Closed loop: pick a scenario, run it, record it in the tally of the phase it started in."""
-    scenarios, weights = zip(*MIX)
+    scenarios, weights = zip(*MIX, strict=True)
     for until, tally in phases:
         while time.monotonic() < until:
             scenario = rng.choices(scenarios, weights)[0]
@@ -486,7 +617,15 @@ async def preflight(base_url: str, payloads: Payloads, request_timeout: float, t
     log(f"preflight: {len(tally.outcomes)} requests, {len(problems)} problems" + "".join(f"\n  {o}" for o in problems))
 
 
-async def run_load(base_url: str, clients: int, warmup: float, duration: float, request_timeout: float, seed: int, on_warm: Callable[[], None]) -> tuple[Tally, Tally, float]:
+async def run_load(
+    base_url: str,
+    clients: int,
+    warmup: float,
+    duration: float,
+    request_timeout: float,
+    seed: int,
+    on_warm: Callable[[], None],
+) -> tuple[Tally, Tally, float]:
     payloads = Payloads(seed)
     warm, measured = Tally(), Tally()
     await preflight(base_url, payloads, request_timeout, warm)
@@ -501,7 +640,9 @@ async def run_load(base_url: str, clients: int, warmup: float, duration: float, 
 
         marker = asyncio.create_task(mark_warm())
         rngs = [random.Random(seed * 1000 + i) for i in range(clients)]
-        await asyncio.gather(*(_client_loop(client, rngs[i], payloads, phases, request_timeout) for i in range(clients)))
+        await asyncio.gather(
+            *(_client_loop(client, rngs[i], payloads, phases, request_timeout) for i in range(clients))
+        )
         await marker
     return warm, measured, time.monotonic() - start - warmup
 
@@ -513,7 +654,7 @@ async def engine_counts(base_url: str) -> dict[str, float]:
         text = (await client.get("/metrics")).text
     for line in text.splitlines():
         for name in ("genai_requests_running", "genai_requests_waiting"):
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if line.startswith((name + " ", name + "{")):
                 out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
@@ -541,7 +682,9 @@ def endpoint_rows(tally: Tally) -> list[str]:
         "| Endpoint | Requests | Statuses | p50 ms | p95 ms | p99 ms | Client left | Lost | 5xx / error events | Wrong answers |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for endpoint, outcomes in sorted(by_endpoint.items(), key=lambda item: ENDPOINT_ORDER.index(item[0]) if item[0] in ENDPOINT_ORDER else 99):
+    for endpoint, outcomes in sorted(
+        by_endpoint.items(), key=lambda item: ENDPOINT_ORDER.index(item[0]) if item[0] in ENDPOINT_ORDER else 99
+    ):
         statuses = Counter(o.status for o in outcomes if o.status is not None)
         latencies = [o.seconds for o in outcomes if o.seconds is not None and not o.disconnected]
         rows.append(
@@ -561,16 +704,31 @@ def endpoint_rows(tally: Tally) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=FULL_RUN_SECONDS, help="measured seconds after the warm-up (default 600)")
-    parser.add_argument("--warmup", type=float, default=60.0, help="seconds of the same load before measuring (default 60)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--duration", type=float, default=FULL_RUN_SECONDS, help="measured seconds after the warm-up (default 600)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=60.0, help="seconds of the same load before measuring (default 60)"
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients (default 8)")
-    parser.add_argument("--request-timeout", type=float, default=120.0, help="a request not answered by then counts as lost (default 120 s)")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        help="a request not answered by then counts as lost (default 120 s)",
+    )
     parser.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
-    parser.add_argument("--results", type=Path, default=RESULTS, help="file the report is appended to (default bench/RESULTS.md)")
-    parser.add_argument("--save", action="store_true", help="append even a run shorter than 600 s (labelled a smoke run)")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="file the report is appended to (default bench/RESULTS.md)"
+    )
+    parser.add_argument(
+        "--save", action="store_true", help="append even a run shorter than 600 s (labelled a smoke run)"
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
 
@@ -586,7 +744,9 @@ def main(argv: list[str] | None = None) -> int:
         parent, child = spawn.Pipe(duplex=False)
         probing = spawn.Event()
         hard_stop = time.time() + total + args.request_timeout + 60
-        prober = spawn.Process(target=_health_prober, args=(server.base_url, probing, hard_stop, 0.1, child), daemon=True)
+        prober = spawn.Process(
+            target=_health_prober, args=(server.base_url, probing, hard_stop, 0.1, child), daemon=True
+        )
         prober.start()
 
         def on_warm() -> None:
@@ -596,15 +756,15 @@ def main(argv: list[str] | None = None) -> int:
         async def sample_memory(stop: asyncio.Event) -> None:
             while not stop.is_set():
                 memory.append((time.monotonic(), read_memory(server.pid)))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 2.0)
-                except TimeoutError:
-                    pass
 
         async def everything() -> tuple[Tally, Tally, float, dict[str, float]]:
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_memory(stop))
-            warm, measured, seconds = await run_load(server.base_url, args.clients, args.warmup, args.duration, args.request_timeout, args.seed, on_warm)
+            warm, measured, seconds = await run_load(
+                server.base_url, args.clients, args.warmup, args.duration, args.request_timeout, args.seed, on_warm
+            )
             await asyncio.sleep(2.0)  # cancelled generations leave the batch within a step; give them a moment
             counts = await engine_counts(server.base_url)
             stop.set()
@@ -634,26 +794,46 @@ def main(argv: list[str] | None = None) -> int:
     peak_rss = max([m.get("VmRSS", 0) for _, m in memory] + [end_memory.get("VmRSS", 0)])
     leftover = counts.get("genai_requests_running", 0) + counts.get("genai_requests_waiting", 0)
 
-    health_text = "no probes" if health_p99 is None else f"{health_p99:.1f} ms over {len(health)} probes" + (f", {health_failed} not 200" if health_failed else "")
+    health_text = (
+        "no probes"
+        if health_p99 is None
+        else f"{health_p99:.1f} ms over {len(health)} probes" + (f", {health_failed} not 200" if health_failed else "")
+    )
     engine_text = (
         f"running {counts.get('genai_requests_running', float('nan')):g}, waiting {counts.get('genai_requests_waiting', float('nan')):g}"
-        if counts else "metrics unreadable"
+        if counts
+        else "metrics unreadable"
     )
     # (target, measured, met)
     targets: list[tuple[str, str, bool]] = [
         ("no 5xx (error events inside 200 streams count)", f"{len(server_errors)}", not server_errors),
         ("no lost request", f"{len(lost)}", not lost),
         ("bad input always its 4xx; answers well-formed", f"{len(wrong)} wrong", not wrong),
-        (f"RSS growth after warm-up < {RSS_GROWTH_LIMIT:.0%}", "—" if growth is None else f"VmRSS {growth:+.2%}" + anon_growth, growth is not None and growth < RSS_GROWTH_LIMIT),
-        (f"/health p99 < {HEALTH_P99_LIMIT_MS:.0f} ms, always 200", health_text, health_p99 is not None and health_p99 < HEALTH_P99_LIMIT_MS and not health_failed),
+        (
+            f"RSS growth after warm-up < {RSS_GROWTH_LIMIT:.0%}",
+            "—" if growth is None else f"VmRSS {growth:+.2%}" + anon_growth,
+            growth is not None and growth < RSS_GROWTH_LIMIT,
+        ),
+        (
+            f"/health p99 < {HEALTH_P99_LIMIT_MS:.0f} ms, always 200",
+            health_text,
+            health_p99 is not None and health_p99 < HEALTH_P99_LIMIT_MS and not health_failed,
+        ),
         ("no generation left running or waiting after the run", engine_text, bool(counts) and leftover == 0),
     ]
     met = all(ok for _, _, ok in targets)
 
     smoke = args.duration < FULL_RUN_SECONDS
-    kind = f"soak SMOKE run ({args.duration:.0f} s: not the 10-minute soak; RSS figures not meaningful)" if smoke else f"soak run ({args.duration / 60:.0f} min)"
+    kind = (
+        f"soak SMOKE run ({args.duration:.0f} s: not the 10-minute soak; RSS figures not meaningful)"
+        if smoke
+        else f"soak run ({args.duration / 60:.0f} min)"
+    )
     answered = [o for o in measured.outcomes if o.status is not None]
-    mem = lambda m: ", ".join(f"{k} {m[k] / 1024:.0f} MiB" for k in ("VmRSS", "RssAnon", "VmSwap") if k in m) or "unreadable"  # noqa: E731
+
+    def mem(m: dict[str, int]) -> str:
+        return ", ".join(f"{k} {m[k] / 1024:.0f} MiB" for k in ("VmRSS", "RssAnon", "VmSwap") if k in m) or "unreadable"
+
     command = "bench/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"## {started_at:%Y-%m-%d %H:%M} UTC — {kind}",
@@ -678,12 +858,20 @@ def main(argv: list[str] | None = None) -> int:
         f"- Preflight (every scenario and bad input once) and warm-up: {len(warm.outcomes)} requests ({sum(o.server_error is not None for o in warm.outcomes)} 5xx, "
         f"{sum(o.lost is not None for o in warm.outcomes)} lost, {sum(o.wrong is not None for o in warm.outcomes)} wrong; counted in the targets).",
     ]
-    for label, items, attr in (("5xx", server_errors, "server_error"), ("lost", lost, "lost"), ("wrong", wrong, "wrong")):
+    for label, items, attr in (
+        ("5xx", server_errors, "server_error"),
+        ("lost", lost, "lost"),
+        ("wrong", wrong, "wrong"),
+    ):
         if items:
             examples = Counter(f"{o.endpoint}: {getattr(o, attr)}" for o in items).most_common(5)
             lines.append(f"- {label}: " + "; ".join(f"{text} (×{n})" for text, n in examples))
     genai = {k: v for k, v in os.environ.items() if k.startswith("GENAI_")}
-    lines.append("- Settings: " + (", ".join(f"{k}={v}" for k, v in sorted(genai.items())) if genai else "defaults (no GENAI_* set)") + ".")
+    lines.append(
+        "- Settings: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(genai.items())) if genai else "defaults (no GENAI_* set)")
+        + "."
+    )
     lines.append(f"- Verdict: {'all targets met' if met else 'TARGET MISSED'}.")
     report = "\n".join(lines) + "\n"
     print(report)
@@ -691,7 +879,9 @@ def main(argv: list[str] | None = None) -> int:
         new = not args.results.exists()
         with args.results.open("a") as out:
             if new:
-                out.write("# Benchmark results\n\nAppended by `bench/run.py` and `bench/soak.py` (see bench/README.md). Newest last.\n\n")
+                out.write(
+                    "# Benchmark results\n\nAppended by `bench/run.py` and `bench/soak.py` (see bench/README.md). Newest last.\n\n"
+                )
             out.write(report + "\n")
         log(f"appended to {args.results}")
     return 0 if met else 1

@@ -49,9 +49,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # log_config=None keeps the logging configured above; the app writes its own access line per request.
     # http=: httptools with a head limit, deadlines and a connection bound (service/http/protocol.py).
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None, log_config=None, access_log=False,
-        http=guarded_protocol(HttpLimits.from_settings(settings)), timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        log_config=None,
+        access_log=False,
+        http=guarded_protocol(HttpLimits.from_settings(settings)),
+        timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
     )
     from service.server import DrainingServer
 
@@ -106,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
-    sub.add_parser("provision", help="prepare the embedded models so that serve starts fast").set_defaults(func=cmd_provision)
+    sub.add_parser("provision", help="prepare the embedded models so that serve starts fast").set_defaults(
+        func=cmd_provision
+    )
     sub.add_parser("info", help="print the effective settings").set_defaults(func=cmd_info)
     train = sub.add_parser("train-digits", help="train the digit classifier (see --help)", add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
@@ -128,7 +136,9 @@ def settings_error_lines(exc: Exception) -> list[str]:
         if "expected" in ctx:
             allowed = f"allowed values: {ctx['expected']}"
         else:
-            allowed = str(err.get("msg", "invalid value")).replace("Input should be", "must be").removeprefix("Value error, ")
+            allowed = (
+                str(err.get("msg", "invalid value")).replace("Input should be", "must be").removeprefix("Value error, ")
+            )
         lines.append(f"genai-service: {name}={err.get('input')!r} is not valid; {allowed}")
     return lines or [f"genai-service: invalid settings: {exc}"]
 

@@ -8,6 +8,7 @@ Starlette does not cancel a handler when its client leaves, so the handler races
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -36,10 +37,8 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         if watcher not in done:  # when both finished in the same turn, the client is gone all the same
             return work_task.result()
         work_task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await work_task
-        except (asyncio.CancelledError, Exception):
-            pass
         raise ClientDisconnected
     finally:
         watcher.cancel()

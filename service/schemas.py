@@ -69,7 +69,9 @@ class RequestModel(BaseModel):
 def _refuse_unencodable(value: Any) -> None:
     found = first_unencodable(value)
     if found is not None:
-        raise ValueError(f"contains {found}, a lone surrogate, which is not valid Unicode text (it cannot be encoded as UTF-8)")
+        raise ValueError(
+            f"contains {found}, a lone surrogate, which is not valid Unicode text (it cannot be encoded as UTF-8)"
+        )
 
 
 def _stop_strings(value: str | list[str] | None) -> list[str] | None:
@@ -86,17 +88,29 @@ def _stop_strings(value: str | list[str] | None) -> list[str] | None:
 
 Temperature = Annotated[
     float,
-    Field(ge=0, le=100, allow_inf_nan=False, description="Divide the logits by this before the softmax; 0 = greedy. 0 to 100."),
+    Field(
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Divide the logits by this before the softmax; 0 = greedy. 0 to 100.",
+    ),
 ]
 TopP = Annotated[
     float,
-    Field(gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling: the smallest set of tokens whose probability reaches top_p. (0, 1]."),
+    Field(
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Nucleus sampling: the smallest set of tokens whose probability reaches top_p. (0, 1].",
+    ),
 ]
 TopK = Annotated[int, Field(ge=0, description="Sample only among the k most likely tokens (0 = no limit).")]
 RepetitionPenalty = Annotated[
     float,
     Field(
-        ge=0.1, le=10, allow_inf_nan=False,
+        ge=0.1,
+        le=10,
+        allow_inf_nan=False,
         description="CTRL's penalty on tokens already in the prompt or output: > 1 discourages them, < 1 favours them. 0.1 to 10.",
     ),
 ]
@@ -104,7 +118,8 @@ Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="Same seed + same re
 TimeoutSeconds = Annotated[
     float,
     Field(
-        ge=0.01, allow_inf_nan=False,
+        ge=0.01,
+        allow_inf_nan=False,
         description="This request's time limit in seconds, at least 0.01 and at most GENAI_REQUEST_TIMEOUT_S: past it the "
         "generation ends with finish_reason `time_limit`, or 504 if no token was produced yet.",
     ),
@@ -136,4 +151,8 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
-        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )

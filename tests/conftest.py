@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from servers import free_port, serve_in_thread
 
 from service.app import create_app, load_models
 from service.config import Settings
 from service.state import LoadedModels
-from servers import free_port, serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +66,21 @@ def unused_port() -> int:
 def live_server() -> Iterator[str]:
     """The service as `make serve` runs it: a real uvicorn process on a free localhost port."""
     import os
-    import subprocess
-    import sys
     import tempfile
-    import time
 
     port = free_port()
     env = {**os.environ, "GENAI_PORT": str(port), "GENAI_HOST": "127.0.0.1"}
     # to a file, not a pipe nobody reads: a few hundred requests' log lines would fill a pipe and freeze the server
-    log = tempfile.TemporaryFile(mode="w+")
+    with tempfile.TemporaryFile(mode="w+") as log:
+        yield from _serve_until_done(env, port, log)
+
+
+def _serve_until_done(env: dict[str, str], port: int, log: Any) -> Iterator[str]:
+    """Start the server with its output to `log`, wait for /ready, yield its address, stop it."""
+    import subprocess
+    import sys
+    import time
+
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
     )

@@ -44,14 +44,19 @@ async def test_a_stream_closed_before_its_first_token_is_cancelled(app: FastAPI,
     body = json.dumps({"prompt": "x", "max_new_tokens": 512, "ignore_eos": True, "stream": True}).encode()
     for _ in range(3):
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            sock.sendall(
+                b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
     await asyncio.sleep(0.5)
     assert await _wait_idle(app, 20), _engine(app).describe()  # 512 tokens would take far longer than this
     assert _engine(app).stats.finished - cancelled_before == 3
     assert _engine(app).stats.generated_tokens < 3 * 512
 
 
-@pytest.mark.parametrize("route", ["/classify-digit", "/generate", "/tokenize", "/v1/completions", "/v2/models/mnist/infer"])
+@pytest.mark.parametrize(
+    "route", ["/classify-digit", "/generate", "/tokenize", "/v1/completions", "/v2/models/mnist/infer"]
+)
 async def test_deeply_nested_json_is_a_4xx(client: httpx.AsyncClient, route: str) -> None:
     for depth in (1000, 100_000):
         body = "[" * depth + "]" * depth
@@ -61,13 +66,17 @@ async def test_deeply_nested_json_is_a_4xx(client: httpx.AsyncClient, route: str
 
 
 async def test_a_number_of_five_thousand_digits_is_a_4xx(client: httpx.AsyncClient) -> None:
-    response = await client.post("/classify-digit", content='{"pixels": [' + "9" * 5000 + "]}", headers={"content-type": "application/json"})
+    response = await client.post(
+        "/classify-digit", content='{"pixels": [' + "9" * 5000 + "]}", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "body"
 
 
 def test_control_characters_in_a_logged_path_stay_on_one_line() -> None:
-    record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "GET %s 404", ("/nope\r\nFORGED 200\x00",), None)
+    record = logging.LogRecord(
+        "service.access", logging.INFO, __file__, 1, "GET %s 404", ("/nope\r\nFORGED 200\x00",), None
+    )
     record.fields = {"path": "/nope\r\nFORGED 200", "status": 404}
     line = TextFormatter().format(record)
     assert "\n" not in line and "\r" not in line and "\x00" not in line
@@ -84,9 +93,13 @@ async def test_cancel_all_ends_what_is_running_with_its_own_answer(make_app: Any
     from service.config import Settings
 
     application = await make_app(Settings(dtype="float32"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://grace", timeout=60) as http:
-        running = asyncio.create_task(http.post("/generate", json={"prompt": "x", "max_new_tokens": 400, "ignore_eos": True}))
-        while _engine(application).running_count == 0:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url="http://grace", timeout=60
+    ) as http:
+        running = asyncio.create_task(
+            http.post("/generate", json={"prompt": "x", "max_new_tokens": 400, "ignore_eos": True})
+        )
+        while _engine(application).running_count == 0:  # noqa: ASYNC110 - the engine's counters have no event to await
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)
         _engine(application).cancel_all()

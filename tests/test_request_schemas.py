@@ -35,12 +35,20 @@ COERCED: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/completions", {**COMP, "max_tokens": "2"}, "max_tokens"),
     ("/v1/chat/completions", {**CHAT, "temperature": "0"}, "temperature"),
     ("/v1/chat/completions", {**CHAT, "logprobs": "true"}, "logprobs"),
-    ("/v2/models/mnist/infer", {"inputs": [{"name": "input", "shape": ["1", "784"], "datatype": "UINT8", "data": PIXELS}]}, "inputs"),
+    (
+        "/v2/models/mnist/infer",
+        {"inputs": [{"name": "input", "shape": ["1", "784"], "datatype": "UINT8", "data": PIXELS}]},
+        "inputs",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("route", "body", "param"), COERCED, ids=[f"{r} {p}={str(b.get(p.split('.')[0]))[:12]}" for r, b, p in COERCED])
-async def test_wrong_json_types_are_refused_not_coerced(client: httpx.AsyncClient, route: str, body: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "body", "param"), COERCED, ids=[f"{r} {p}={str(b.get(p.split('.')[0]))[:12]}" for r, b, p in COERCED]
+)
+async def test_wrong_json_types_are_refused_not_coerced(
+    client: httpx.AsyncClient, route: str, body: dict[str, Any], param: str
+) -> None:
     response = await client.post(route, json=body)
     assert response.status_code in (400, 422), response.text
     error = response.json()["error"]
@@ -66,14 +74,22 @@ SURROGATE_CASES = [
     ("/v1/completions", '{"prompt": %s, "max_tokens": 2}', "prompt"),
     ("/v1/completions", '{"prompt": "x", "model": %s, "max_tokens": 2}', "model"),
     ("/v1/chat/completions", '{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}', "messages.0.content"),
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}], "max_tokens": 2}', "messages.0.content"),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}], "max_tokens": 2}',
+        "messages.0.content",
+    ),
     ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x"}], "model": %s, "max_tokens": 2}', "model"),
     ("/classify-digit", '{"image": %s}', "image"),
 ]
 
 
-@pytest.mark.parametrize(("route", "template", "param"), SURROGATE_CASES, ids=[f"{r} {p}" for r, _, p in SURROGATE_CASES])
-async def test_a_lone_surrogate_is_a_4xx_naming_the_field(client: httpx.AsyncClient, route: str, template: str, param: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "template", "param"), SURROGATE_CASES, ids=[f"{r} {p}" for r, _, p in SURROGATE_CASES]
+)
+async def test_a_lone_surrogate_is_a_4xx_naming_the_field(
+    client: httpx.AsyncClient, route: str, template: str, param: str
+) -> None:
     response = await client.post(route, content=template % SURROGATE, headers={"content-type": "application/json"})
     assert response.status_code in (400, 422), response.text
     error = response.json()["error"]
@@ -83,7 +99,9 @@ async def test_a_lone_surrogate_is_a_4xx_naming_the_field(client: httpx.AsyncCli
 
 async def test_a_surrogate_pair_is_text_and_accepted(client: httpx.AsyncClient) -> None:
     """A pair (`\\ud83d\\ude00`) is how JSON spells an emoji: that is valid and must keep working."""
-    response = await client.post("/tokenize", content='{"text": "smile \\ud83d\\ude00"}', headers={"content-type": "application/json"})
+    response = await client.post(
+        "/tokenize", content='{"text": "smile \\ud83d\\ude00"}', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200
     assert response.json()["count"] > 1
 
@@ -131,7 +149,9 @@ async def test_the_schema_shows_the_bounds(client: httpx.AsyncClient) -> None:
         assert (penalty["minimum"], penalty["maximum"]) == (0.1, 10), model
 
 
-async def test_a_timeout_that_passes_before_the_first_token_is_504_not_one_token(app: Any, client: httpx.AsyncClient) -> None:
+async def test_a_timeout_that_passes_before_the_first_token_is_504_not_one_token(
+    app: Any, client: httpx.AsyncClient
+) -> None:
     """The deadline is checked at admission too: a request whose time ran out in the queue gets no token
     (before, a request admitted after its deadline was prefilled and answered 200 with one token)."""
     import asyncio

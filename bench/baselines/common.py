@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `python bench/baselines/per_request.py`
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI, HTTPException  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+import torch
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
 
-from service.config import Settings  # noqa: E402
-from service.language.model import LanguageModel, load_language_model  # noqa: E402
+from service.config import Settings
+from service.language.model import LanguageModel, load_language_model
 
 
 class GenerateBody(BaseModel):
@@ -70,7 +70,13 @@ def build_app(lm: LanguageModel, generate_fn: GenerateFn, title: str) -> FastAPI
     @app.post("/tokenize")
     def tokenize(body: TokenizeBody) -> dict[str, Any]:
         tokens = lm.tokenize(body.text)
-        return {"ids": tokens.ids, "tokens": tokens.tokens, "offsets": tokens.offsets, "count": len(tokens.ids), "model": lm.model_id}
+        return {
+            "ids": tokens.ids,
+            "tokens": tokens.tokens,
+            "offsets": tokens.offsets,
+            "count": len(tokens.ids),
+            "model": lm.model_id,
+        }
 
     @app.post("/next-token-probs")
     def next_token_probs(body: NextTokenBody) -> dict[str, Any]:
@@ -81,7 +87,7 @@ def build_app(lm: LanguageModel, generate_fn: GenerateFn, title: str) -> FastAPI
         top = torch.topk(logprobs, min(body.top_k, logprobs.shape[0]))
         candidates = [
             {"id": int(i), "token": lm.token_text(int(i)), "probability": float(lp.exp()), "logprob": float(lp)}
-            for lp, i in zip(top.values, top.indices)
+            for lp, i in zip(top.values, top.indices, strict=True)
         ]
         return {"candidates": candidates, "prompt_tokens": len(ids), "temperature": 1.0, "model": lm.model_id}
 
@@ -99,12 +105,18 @@ def build_app(lm: LanguageModel, generate_fn: GenerateFn, title: str) -> FastAPI
             "text": lm.detokenize(new_ids),
             "ids": new_ids,
             "finish_reason": "eos" if eos else "length",
-            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(new_ids), "total_tokens": len(ids) + len(new_ids)},
+            "usage": {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(new_ids),
+                "total_tokens": len(ids) + len(new_ids),
+            },
             "timing": {
                 "queue_seconds": 0.0,
                 "time_to_first_token_seconds": ttft,
                 "total_seconds": total,
-                "tokens_per_second": (len(new_ids) - 1) / decode_seconds if decode_seconds and len(new_ids) > 1 else None,
+                "tokens_per_second": (len(new_ids) - 1) / decode_seconds
+                if decode_seconds and len(new_ids) > 1
+                else None,
             },
             "model": lm.model_id,
         }
@@ -119,5 +131,7 @@ def serve(generate_fn: GenerateFn, title: str, argv: list[str] | None = None) ->
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args(argv)
     lm = load_model()
-    log_level = Settings().log_level  # the service's uvicorn settings: defaults plus its log level (access log on at info)
+    log_level = (
+        Settings().log_level
+    )  # the service's uvicorn settings: defaults plus its log level (access log on at info)
     uvicorn.run(build_app(lm, generate_fn, title), host=args.host, port=args.port, log_level=log_level)

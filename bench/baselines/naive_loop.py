@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 
 import torch
-
 from common import LanguageModel, serve  # type: ignore[import-not-found]  # bench/baselines/common.py
 
 
-def generate(lm: LanguageModel, ids: list[int], max_new_tokens: int, ignore_eos: bool) -> tuple[list[int], float | None]:
+def generate(
+    lm: LanguageModel, ids: list[int], max_new_tokens: int, ignore_eos: bool
+) -> tuple[list[int], float | None]:
     started = time.perf_counter()
     first_at: float | None = None
     sequence = torch.tensor([ids], device=lm.device)

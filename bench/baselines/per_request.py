@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
 from common import LanguageModel, serve  # type: ignore[import-not-found]  # bench/baselines/common.py
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 
 class _FirstToken(StoppingCriteria):
@@ -28,7 +27,9 @@ class _FirstToken(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def generate(lm: LanguageModel, ids: list[int], max_new_tokens: int, ignore_eos: bool) -> tuple[list[int], float | None]:
+def generate(
+    lm: LanguageModel, ids: list[int], max_new_tokens: int, ignore_eos: bool
+) -> tuple[list[int], float | None]:
     started = time.perf_counter()
     first = _FirstToken()
     input_ids = torch.tensor([ids], device=lm.device)
@@ -45,7 +46,7 @@ def generate(lm: LanguageModel, ids: list[int], max_new_tokens: int, ignore_eos:
             pad_token_id=lm.tokenizer.pad_token_id,
             stopping_criteria=StoppingCriteriaList([first]),
         )
-    new_ids = [int(t) for t in out[0, len(ids):]]
+    new_ids = [int(t) for t in out[0, len(ids) :]]
     return new_ids, (first.at - started) if first.at is not None else None
 
 

@@ -131,7 +131,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError as exc:
-            status, message, error_type = self._refusal or (400, f"malformed HTTP request: {exc}", "invalid_request_error")
+            status, message, error_type = self._refusal or (
+                400,
+                f"malformed HTTP request: {exc}",
+                "invalid_request_error",
+            )
             self._refuse(status, message, error_type)
             return
         if self._in_head and self._head_raw > self.limits.max_header_bytes:
@@ -147,13 +151,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # The bytes read while this head was awaited bound its size from above, unless it began inside
         # the read that ended the previous request (pipelining): then, or when that bound is over the
         # limit (a body read with the head counts too), the head itself is measured.
-        if (self._mid_read or self._head_raw > self.limits.max_header_bytes) and self._head_size() > self.limits.max_header_bytes:
+        if (
+            self._mid_read or self._head_raw > self.limits.max_header_bytes
+        ) and self._head_size() > self.limits.max_header_bytes:
             self._refusal = (431, self._too_large_message(), "request_header_fields_too_large")
             raise _Refuse
         version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):
             if version == "0.9":
-                self._refusal = (400, "HTTP/0.9 requests are not served: send HTTP/1.1 with a Host header", "invalid_request_error")
+                self._refusal = (
+                    400,
+                    "HTTP/0.9 requests are not served: send HTTP/1.1 with a Host header",
+                    "invalid_request_error",
+                )
             else:
                 self._refusal = (505, f"HTTP/{version} is not supported: send HTTP/1.1", "http_version_not_supported")
             raise _Refuse
@@ -180,7 +190,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._pending_refusal is not None and not self.pipeline and (self.cycle is None or self.cycle.response_complete):
+        if (
+            self._pending_refusal is not None
+            and not self.pipeline
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
             status, message, error_type = self._pending_refusal
             self._pending_refusal = None
             self._finished = False
@@ -208,12 +222,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._finished = True
                 self.transport.close()
                 return
-            self._refuse(408, f"request headers not received within {self.limits.header_timeout_s:g} s", "request_timeout")
+            self._refuse(
+                408, f"request headers not received within {self.limits.header_timeout_s:g} s", "request_timeout"
+            )
         elif phase == _BODY:
             cycle, self._body_cycle = self._body_cycle, None
             if cycle is not self.cycle or cycle is None or not cycle.more_body:
                 return
-            self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s", "request_timeout", current=True)
+            self._refuse(
+                408,
+                f"request body not received within {self.limits.body_timeout_s:g} s",
+                "request_timeout",
+                current=True,
+            )
 
     # --- refusing ------------------------------------------------------------------------------
     def _too_large_message(self) -> str:
@@ -239,7 +260,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app, if it runs, reads a disconnect and its answer is dropped
             cycle.message_event.set()
-        client = "%s:%d" % self.client if self.client else "-"
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
         _log_refusal(status, client, message)
         self._answer_and_close(status, message, error_type)
 

@@ -33,7 +33,9 @@ class AttentionWeights:
     forward: str
 
 
-def attention_weights(inspector: ModelInspector, ids: list[int], params: AttentionParams, token_text: token_choice.TokenText) -> AttentionWeights:
+def attention_weights(
+    inspector: ModelInspector, ids: list[int], params: AttentionParams, token_text: token_choice.TokenText
+) -> AttentionWeights:
     by_layer = inspector.attention(ids, params.layers)  # layer -> [heads, S, S]
     heads = list(params.heads)
     maps = []
@@ -45,8 +47,13 @@ def attention_weights(inspector: ModelInspector, ids: list[int], params: Attenti
             rows = [weights[row, q, : q + 1].tolist() for q in params.query_positions]
             maps.append(AttentionMap(layer=layer, head=head, weights=rows))
     return AttentionWeights(
-        ids=ids, tokens=[token_text(i) for i in ids], query_positions=list(params.query_positions), heads=heads,
-        mean_over_heads=params.mean_over_heads, maps=maps, forward=inspector.kind,
+        ids=ids,
+        tokens=[token_text(i) for i in ids],
+        query_positions=list(params.query_positions),
+        heads=heads,
+        mean_over_heads=params.mean_over_heads,
+        maps=maps,
+        forward=inspector.kind,
     )
 
 

@@ -83,7 +83,9 @@ class TransformersContinuations:
 
         self.inspector, self.length = inspector, len(ids)
         self.prompt_cache: Any = DynamicCache(config=inspector.model.config)
-        out = inspector.model(input_ids=inspector.ids_tensor(ids), use_cache=True, **{inspector.cache_kwarg: self.prompt_cache})
+        out = inspector.model(
+            input_ids=inspector.ids_tensor(ids), use_cache=True, **{inspector.cache_kwarg: self.prompt_cache}
+        )
         self._root: torch.Tensor = out.logits[0, -1, : inspector.vocab].float()
 
     @property

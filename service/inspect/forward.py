@@ -119,8 +119,7 @@ class TransformersInspector:
         for place, position in enumerate(positions):
             model_logits = out.logits[0, place if self._logits_to_keep else position].float()
             rows = [
-                model_logits if layer == final else head(norm(hidden[layer][0, position])).float()
-                for layer in layers
+                model_logits if layer == final else head(norm(hidden[layer][0, position])).float() for layer in layers
             ]
             yield torch.stack(rows)[:, : self.vocab]
 
@@ -131,7 +130,9 @@ class TransformersInspector:
             self.model.set_attn_implementation("eager")
         try:
             if config._attn_implementation != "eager":
-                raise InspectionUnsupported(f"{type(self.model).__name__} cannot switch to eager attention, which attention weights need")
+                raise InspectionUnsupported(
+                    f"{type(self.model).__name__} cannot switch to eager attention, which attention weights need"
+                )
             out = self.model(input_ids=self.ids_tensor(ids), output_attentions=True, use_cache=False)
         finally:
             if previous != "eager":

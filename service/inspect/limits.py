@@ -64,7 +64,8 @@ def indexes(values: Sequence[int] | None, count: int, field: str, what: str) -> 
     for place, value in enumerate(values):
         if not -count <= value < count:
             raise InspectionRefused(
-                field, f"{field}[{place}] = {value} is out of range: {what}s run 0..{count - 1} (or -{count}..-1 from the end)"
+                field,
+                f"{field}[{place}] = {value} is out of range: {what}s run 0..{count - 1} (or -{count}..-1 from the end)",
             )
     return tuple(value % count for value in values)
 
@@ -128,7 +129,12 @@ class InspectionLimits:
         return LensParams(positions=at, layers=chosen, top_k=top_k)
 
     def attention(
-        self, *, layers: Sequence[int] | None, heads: Sequence[int] | None, query_positions: Sequence[int] | None, mean_over_heads: bool
+        self,
+        *,
+        layers: Sequence[int] | None,
+        heads: Sequence[int] | None,
+        query_positions: Sequence[int] | None,
+        mean_over_heads: bool,
     ) -> AttentionParams:
         self.check_prompt()
         params = AttentionParams(
@@ -151,15 +157,19 @@ class InspectionLimits:
     def tree(self, *, depth: int, branching: int) -> TreeParams:
         self.check_prompt()
         if depth > self.max_tree_depth:
-            raise InspectionRefused("depth", f"depth = {depth} exceeds the limit of {self.max_tree_depth} (GENAI_INSPECT_MAX_TREE_DEPTH)")
+            raise InspectionRefused(
+                "depth", f"depth = {depth} exceeds the limit of {self.max_tree_depth} (GENAI_INSPECT_MAX_TREE_DEPTH)"
+            )
         if self.prompt_tokens + depth > self.context_length:
             raise InspectionRefused(
-                "depth", f"prompt tokens ({self.prompt_tokens}) + depth ({depth}) exceed the model's context of {self.context_length}"
+                "depth",
+                f"prompt tokens ({self.prompt_tokens}) + depth ({depth}) exceed the model's context of {self.context_length}",
             )
         if branching > min(self.shape.vocab, self.max_tree_nodes):
             field_limit = "the vocabulary" if self.shape.vocab < self.max_tree_nodes else "GENAI_INSPECT_MAX_TREE_NODES"
             raise InspectionRefused(
-                "branching", f"branching = {branching} exceeds the limit of {min(self.shape.vocab, self.max_tree_nodes)} ({field_limit})"
+                "branching",
+                f"branching = {branching} exceeds the limit of {min(self.shape.vocab, self.max_tree_nodes)} ({field_limit})",
             )
         params = TreeParams(depth=depth, branching=branching)
         if params.nodes > self.max_tree_nodes:

@@ -46,7 +46,9 @@ class LogitLens:
     forward: str
 
 
-def lens_layers(logits: torch.Tensor, layers: Sequence[int], top_k: int, token_text: token_choice.TokenText) -> tuple[Candidate, list[LensLayer]]:
+def lens_layers(
+    logits: torch.Tensor, layers: Sequence[int], top_k: int, token_text: token_choice.TokenText
+) -> tuple[Candidate, list[LensLayer]]:
     """From logits [len(layers), vocab] whose last row is the model's own output: its top token, and per layer
     the top `top_k`, the entropy and that token's rank."""
     logprobs = torch.log_softmax(logits, dim=-1)  # [layers, vocab]
@@ -54,13 +56,20 @@ def lens_layers(logits: torch.Tensor, layers: Sequence[int], top_k: int, token_t
     final = token_choice.top_candidates(logprobs[-1], 1, token_text)[0]
     ranks = (logprobs > logprobs[:, final.id : final.id + 1]).sum(dim=-1) + 1  # [layers]
     cells = [
-        LensLayer(layer=layer, top=token_choice.top_candidates(logprobs[row], top_k, token_text), entropy=float(entropy[row]), final_token_rank=int(ranks[row]))
+        LensLayer(
+            layer=layer,
+            top=token_choice.top_candidates(logprobs[row], top_k, token_text),
+            entropy=float(entropy[row]),
+            final_token_rank=int(ranks[row]),
+        )
         for row, layer in enumerate(layers)
     ]
     return final, cells
 
 
-def logit_lens(inspector: ModelInspector, ids: list[int], params: LensParams, layer_count: int, token_text: token_choice.TokenText) -> LogitLens:
+def logit_lens(
+    inspector: ModelInspector, ids: list[int], params: LensParams, layer_count: int, token_text: token_choice.TokenText
+) -> LogitLens:
     """The lens at every requested position; the model's last layer is computed even when not asked for
     (it names the token whose rank each layer reports) and then left out."""
     asked = list(params.layers)
@@ -68,11 +77,19 @@ def logit_lens(inspector: ModelInspector, ids: list[int], params: LensParams, la
     positions = []
     for position, logits in zip(params.positions, inspector.lens(ids, params.positions, run), strict=True):
         final, cells = lens_layers(logits, run, params.top_k, token_text)
-        positions.append(LensPosition(position=position, token=token_text(ids[position]), final_token=final, layers=cells[: len(asked)]))
-    return LogitLens(ids=ids, tokens=[token_text(i) for i in ids], layers=layer_count, positions=positions, forward=inspector.kind)
+        positions.append(
+            LensPosition(
+                position=position, token=token_text(ids[position]), final_token=final, layers=cells[: len(asked)]
+            )
+        )
+    return LogitLens(
+        ids=ids, tokens=[token_text(i) for i in ids], layers=layer_count, positions=positions, forward=inspector.kind
+    )
 
 
-def inspect_logit_lens(lm: LanguageModel, lean: bool, ids: list[int], params: LensParams, layer_count: int) -> LogitLens:
+def inspect_logit_lens(
+    lm: LanguageModel, lean: bool, ids: list[int], params: LensParams, layer_count: int
+) -> LogitLens:
     """`logit_lens` by the forward the engine serves `lm` with; for the engine thread."""
     with torch.inference_mode():
         return logit_lens(inspector_for(lm, lean), ids, params, layer_count, lm.token_text)

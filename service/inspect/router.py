@@ -35,7 +35,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _prompt_ids(lm: LanguageModel, settings: Settings, prompt: str, add_special_tokens: bool, parse_special: bool) -> list[int]:
+def _prompt_ids(
+    lm: LanguageModel, settings: Settings, prompt: str, add_special_tokens: bool, parse_special: bool
+) -> list[int]:
     ids = encode_prompt(lm, settings, prompt=prompt, add_special_tokens=add_special_tokens, parse_special=parse_special)
     note_prompt(prompt)
     add_usage(prompt_tokens=len(ids))
@@ -43,22 +45,32 @@ def _prompt_ids(lm: LanguageModel, settings: Settings, prompt: str, add_special_
 
 
 @router.post(
-    "/logit-lens", response_model=LogitLensResponse, responses=_ERRORS,
+    "/logit-lens",
+    response_model=LogitLensResponse,
+    responses=_ERRORS,
     summary="The logit lens: each layer's next-token distribution, through the final norm and output layer",
 )
-async def logit_lens(body: LogitLensRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> LogitLensResponse:
+async def logit_lens(
+    body: LogitLensRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
+) -> LogitLensResponse:
     ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
     limits = InspectionLimits.of(lm, settings, len(ids))
     params = body.to_lens_params(limits)
-    lens = await engine.run_on_engine_thread(inspect_logit_lens, lm, settings.lean_decoder, ids, params, limits.shape.layers)
+    lens = await engine.run_on_engine_thread(
+        inspect_logit_lens, lm, settings.lean_decoder, ids, params, limits.shape.layers
+    )
     return LogitLensResponse.of(lens, lm.model_id)
 
 
 @router.post(
-    "/attention", response_model=AttentionResponse, responses=_ERRORS,
+    "/attention",
+    response_model=AttentionResponse,
+    responses=_ERRORS,
     summary="Attention weights of chosen layers, heads and query positions over the prompt",
 )
-async def attention(body: AttentionRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> AttentionResponse:
+async def attention(
+    body: AttentionRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
+) -> AttentionResponse:
     ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
     params = body.to_attention_params(InspectionLimits.of(lm, settings, len(ids)))
     weights = await engine.run_on_engine_thread(inspect_attention, lm, settings.lean_decoder, ids, params)
@@ -66,7 +78,9 @@ async def attention(body: AttentionRequest, lm: LanguageModelDep, engine: Engine
 
 
 @router.post(
-    "/tree", response_model=TreeResponse, responses=_ERRORS,
+    "/tree",
+    response_model=TreeResponse,
+    responses=_ERRORS,
     summary="The tree of likeliest continuations: `branching` tokens at each step, `depth` steps",
 )
 async def tree(body: TreeRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> TreeResponse:

@@ -52,7 +52,8 @@ class LogitLensRequest(RequestModel):
     prompt: str = Field(min_length=1, description=_PROMPT)
     top_k: int = Field(default=5, ge=1, description="Tokens listed per cell (at most GENAI_MAX_TOP_K).")
     positions: list[int] = Field(
-        default_factory=lambda: [-1], min_length=1,
+        default_factory=lambda: [-1],
+        min_length=1,
         description="Prompt positions whose next-token distribution to read (negative: from the end; default the last).",
     )
     layers: list[int] | None = Field(
@@ -60,19 +61,25 @@ class LogitLensRequest(RequestModel):
         description="Lens layers, 0..L: 0 = the embeddings, l = after the l-th decoder layer, L = the model's output "
         "(negative: from the end). Default: all.",
     )
-    include_embeddings: bool = Field(default=True, description="With `layers` left out: include layer 0, the embeddings.")
+    include_embeddings: bool = Field(
+        default=True, description="With `layers` left out: include layer 0, the embeddings."
+    )
     add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
     parse_special: ParseSpecial = True
 
     def to_lens_params(self, limits: InspectionLimits) -> LensParams:
-        return limits.lens(top_k=self.top_k, positions=self.positions, layers=self.layers, include_embeddings=self.include_embeddings)
+        return limits.lens(
+            top_k=self.top_k, positions=self.positions, layers=self.layers, include_embeddings=self.include_embeddings
+        )
 
 
 class LensLayerCell(BaseModel):
     layer: int = Field(description="0 = the embeddings, l = after the l-th decoder layer.")
     top: list[TokenCandidate] = Field(description="The likeliest next tokens read at this layer, likeliest first.")
     entropy: float = Field(ge=0, description="Of this layer's whole distribution, in nats.")
-    final_token_rank: int = Field(ge=1, description="Rank here of the model's own top token (`final_token`); 1 = first.")
+    final_token_rank: int = Field(
+        ge=1, description="Rank here of the model's own top token (`final_token`); 1 = first."
+    )
 
 
 class LensPositionRow(BaseModel):
@@ -100,7 +107,12 @@ class LogitLensResponse(BaseModel):
                     token=p.token,
                     final_token=_candidate(p.final_token),
                     layers=[
-                        LensLayerCell(layer=c.layer, top=[_candidate(t) for t in c.top], entropy=c.entropy, final_token_rank=c.final_token_rank)
+                        LensLayerCell(
+                            layer=c.layer,
+                            top=[_candidate(t) for t in c.top],
+                            entropy=c.entropy,
+                            final_token_rank=c.final_token_rank,
+                        )
                         for c in p.layers
                     ],
                 )
@@ -119,23 +131,39 @@ class AttentionRequest(RequestModel):
         json_schema_extra={
             "examples": [
                 {"prompt": "The capital of France is", "layers": [0], "heads": [0]},
-                {"prompt": "The capital of France is", "layers": [-1], "query_positions": [-1], "mean_over_heads": True},
+                {
+                    "prompt": "The capital of France is",
+                    "layers": [-1],
+                    "query_positions": [-1],
+                    "mean_over_heads": True,
+                },
             ]
         }
     )
 
     prompt: str = Field(min_length=1, description=_PROMPT)
-    layers: list[int] | None = Field(default=None, description="Decoder layers, 0..L-1 (negative: from the end). Default: all.")
-    heads: list[int] | None = Field(default=None, description="Attention heads of each layer (negative: from the end). Default: all.")
+    layers: list[int] | None = Field(
+        default=None, description="Decoder layers, 0..L-1 (negative: from the end). Default: all."
+    )
+    heads: list[int] | None = Field(
+        default=None, description="Attention heads of each layer (negative: from the end). Default: all."
+    )
     query_positions: list[int] | None = Field(
         default=None, description="Positions whose attention to report (negative: from the end). Default: all."
     )
-    mean_over_heads: bool = Field(default=False, description="One map per layer: the mean over `heads`, instead of one per head.")
+    mean_over_heads: bool = Field(
+        default=False, description="One map per layer: the mean over `heads`, instead of one per head."
+    )
     add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
     parse_special: ParseSpecial = True
 
     def to_attention_params(self, limits: InspectionLimits) -> AttentionParams:
-        return limits.attention(layers=self.layers, heads=self.heads, query_positions=self.query_positions, mean_over_heads=self.mean_over_heads)
+        return limits.attention(
+            layers=self.layers,
+            heads=self.heads,
+            query_positions=self.query_positions,
+            mean_over_heads=self.mean_over_heads,
+        )
 
 
 class AttentionMapBody(BaseModel):
@@ -172,7 +200,9 @@ class AttentionResponse(BaseModel):
 
 
 class TreeRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The capital of France is", "depth": 2, "branching": 2}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompt": "The capital of France is", "depth": 2, "branching": 2}]}
+    )
 
     prompt: str = Field(min_length=1, description=_PROMPT)
     depth: int = Field(ge=1, description="Tokens each path runs (at most GENAI_INSPECT_MAX_TREE_DEPTH).")
@@ -196,8 +226,12 @@ class TreeNode(BaseModel):
     @classmethod
     def of(cls, node: ModelTreeNode) -> TreeNode:
         return cls(
-            id=node.id, token=node.token, probability=node.probability, logprob=node.logprob,
-            cumulative_logprob=node.cumulative_logprob, children=[cls.of(child) for child in node.children],
+            id=node.id,
+            token=node.token,
+            probability=node.probability,
+            logprob=node.logprob,
+            cumulative_logprob=node.cumulative_logprob,
+            children=[cls.of(child) for child in node.children],
         )
 
 
@@ -221,7 +255,10 @@ class TreeResponse(BaseModel):
         return cls(
             prompt_tokens=PromptToken.all(tree.ids, tree.tokens),
             children=[TreeNode.of(node) for node in tree.children],
-            leaves=[TreeLeafBody(ids=leaf.ids, tokens=leaf.tokens, text=leaf.text, logprob=leaf.logprob) for leaf in tree.leaves],
+            leaves=[
+                TreeLeafBody(ids=leaf.ids, tokens=leaf.tokens, text=leaf.text, logprob=leaf.logprob)
+                for leaf in tree.leaves
+            ],
             nodes=tree.nodes,
             forward=tree.forward,
             model=model,

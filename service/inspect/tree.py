@@ -60,7 +60,11 @@ class _Open:
 
 
 def continuation_tree(
-    inspector: ModelInspector, ids: list[int], params: TreeParams, token_text: token_choice.TokenText, detokenize: Callable[[list[int]], str]
+    inspector: ModelInspector,
+    ids: list[int],
+    params: TreeParams,
+    token_text: token_choice.TokenText,
+    detokenize: Callable[[list[int]], str],
 ) -> ContinuationTree:
     continuations = run_prompt(inspector, ids)
     roots: list[TreeNode] = []
@@ -72,18 +76,31 @@ def continuation_tree(
         for parent, token_ids, logprobs in zip(level, top.indices.tolist(), top.values.tolist(), strict=True):
             for token_id, logprob in zip(token_ids, logprobs, strict=True):
                 total = parent.total + logprob
-                node = TreeNode(id=token_id, token=token_text(token_id), probability=math.exp(logprob), logprob=logprob, cumulative_logprob=total)
+                node = TreeNode(
+                    id=token_id,
+                    token=token_text(token_id),
+                    probability=math.exp(logprob),
+                    logprob=logprob,
+                    cumulative_logprob=total,
+                )
                 parent.children.append(node)
                 following.append(_Open(path=[*parent.path, token_id], total=total, children=node.children))
         level = following
         if step < params.depth:
             logits = continuations.after([open_path.path for open_path in level])
     leaves = [
-        TreeLeaf(ids=leaf.path, tokens=[token_text(i) for i in leaf.path], text=detokenize(leaf.path), logprob=leaf.total)
+        TreeLeaf(
+            ids=leaf.path, tokens=[token_text(i) for i in leaf.path], text=detokenize(leaf.path), logprob=leaf.total
+        )
         for leaf in sorted(level, key=lambda leaf: -leaf.total)
     ]
     return ContinuationTree(
-        ids=ids, tokens=[token_text(i) for i in ids], children=roots, leaves=leaves, nodes=params.nodes, forward=inspector.kind,
+        ids=ids,
+        tokens=[token_text(i) for i in ids],
+        children=roots,
+        leaves=leaves,
+        nodes=params.nodes,
+        forward=inspector.kind,
     )
 
 

@@ -37,61 +37,88 @@ class ServiceMetrics:
         r = self.registry
         # --- HTTP ---------------------------------------------------------------------------
         self.http_requests = Counter(
-            "genai_http_requests", "HTTP requests answered, by route template, method and status code.",
-            ["method", "route", "status"], registry=r,
+            "genai_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.http_latency = Histogram(
-            "genai_http_request_duration_seconds", "Time from request start to the end of the response (streams included).",
-            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+            "genai_http_request_duration_seconds",
+            "Time from request start to the end of the response (streams included).",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.http_in_progress = Gauge(
             "genai_http_requests_in_progress", "HTTP requests being served right now.", registry=r
         )
         # --- generation -----------------------------------------------------------------------
         self.ttft = Histogram(
-            "genai_time_to_first_token_seconds", "From submission to the first generated token (queueing and prefill).",
-            buckets=_TTFT_BUCKETS, registry=r,
+            "genai_time_to_first_token_seconds",
+            "From submission to the first generated token (queueing and prefill).",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
         )
         self.inter_token = Histogram(
-            "genai_inter_token_latency_seconds", "Gap between consecutive generated tokens of one request.",
-            buckets=_TOKEN_LATENCY_BUCKETS, registry=r,
+            "genai_inter_token_latency_seconds",
+            "Gap between consecutive generated tokens of one request.",
+            buckets=_TOKEN_LATENCY_BUCKETS,
+            registry=r,
         )
         self.e2e = Histogram(
-            "genai_generation_duration_seconds", "From submission to the end of a generation.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "genai_generation_duration_seconds",
+            "From submission to the end of a generation.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_time = Histogram(
-            "genai_generation_queue_seconds", "Time a generation waited for a place in the batch.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "genai_generation_queue_seconds",
+            "Time a generation waited for a place in the batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.generated_tokens = Counter("genai_generated_tokens", "Tokens generated.", registry=r)
         self.prompt_tokens = Counter("genai_prompt_tokens", "Prompt tokens prefilled for generations.", registry=r)
         self.generated_per_request = Histogram(
-            "genai_generation_tokens_per_request", "Tokens generated per request.", buckets=_TOKEN_COUNT_BUCKETS, registry=r
+            "genai_generation_tokens_per_request",
+            "Tokens generated per request.",
+            buckets=_TOKEN_COUNT_BUCKETS,
+            registry=r,
         )
         self.prompt_per_request = Histogram(
-            "genai_prompt_tokens_per_request", "Prompt tokens per generation request.", buckets=_TOKEN_COUNT_BUCKETS, registry=r
+            "genai_prompt_tokens_per_request",
+            "Prompt tokens per generation request.",
+            buckets=_TOKEN_COUNT_BUCKETS,
+            registry=r,
         )
         self.generations = Counter(
-            "genai_generations", "Finished generations, by finish reason (eos, stop, length, time_limit, cancelled).",
-            ["finish_reason"], registry=r,
+            "genai_generations",
+            "Finished generations, by finish reason (eos, stop, length, time_limit, cancelled).",
+            ["finish_reason"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "genai_batch_size", "Sequences decoded together per engine step.", buckets=_BATCH_BUCKETS, registry=r
         )
         self.step_seconds = Histogram(
-            "genai_engine_step_seconds", "Duration of one batched decode step.", buckets=_TOKEN_LATENCY_BUCKETS, registry=r
+            "genai_engine_step_seconds",
+            "Duration of one batched decode step.",
+            buckets=_TOKEN_LATENCY_BUCKETS,
+            registry=r,
         )
         self.running = Gauge("genai_requests_running", "Generations in the running batch.", registry=r)
         self.waiting = Gauge("genai_requests_waiting", "Generations queued for a place in the batch.", registry=r)
         self.held = Gauge(
-            "genai_requests_held", "Requests the engine holds (queued, running, or waiting for a next-token pass); at most the admission bound.",
+            "genai_requests_held",
+            "Requests the engine holds (queued, running, or waiting for a next-token pass); at most the admission bound.",
             registry=r,
         )
         # --- digits and models ---------------------------------------------------------------
         self.digit_predictions = Counter(
-            "genai_digit_predictions", "Digit classifications served, by predicted digit and endpoint.",
-            ["digit", "endpoint"], registry=r,
+            "genai_digit_predictions",
+            "Digit classifications served, by predicted digit and endpoint.",
+            ["digit", "endpoint"],
+            registry=r,
         )
         self.model_load_seconds = Gauge(
             "genai_model_load_seconds", "Time taken to load each model at start-up.", ["model"], registry=r
@@ -167,7 +194,9 @@ class _EngineTotals:
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         drafts = CounterMetricFamily(
-            "genai_draft_tokens", "Prompt-lookup draft tokens checked; accepted = greedy decoding chose them too.", labels=["outcome"]
+            "genai_draft_tokens",
+            "Prompt-lookup draft tokens checked; accepted = greedy decoding chose them too.",
+            labels=["outcome"],
         )
         engine = self._metrics._engine
         if engine is not None:
@@ -175,7 +204,8 @@ class _EngineTotals:
             drafts.add_metric(["rejected"], engine.stats.draft_tokens - engine.stats.accepted_draft_tokens)
         yield drafts
         refused = CounterMetricFamily(
-            "genai_requests_refused", "Requests refused with 429 because the admission bound (GENAI_MAX_BATCH_SIZE + GENAI_MAX_WAITING_REQUESTS) was reached."
+            "genai_requests_refused",
+            "Requests refused with 429 because the admission bound (GENAI_MAX_BATCH_SIZE + GENAI_MAX_WAITING_REQUESTS) was reached.",
         )
         refused.add_metric([], engine.stats.refused if engine is not None else 0)
         yield refused

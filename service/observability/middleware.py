@@ -36,7 +36,9 @@ def route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str) and path:
         return path
-    if scope.get("method") == "OPTIONS" and any(name == b"access-control-request-method" for name, _ in scope.get("headers") or []):
+    if scope.get("method") == "OPTIONS" and any(
+        name == b"access-control-request-method" for name, _ in scope.get("headers") or []
+    ):
         return "cors-preflight"  # answered by the CORS middleware before routing
     return "unmatched"
 
@@ -82,7 +84,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            error_log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
+            error_log.exception(
+                "unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id
+            )
             if response_started:
                 raise
             status = 500

@@ -45,7 +45,7 @@ from service.security import ApiKey
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request: `{\"error\": \"<message>\"}`"},
+    400: {"description": 'Invalid request: `{"error": "<message>"}`'},
     401: {"description": "Missing or wrong API key (when GENAI_API_KEYS is set)"},
     404: {"description": "Unknown model or version"},
     503: {"description": "Model not loaded yet"},
@@ -56,7 +56,9 @@ def _check_model(name: str, version: str | None = None) -> None:
     if name != MODEL_NAME:
         raise ModelNotFound(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", param="model_name")
     if version is not None and version != MODEL_VERSION:
-        raise ModelNotFound(f"unknown version {version!r} of {name!r}; available: [{MODEL_VERSION!r}]", param="model_version")
+        raise ModelNotFound(
+            f"unknown version {version!r} of {name!r}; available: [{MODEL_VERSION!r}]", param="model_version"
+        )
 
 
 def _not_ready(body: dict[str, Any]) -> JSONResponse:
@@ -73,7 +75,12 @@ async def live() -> LiveResponse:
     return LiveResponse(live=True)
 
 
-@router.get("/health/ready", response_model=ReadyResponse, responses={503: {"description": "Not ready"}}, summary="Readiness (open)")
+@router.get(
+    "/health/ready",
+    response_model=ReadyResponse,
+    responses={503: {"description": "Not ready"}},
+    summary="Readiness (open)",
+)
 async def ready(state: AppStateDep, models: ModelsDep) -> ReadyResponse | JSONResponse:
     if not state.ready or models.digits is None:
         return _not_ready({"ready": False})
@@ -106,7 +113,11 @@ def _metadata(classifier: DigitClassifier) -> ModelMetadata:
 
 
 @router.get(
-    "/models/{model_name}", response_model=ModelMetadata, response_model_exclude_none=True, responses=_ERRORS, dependencies=[ApiKey],
+    "/models/{model_name}",
+    response_model=ModelMetadata,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    dependencies=[ApiKey],
     summary="Model metadata: input and output tensors",
 )
 async def model_metadata(model_name: str, classifier: DigitClassifierDep) -> ModelMetadata:
@@ -115,7 +126,10 @@ async def model_metadata(model_name: str, classifier: DigitClassifierDep) -> Mod
 
 
 @router.get(
-    "/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, response_model_exclude_none=True, responses=_ERRORS,
+    "/models/{model_name}/versions/{model_version}",
+    response_model=ModelMetadata,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
     dependencies=[ApiKey],
     summary="Model metadata of one version",
 )
@@ -124,7 +138,9 @@ async def model_version_metadata(model_name: str, model_version: str, classifier
     return _metadata(classifier)
 
 
-@router.get("/models/{model_name}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model readiness (open)")
+@router.get(
+    "/models/{model_name}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model readiness (open)"
+)
 async def model_ready(model_name: str, state: AppStateDep, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
     _check_model(model_name)
     if not state.ready or models.digits is None:
@@ -132,8 +148,15 @@ async def model_ready(model_name: str, state: AppStateDep, models: ModelsDep) ->
     return ModelReadyResponse(name=model_name, ready=True)
 
 
-@router.get("/models/{model_name}/versions/{model_version}/ready", response_model=ModelReadyResponse, responses=_ERRORS, summary="Model version readiness (open)")
-async def model_version_ready(model_name: str, model_version: str, state: AppStateDep, models: ModelsDep) -> ModelReadyResponse | JSONResponse:
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready",
+    response_model=ModelReadyResponse,
+    responses=_ERRORS,
+    summary="Model version readiness (open)",
+)
+async def model_version_ready(
+    model_name: str, model_version: str, state: AppStateDep, models: ModelsDep
+) -> ModelReadyResponse | JSONResponse:
     _check_model(model_name, model_version)
     return await model_ready(model_name, state, models)
 
@@ -152,18 +175,24 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
-def _classify(classifier: DigitClassifier, infer_request: InferenceRequest, binary: bytes, max_batch: int) -> np.ndarray:
+def _classify(
+    classifier: DigitClassifier, infer_request: InferenceRequest, binary: bytes, max_batch: int
+) -> np.ndarray:
     """Decode the input tensor and run the model: (N, 10) probabilities. Blocking: runs in a worker thread."""
     decoded = decode_input(infer_request, binary, max_batch)
     return np.asarray(classifier.predict_proba(decoded.images), dtype=np.float64)
 
 
-async def _infer(model_name: str, model_version: str | None, request: Request, classifier: DigitClassifier, state: AppState) -> Response:
+async def _infer(
+    model_name: str, model_version: str | None, request: Request, classifier: DigitClassifier, state: AppState
+) -> Response:
     _check_model(model_name, model_version)
     raw = await request.body()
     infer_request, binary = parse_request(raw, request.headers.get("inference-header-content-length"))
     # Off the event loop, as /classify-digit: decoding a large JSON tensor and the forward pass are CPU work.
-    probabilities = await asyncio.to_thread(_classify, classifier, infer_request, binary, state.settings.digits_max_batch)
+    probabilities = await asyncio.to_thread(
+        _classify, classifier, infer_request, binary, state.settings.digits_max_batch
+    )
     digits = probabilities.argmax(axis=1)
     state.metrics.record_digits(digits.tolist(), endpoint="/v2/models/mnist/infer")
     annotate(model=MODEL_NAME, images=int(digits.shape[0]))
@@ -182,16 +211,24 @@ async def _infer(model_name: str, model_version: str | None, request: Request, c
 
 
 @router.post(
-    "/models/{model_name}/infer", response_model=InferenceResponse, responses=_ERRORS, dependencies=[ApiKey],
-    openapi_extra=_INFER_DOC, summary="Classify digits: [N,784] or [N,28,28] pixels in, probabilities [N,10] and digits [N] out",
+    "/models/{model_name}/infer",
+    response_model=InferenceResponse,
+    responses=_ERRORS,
+    dependencies=[ApiKey],
+    openapi_extra=_INFER_DOC,
+    summary="Classify digits: [N,784] or [N,28,28] pixels in, probabilities [N,10] and digits [N] out",
 )
 async def infer(model_name: str, request: Request, classifier: DigitClassifierDep, state: AppStateDep) -> Response:
     return await _infer(model_name, None, request, classifier, state)
 
 
 @router.post(
-    "/models/{model_name}/versions/{model_version}/infer", response_model=InferenceResponse, responses=_ERRORS,
-    dependencies=[ApiKey], openapi_extra=_INFER_DOC, summary="Classify digits with one model version",
+    "/models/{model_name}/versions/{model_version}/infer",
+    response_model=InferenceResponse,
+    responses=_ERRORS,
+    dependencies=[ApiKey],
+    openapi_extra=_INFER_DOC,
+    summary="Classify digits with one model version",
 )
 async def infer_version(
     model_name: str, model_version: str, request: Request, classifier: DigitClassifierDep, state: AppStateDep

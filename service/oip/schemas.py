@@ -54,8 +54,12 @@ class RequestInput(RequestModel):
 
     name: str = Field(description="The input's name (this model has one input, `input`).")
     shape: list[int] = Field(description="`[N, 784]` or `[N, 28, 28]`.")
-    datatype: str = Field(description="`FP32` (0..1, or 0..255 with parameters.value_range = \"0-255\"), `FP64`, or `UINT8` (0..255).")
-    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data_size` (binary extension); `value_range`.")
+    datatype: str = Field(
+        description='`FP32` (0..1, or 0..255 with parameters.value_range = "0-255"), `FP64`, or `UINT8` (0..255).'
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_size` (binary extension); `value_range`."
+    )
     data: Any = Field(default=None, description="Row-major values, flat or nested. Absent with the binary extension.")
 
 
@@ -63,7 +67,9 @@ class RequestOutput(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str
-    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data: true` returns the tensor as raw bytes after the JSON.")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data: true` returns the tensor as raw bytes after the JSON."
+    )
 
 
 class InferenceRequest(RequestModel):
@@ -81,7 +87,9 @@ class InferenceRequest(RequestModel):
     )
 
     id: str | None = Field(default=None, description="Echoed in the response.")
-    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data_output: true` returns every output as raw bytes.")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_output: true` returns every output as raw bytes."
+    )
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = Field(default=None, description="Which outputs to return (default: all).")
 

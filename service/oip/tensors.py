@@ -34,9 +34,14 @@ def parse_request(raw: bytes, header_length: str | None) -> tuple[InferenceReque
         try:
             size = int(header_length)
         except ValueError:
-            raise InvalidInput("Inference-Header-Content-Length must be an integer", param="Inference-Header-Content-Length") from None
+            raise InvalidInput(
+                "Inference-Header-Content-Length must be an integer", param="Inference-Header-Content-Length"
+            ) from None
         if not 0 < size <= len(raw):
-            raise InvalidInput(f"Inference-Header-Content-Length = {size} does not fit a body of {len(raw)} bytes", param="Inference-Header-Content-Length")
+            raise InvalidInput(
+                f"Inference-Header-Content-Length = {size} does not fit a body of {len(raw)} bytes",
+                param="Inference-Header-Content-Length",
+            )
         head, tail = raw[:size], raw[size:]
     else:
         head, tail = raw, b""
@@ -61,17 +66,23 @@ class DecodedInput:
 
 def decode_input(request: InferenceRequest, binary: bytes, max_batch: int) -> DecodedInput:
     if len(request.inputs) != 1:
-        raise InvalidInput(f"this model takes exactly one input tensor (`{INPUT_NAME}`); got {len(request.inputs)}", param="inputs")
+        raise InvalidInput(
+            f"this model takes exactly one input tensor (`{INPUT_NAME}`); got {len(request.inputs)}", param="inputs"
+        )
     tensor = request.inputs[0]
     dtype = _DTYPES.get(tensor.datatype.upper())
     if dtype is None:
-        raise InvalidInput(f"datatype {tensor.datatype!r} is not supported; use FP32, FP64 or UINT8", param="inputs[0].datatype")
+        raise InvalidInput(
+            f"datatype {tensor.datatype!r} is not supported; use FP32, FP64 or UINT8", param="inputs[0].datatype"
+        )
     shape = tensor.shape
     if len(shape) not in (2, 3) or shape[1:] not in ([784], [28, 28]) or shape[0] < 1:
         raise InvalidInput(f"shape must be [N, 784] or [N, 28, 28] with N >= 1; got {shape}", param="inputs[0].shape")
     n = shape[0]
     if n > max_batch:
-        raise InvalidInput(f"batch of {n} images exceeds the limit of {max_batch} (GENAI_DIGITS_MAX_BATCH)", param="inputs[0].shape")
+        raise InvalidInput(
+            f"batch of {n} images exceeds the limit of {max_batch} (GENAI_DIGITS_MAX_BATCH)", param="inputs[0].shape"
+        )
     count = math.prod(shape)
     values = _values(tensor, dtype, count, binary)
     if values.size != count:
@@ -81,12 +92,16 @@ def decode_input(request: InferenceRequest, binary: bytes, max_batch: int) -> De
         raise InvalidInput("input contains a non-finite number (NaN or infinity)", param="inputs[0].data")
     value_range = str((tensor.parameters or {}).get("value_range", "0-255" if dtype == np.uint8 else "0-1"))
     if value_range not in ("0-1", "0-255"):
-        raise InvalidInput("parameters.value_range must be \"0-1\" or \"0-255\"", param="inputs[0].parameters.value_range")
+        raise InvalidInput('parameters.value_range must be "0-1" or "0-255"', param="inputs[0].parameters.value_range")
     top = 255.0 if value_range == "0-255" else 1.0
     if values.min() < 0 or values.max() > top:
         raise InvalidInput(
             f"values must lie in {value_range} for datatype {tensor.datatype} (ink = high); got {values.min():g}..{values.max():g}"
-            + ("; send parameters.value_range = \"0-255\" for 0..255 floats" if top == 1.0 and values.max() <= 255 else ""),
+            + (
+                '; send parameters.value_range = "0-255" for 0..255 floats'
+                if top == 1.0 and values.max() <= 255
+                else ""
+            ),
             param="inputs[0].data",
         )
     return DecodedInput(images=(values / top).astype(np.float32))
@@ -96,21 +111,29 @@ def _values(tensor: RequestInput, dtype: np.dtype, count: int, binary: bytes) ->
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0:
-            raise InvalidInput("parameters.binary_data_size must be a non-negative integer", param="inputs[0].parameters.binary_data_size")
+            raise InvalidInput(
+                "parameters.binary_data_size must be a non-negative integer",
+                param="inputs[0].parameters.binary_data_size",
+            )
         if size != count * dtype.itemsize:
             raise InvalidInput(
                 f"binary_data_size = {size} bytes, but shape {tensor.shape} of {tensor.datatype} needs {count * dtype.itemsize}",
                 param="inputs[0].parameters.binary_data_size",
             )
         if len(binary) < size:
-            raise InvalidInput(f"the body carries {len(binary)} bytes of binary tensor data; {size} announced", param="inputs[0].parameters.binary_data_size")
+            raise InvalidInput(
+                f"the body carries {len(binary)} bytes of binary tensor data; {size} announced",
+                param="inputs[0].parameters.binary_data_size",
+            )
         return np.frombuffer(binary[:size], dtype=dtype)
     if tensor.data is None:
         raise InvalidInput("the input has neither `data` nor parameters.binary_data_size", param="inputs[0].data")
     try:
         return np.asarray(tensor.data, dtype=np.float64).reshape(-1)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise InvalidInput("data must be numbers (flat, or nested with equal lengths)", param="inputs[0].data") from None
+        raise InvalidInput(
+            "data must be numbers (flat, or nested with equal lengths)", param="inputs[0].data"
+        ) from None
 
 
 @dataclass
@@ -131,7 +154,10 @@ def encode_outputs(request: InferenceRequest, probabilities: np.ndarray, digits:
         wanted = []
         for position, output in enumerate(request.outputs):
             if output.name not in tensors:
-                raise InvalidInput(f"unknown output {output.name!r}; this model has {list(OUTPUT_NAMES)}", param=f"outputs[{position}].name")
+                raise InvalidInput(
+                    f"unknown output {output.name!r}; this model has {list(OUTPUT_NAMES)}",
+                    param=f"outputs[{position}].name",
+                )
             wanted.append((output.name, bool((output.parameters or {}).get("binary_data", binary_default))))
     else:
         wanted = [(name, binary_default) for name in OUTPUT_NAMES]
@@ -142,7 +168,9 @@ def encode_outputs(request: InferenceRequest, probabilities: np.ndarray, digits:
         if as_binary:
             blob = np.ascontiguousarray(array, dtype=_OUTPUT_DTYPES[datatype]).tobytes()
             blobs.append(blob)
-            outputs.append(ResponseOutput(name=name, shape=shape, datatype=datatype, parameters={"binary_data_size": len(blob)}))
+            outputs.append(
+                ResponseOutput(name=name, shape=shape, datatype=datatype, parameters={"binary_data_size": len(blob)})
+            )
         else:
             data: list[Any] = array.reshape(-1).tolist()
             outputs.append(ResponseOutput(name=name, shape=shape, datatype=datatype, data=data))

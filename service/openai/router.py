@@ -104,7 +104,9 @@ async def completions(
     try:
         if body.stream:
             events = await started_choices(request, handles)
-            return event_stream_response(completion_chunks(body, specs, handles, events, echoed, model, prompt_tokens, lm), settings)
+            return event_stream_response(
+                completion_chunks(body, specs, handles, events, echoed, model, prompt_tokens, lm), settings
+            )
         results = await cancel_on_disconnect(request, collect(specs, handles))
     except ClientDisconnected:
         return Response(status_code=499)

@@ -46,7 +46,7 @@ def _refuse(value: T, allowed: tuple[Any, ...], reason: str) -> T:
 class StreamOptions(RequestModel):
     include_usage: bool = Field(
         default=False,
-        description="As OpenAI: every chunk carries `\"usage\": null` and a last chunk with empty `choices` the usage of the whole request. Without it no chunk has `usage`.",
+        description='As OpenAI: every chunk carries `"usage": null` and a last chunk with empty `choices` the usage of the whole request. Without it no chunk has `usage`.',
     )
     continuous_usage_stats: bool = Field(
         default=False,
@@ -57,16 +57,26 @@ class StreamOptions(RequestModel):
 class _SamplingFields(RequestModel):
     """What completions and chat share."""
 
-    model: str | None = Field(default=None, description="The served model's id (see `GET /v1/models`); empty = that model.")
-    temperature: Temperature | None = Field(default=None, description="0 = greedy; default 1 (sampling), as OpenAI. 0 to 100 (OpenAI itself stops at 2).")
+    model: str | None = Field(
+        default=None, description="The served model's id (see `GET /v1/models`); empty = that model."
+    )
+    temperature: Temperature | None = Field(
+        default=None, description="0 = greedy; default 1 (sampling), as OpenAI. 0 to 100 (OpenAI itself stops at 2)."
+    )
     top_p: TopP | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES, description=f"Choices per prompt (at most {MAX_CHOICES} in all).")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopStrings = None
-    seed: Seed | None = Field(default=None, description="Same seed + same request = same text (choice i uses seed + i).")
-    presence_penalty: float | None = Field(default=None, description="Only 0 (refused otherwise; see `repetition_penalty`).")
-    frequency_penalty: float | None = Field(default=None, description="Only 0 (refused otherwise; see `repetition_penalty`).")
+    seed: Seed | None = Field(
+        default=None, description="Same seed + same request = same text (choice i uses seed + i)."
+    )
+    presence_penalty: float | None = Field(
+        default=None, description="Only 0 (refused otherwise; see `repetition_penalty`)."
+    )
+    frequency_penalty: float | None = Field(
+        default=None, description="Only 0 (refused otherwise; see `repetition_penalty`)."
+    )
     logit_bias: dict[str, float] | None = Field(default=None, description="Refused unless empty.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
     # extensions, as vLLM names them
@@ -96,7 +106,13 @@ class _SamplingFields(RequestModel):
         return value
 
     def _sampling_params(
-        self, limits: SamplingLimits, *, max_tokens: int | None, default_max_tokens: int, top_alternatives: int, names: FieldNames
+        self,
+        limits: SamplingLimits,
+        *,
+        max_tokens: int | None,
+        default_max_tokens: int,
+        top_alternatives: int,
+        names: FieldNames,
     ) -> SamplingParams:
         """OpenAI's defaults (temperature 1 samples; no `max_tokens` = the default, fitted into the context)."""
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -121,17 +137,33 @@ class CompletionRequest(_SamplingFields):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+                {
+                    "model": "SmolLM2-135M-Instruct",
+                    "prompt": "The capital of France is",
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
                 {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "logprobs": 3},
                 {"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0.8, "seed": 42, "stream": True},
             ]
         },
     )
 
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
-    max_tokens: int | None = Field(default=None, ge=0, description="Default 16 (as OpenAI). 0 only with `echo` (score the prompt).")
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, description=f"Return each token's logprob and the top `logprobs` alternatives (0..{MAX_LOGPROBS}).")
-    echo: bool = Field(default=False, description="Prepend the prompt to the text (with `logprobs`: the prompt tokens' logprobs too).")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, a list of texts, token ids, or a list of token-id lists."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="Default 16 (as OpenAI). 0 only with `echo` (score the prompt)."
+    )
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description=f"Return each token's logprob and the top `logprobs` alternatives (0..{MAX_LOGPROBS}).",
+    )
+    echo: bool = Field(
+        default=False, description="Prepend the prompt to the text (with `logprobs`: the prompt tokens' logprobs too)."
+    )
     best_of: int | None = Field(default=None, description="Refused unless 1 or equal to `n`.")
     suffix: str | None = Field(default=None, description="Refused (no insertion mode).")
     parse_special: ParseSpecial = True
@@ -222,23 +254,43 @@ class ChatCompletionRequest(_SamplingFields):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "temperature": 0},
-                {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2},
+                {
+                    "model": "SmolLM2-135M-Instruct",
+                    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    "max_tokens": 16,
+                    "temperature": 0,
+                },
+                {
+                    "messages": [{"role": "user", "content": "Say hi"}],
+                    "max_tokens": 4,
+                    "temperature": 0,
+                    "logprobs": True,
+                    "top_logprobs": 2,
+                },
             ]
         },
     )
 
-    messages: list[ChatMessageIn] = Field(min_length=1, description="Rendered with the model's chat template; text content only.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Default GENAI_DEFAULT_MAX_NEW_TOKENS (capped by the context).")
+    messages: list[ChatMessageIn] = Field(
+        min_length=1, description="Rendered with the model's chat template; text content only."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Default GENAI_DEFAULT_MAX_NEW_TOKENS (capped by the context)."
+    )
     max_completion_tokens: int | None = Field(default=None, ge=1, description="OpenAI's newer name for `max_tokens`.")
     logprobs: bool = Field(default=False, description="Return each generated token's logprob.")
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, description=f"With `logprobs`, the top alternatives per token (0..{MAX_LOGPROBS}).")
+    top_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description=f"With `logprobs`, the top alternatives per token (0..{MAX_LOGPROBS}).",
+    )
     tools: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
     tool_choice: Any = Field(default=None, description="Only `none`.")
     functions: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
     function_call: Any = Field(default=None, description="Only `none`.")
     parallel_tool_calls: bool | None = Field(default=None, description="Accepted and ignored.")
-    response_format: dict[str, Any] | None = Field(default=None, description="Only `{\"type\": \"text\"}`.")
+    response_format: dict[str, Any] | None = Field(default=None, description='Only `{"type": "text"}`.')
 
     @field_validator("tools", "functions")
     @classmethod
@@ -268,7 +320,11 @@ class ChatCompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _one_max_tokens(self) -> ChatCompletionRequest:
-        if self.max_tokens is not None and self.max_completion_tokens is not None and self.max_tokens != self.max_completion_tokens:
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
             raise ValueError("give `max_tokens` or `max_completion_tokens`, not two different values")
         return self
 
@@ -280,5 +336,8 @@ class ChatCompletionRequest(_SamplingFields):
             max_tokens=self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens,
             default_max_tokens=limits.default_max_new_tokens,
             top_alternatives=(self.top_logprobs or 0) if self.logprobs else 0,
-            names={"max_new_tokens": "max_completion_tokens" if only_new_name else "max_tokens", "top_alternatives": "top_logprobs"},
+            names={
+                "max_new_tokens": "max_completion_tokens" if only_new_name else "max_tokens",
+                "top_alternatives": "top_logprobs",
+            },
         )

@@ -28,7 +28,13 @@ from service.language.events import (
 )
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
-from service.language.validation import SamplingLimits, check_prompt_ids, check_token_ids, encode_messages, encode_prompt
+from service.language.validation import (
+    SamplingLimits,
+    check_prompt_ids,
+    check_token_ids,
+    encode_messages,
+    encode_prompt,
+)
 from service.observability.context import add_usage
 from service.openai.responses import (
     ChatChoice,
@@ -46,7 +52,13 @@ from service.openai.schemas import MAX_CHOICES, ChatCompletionRequest, Completio
 from service.schemas import Usage
 from service.streaming import raise_if_failed_before_first_token
 
-FINISH_REASONS: dict[str, FinishReason] = {"eos": "stop", "stop": "stop", "length": "length", "time_limit": "length", "cancelled": "stop"}
+FINISH_REASONS: dict[str, FinishReason] = {
+    "eos": "stop",
+    "stop": "stop",
+    "length": "length",
+    "time_limit": "length",
+    "cancelled": "stop",
+}
 _MIN_LOGPROB = -9999.0  # JSON has no -inf; vLLM clamps the same way
 
 
@@ -54,7 +66,8 @@ def check_model(requested: str | None, lm: LanguageModel) -> str:
     if requested in (None, "", lm.model_id):
         return lm.model_id
     raise ModelNotFound(
-        f"The model `{requested}` does not exist; this server serves `{lm.model_id}` (see GET /v1/models)", param="model"
+        f"The model `{requested}` does not exist; this server serves `{lm.model_id}` (see GET /v1/models)",
+        param="model",
     )
 
 
@@ -176,7 +189,7 @@ async def collect(specs: list[ChoiceSpec], handles: dict[int, GenerationHandle])
 async def merged_events(handles: dict[int, GenerationHandle]) -> AsyncGenerator[tuple[int, EngineEvent], None]:
     """(choice index, engine event) from every handle, as they come; closing the iterator cancels them all."""
     if len(handles) == 1:
-        (index, handle), = handles.items()
+        ((index, handle),) = handles.items()
         try:
             async for event in handle.events():
                 yield index, event
@@ -220,13 +233,17 @@ def completion_tokens(results: list[ChoiceResult]) -> int:
 # ---- logprobs ----------------------------------------------------------------------------------
 
 
-def token_logprob(lm: LanguageModel, token_id: int, token: str, logprob: float, alternatives: list[Candidate] | None) -> TokenLogprob:
+def token_logprob(
+    lm: LanguageModel, token_id: int, token: str, logprob: float, alternatives: list[Candidate] | None
+) -> TokenLogprob:
     """A chat token's logprob entry, with its alternatives and their UTF-8 bytes."""
     return TokenLogprob(
         token=token,
         logprob=clamp(logprob),
         bytes=lm.token_bytes(token_id),
-        top_logprobs=[TopLogprob(token=c.token, logprob=clamp(c.logprob), bytes=lm.token_bytes(c.id)) for c in alternatives or []],
+        top_logprobs=[
+            TopLogprob(token=c.token, logprob=clamp(c.logprob), bytes=lm.token_bytes(c.id)) for c in alternatives or []
+        ],
     )
 
 
@@ -255,11 +272,16 @@ class LegacyLogprobs:
         self.add(event.token, event.logprob, [(c.token, c.logprob) for c in event.alternatives or []])
 
     def copy(self) -> LegacyLogprobs:
-        return LegacyLogprobs(list(self.tokens), list(self.token_logprobs), list(self.top_logprobs), list(self.text_offset), self.offset)
+        return LegacyLogprobs(
+            list(self.tokens), list(self.token_logprobs), list(self.top_logprobs), list(self.text_offset), self.offset
+        )
 
     def to_schema(self) -> CompletionLogprobs:
         return CompletionLogprobs(
-            tokens=self.tokens, token_logprobs=self.token_logprobs, top_logprobs=self.top_logprobs, text_offset=self.text_offset
+            tokens=self.tokens,
+            token_logprobs=self.token_logprobs,
+            top_logprobs=self.top_logprobs,
+            text_offset=self.text_offset,
         )
 
 
@@ -270,7 +292,7 @@ async def prompt_logprobs(engine: GenerationEngine, lm: LanguageModel, prompt: P
         return result
     scores = await engine.prompt_logprobs(prompt.ids, top_n)
     result.add(lm.token_text(prompt.ids[0]), None, None)
-    for token_id, (logprob, candidates) in zip(prompt.ids[1:], scores):
+    for token_id, (logprob, candidates) in zip(prompt.ids[1:], scores, strict=True):
         result.add(lm.token_text(token_id), logprob, [(c.token, c.logprob) for c in candidates])
     return result
 
@@ -279,7 +301,12 @@ async def prompt_logprobs(engine: GenerationEngine, lm: LanguageModel, prompt: P
 
 
 def completion_response(
-    body: CompletionRequest, results: list[ChoiceResult], echoed: dict[int, LegacyLogprobs], model: str, prompt_tokens: int, lm: LanguageModel
+    body: CompletionRequest,
+    results: list[ChoiceResult],
+    echoed: dict[int, LegacyLogprobs],
+    model: str,
+    prompt_tokens: int,
+    lm: LanguageModel,
 ) -> CompletionResponse:
     def choice(result: ChoiceResult) -> CompletionChoice:
         prompt = result.spec.prompt

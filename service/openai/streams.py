@@ -26,7 +26,17 @@ from service.openai.responses import (
     StreamErrorDetail,
 )
 from service.openai.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
-from service.openai.serving import ChoiceSpec, LegacyLogprobs, Prompt, event_logprob, finish_reason, is_end_token, merged_events, new_id, now
+from service.openai.serving import (
+    ChoiceSpec,
+    LegacyLogprobs,
+    Prompt,
+    event_logprob,
+    finish_reason,
+    is_end_token,
+    merged_events,
+    new_id,
+    now,
+)
 from service.schemas import Usage
 from service.streaming import first_event_checked
 
@@ -128,7 +138,9 @@ async def completion_chunks(
     chunk_id, created = new_id("cmpl"), now()
     usage = StreamUsage(body.stream_options, prompt_tokens)
 
-    def chunk(index: int, text: str, logprobs: CompletionLogprobs | None, reason: FinishReason | None) -> CompletionChunk:
+    def chunk(
+        index: int, text: str, logprobs: CompletionLogprobs | None, reason: FinishReason | None
+    ) -> CompletionChunk:
         return CompletionChunk(
             id=chunk_id,
             created=created,
@@ -153,15 +165,22 @@ async def completion_chunks(
             offsets[spec.index] = len(spec.prompt.text) if body.echo else 0
             if body.echo:
                 lp = echoed.get(id(spec.prompt))
-                yield usage.encode(chunk(spec.index, spec.prompt.text, lp.to_schema() if lp is not None else None, None))
+                yield usage.encode(
+                    chunk(spec.index, spec.prompt.text, lp.to_schema() if lp is not None else None, None)
+                )
         for spec in specs:
             if spec.params is None:  # max_tokens = 0: the echo was all
                 yield usage.encode(chunk(spec.index, "", None, "length"))
         async for piece in stream_choices(
-            events, handles, lm, usage,
+            events,
+            handles,
+            lm,
+            usage,
             token_chunk=token_chunk,
             finish_chunk=lambda index, reason: chunk(index, "", None, reason),
-            usage_chunk=lambda total: CompletionChunk(id=chunk_id, created=created, model=model, choices=[], usage=total),
+            usage_chunk=lambda total: CompletionChunk(
+                id=chunk_id, created=created, model=model, choices=[], usage=total
+            ),
         ):
             yield piece
     finally:
@@ -181,7 +200,9 @@ async def chat_chunks(
     chunk_id, created = new_id("chatcmpl"), now()
     usage = StreamUsage(body.stream_options, len(prompt.ids))
 
-    def chunk(index: int, delta: ChatDelta, logprobs: ChoiceLogprobs | None, reason: FinishReason | None) -> ChatCompletionChunk:
+    def chunk(
+        index: int, delta: ChatDelta, logprobs: ChoiceLogprobs | None, reason: FinishReason | None
+    ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=chunk_id,
             created=created,
@@ -192,16 +213,23 @@ async def chat_chunks(
 
     def token_chunk(index: int, event: TokenEvent) -> ChatCompletionChunk | None:
         logprobs = ChoiceLogprobs(content=[event_logprob(event, lm)]) if body.logprobs else None
-        return chunk(index, ChatDelta(content=event.text), logprobs, None) if event.text or logprobs is not None else None
+        return (
+            chunk(index, ChatDelta(content=event.text), logprobs, None) if event.text or logprobs is not None else None
+        )
 
     try:
         for spec in specs:
             yield usage.encode(chunk(spec.index, ChatDelta(role="assistant", content=""), None, None))
         async for piece in stream_choices(
-            events, handles, lm, usage,
+            events,
+            handles,
+            lm,
+            usage,
             token_chunk=token_chunk,
             finish_chunk=lambda index, reason: chunk(index, ChatDelta(), None, reason),
-            usage_chunk=lambda total: ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[], usage=total),
+            usage_chunk=lambda total: ChatCompletionChunk(
+                id=chunk_id, created=created, model=model, choices=[], usage=total
+            ),
         ):
             yield piece
     finally:  # a client gone before the first token still frees its batch slots

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 
 from fastapi import APIRouter
@@ -16,7 +17,9 @@ router = APIRouter(tags=["system"])
 
 
 @router.get(
-    "/health", response_model=HealthResponse, summary="Liveness: the process is up",
+    "/health",
+    response_model=HealthResponse,
+    summary="Liveness: the process is up",
     description="`HEAD /health` answers the same status and headers without a body (for uptime checkers).",
 )
 async def health() -> HealthResponse:
@@ -34,14 +37,20 @@ async def ready(state: AppStateDep, models: ModelsDep) -> ReadyResponse | JSONRe
     loaded = {"language": models.language is not None, "digits": models.digits is not None}
     engine_ok = models.engine is None or models.engine.is_running
     if not state.ready or not engine_ok:
-        return JSONResponse(error_body("not ready: loading models or shutting down", error_type="not_ready", code=503), status_code=503)
+        return JSONResponse(
+            error_body("not ready: loading models or shutting down", error_type="not_ready", code=503), status_code=503
+        )
     return ReadyResponse(status="ready", models=loaded)
 
 
 # HEAD answers as GET does, without a body (the server sends the headers only); kept out of the schema,
 # where the GET operations say so.
-router.add_api_route("/health", health, methods=["HEAD"], response_model=HealthResponse, include_in_schema=False, name="health_head")
-router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyResponse, include_in_schema=False, name="ready_head")
+router.add_api_route(
+    "/health", health, methods=["HEAD"], response_model=HealthResponse, include_in_schema=False, name="health_head"
+)
+router.add_api_route(
+    "/ready", ready, methods=["HEAD"], response_model=ReadyResponse, include_in_schema=False, name="ready_head"
+)
 
 
 def _library_versions() -> dict[str, str]:
@@ -49,10 +58,8 @@ def _library_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version(), "genai-service": __version__}
     for name in ("torch", "transformers", "fastapi", "scikit-learn", "numpy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

@@ -36,7 +36,11 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-_MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
+_MEDIA_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+}
 
 router = APIRouter(tags=["docs"], include_in_schema=False)
 
@@ -74,7 +78,11 @@ def _missing(page: str) -> Response | None:
     if all(name in ASSETS for name in needed):
         return None
     return JSONResponse(
-        error_body("the API reference's assets are not installed (pip install fastapi-offline)", error_type="not_found", code=404),
+        error_body(
+            "the API reference's assets are not installed (pip install fastapi-offline)",
+            error_type="not_found",
+            code=404,
+        ),
         status_code=404,
     )
 
@@ -123,7 +131,9 @@ async def redoc(request: Request) -> Response:
     )
 
 
-@router.api_route(ASSETS_PATH + "/{name}", methods=["GET", "HEAD"], summary="A script, style sheet or licence of the API reference")
+@router.api_route(
+    ASSETS_PATH + "/{name}", methods=["GET", "HEAD"], summary="A script, style sheet or licence of the API reference"
+)
 async def docs_asset(name: str) -> Response:
     path = ASSETS.get(name)
     if path is None:

@@ -50,7 +50,11 @@ async def playground() -> Response:
     index = _FILES.get("index.html")
     if index is None:
         return _not_found("the playground page is not installed")
-    return FileResponse(index, media_type="text/html; charset=utf-8", headers={**_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY})
+    return FileResponse(
+        index,
+        media_type="text/html; charset=utf-8",
+        headers={**_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY},
+    )
 
 
 @router.api_route("/static/{name}", methods=["GET", "HEAD"], summary="A file of the playground page")

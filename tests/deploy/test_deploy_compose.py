@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from deploy_files import (
     COMPOSE_FILE,
     NGINX_CONF,
@@ -56,7 +55,9 @@ def rendered(profiles: tuple[str, ...] = ("replicas", "gpu")) -> dict:
 @pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p) or "default")
 def test_compose_file_is_valid(profiles: tuple[str, ...]) -> None:
     result = compose("config", "--quiet", profiles=profiles)
-    assert result.returncode == 0, f"docker-compose config{' --profile ' + ' --profile '.join(profiles) if profiles else ''}:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"docker-compose config{' --profile ' + ' --profile '.join(profiles) if profiles else ''}:\n{result.stderr}"
+    )
 
 
 def test_compose_validation_really_validates(tmp_path: Path) -> None:
@@ -189,7 +190,9 @@ def test_nginx_is_streaming_friendly() -> None:
     assert directives["proxy_pass"][0].removeprefix("http://") in upstream_names
     assert directives.get("proxy_buffering") == ["off"], "server-sent events need proxy_buffering off"
     assert directives.get("proxy_http_version") == ["1.1"]
-    assert duration_seconds(directives.get("proxy_read_timeout", ["60s"])[0]) >= 300, "long generations need a long read timeout"
+    assert duration_seconds(directives.get("proxy_read_timeout", ["60s"])[0]) >= 300, (
+        "long generations need a long read timeout"
+    )
     assert duration_seconds(directives.get("proxy_send_timeout", ["60s"])[0]) >= 300
     next_upstream = directives.get("proxy_next_upstream", [])
     assert "non_idempotent" not in next_upstream, "a POST that reached a replica must never run twice"

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from deploy_files import (
     DOCKERFILES,
     REPO,
@@ -58,7 +57,9 @@ def test_final_stage_runs_as_a_numeric_non_root_user(variant: str) -> None:
     user = final.last("USER")
     assert user is not None, "the final stage sets no USER: the service would run as root"
     uid, _, gid = user.args.partition(":")
-    assert uid.isdigit() and int(uid) != 0, f"USER {user.args}: use a numeric non-zero uid (Kubernetes' runAsNonRoot checks it)"
+    assert uid.isdigit() and int(uid) != 0, (
+        f"USER {user.args}: use a numeric non-zero uid (Kubernetes' runAsNonRoot checks it)"
+    )
     assert not gid or (gid.isdigit() and int(gid) != 0)
 
 
@@ -126,7 +127,9 @@ def test_cpu_image_takes_the_cpu_build_of_torch() -> None:
     torch_install = [t for t in texts if "torch==" in t]
     assert torch_install and all("download.pytorch.org/whl/cpu" in t for t in torch_install), torch_install
     base = dockerfile.expand(dockerfile.final.base, dockerfile.final)
-    assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*", base), f"CPU base should be a slim Python 3.11 image, not {base}"
+    assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*", base), (
+        f"CPU base should be a slim Python 3.11 image, not {base}"
+    )
     assert parse_dockerfile(DOCKERFILES["cpu"]).final.env().get("GENAI_DEVICE") == "cpu"
 
 
@@ -150,7 +153,9 @@ def test_build_context_holds_what_the_copies_need(variant: str) -> None:
             words = [w for w in ins.args.split() if not w.startswith("--")]
             for source in words[:-1]:
                 path = REPO / source
-                assert path.exists(), f"{DOCKERFILES[variant].name}:{ins.line}: COPY source {source} is not in the repository"
+                assert path.exists(), (
+                    f"{DOCKERFILES[variant].name}:{ins.line}: COPY source {source} is not in the repository"
+                )
                 assert not dockerignore_excludes(source, patterns), f"{source} is excluded by .dockerignore"
                 if path.is_dir():
                     some = next((p for p in path.rglob("*.py")), None)
@@ -161,7 +166,14 @@ def test_build_context_holds_what_the_copies_need(variant: str) -> None:
 
 def test_dockerignore_keeps_the_venv_git_and_secrets_out() -> None:
     patterns = dockerignore_patterns()
-    for path in (".venv/bin/python", ".git/config", ".env", "service/.env", "tests/conftest.py", "service/__pycache__/app.cpython-311.pyc"):
+    for path in (
+        ".venv/bin/python",
+        ".git/config",
+        ".env",
+        "service/.env",
+        "tests/conftest.py",
+        "service/__pycache__/app.cpython-311.pyc",
+    ):
         assert dockerignore_excludes(path, patterns), f"{path} would be sent to the Docker builder"
 
 
@@ -171,8 +183,8 @@ def test_every_data_file_of_the_package_ships_in_the_wheel() -> None:
     package-data globs match it. Otherwise the image lacks it, and e.g. trains or fails at start-up.
     Packages are found as setuptools finds them from pyproject.toml (namespace folders included)."""
     import subprocess
-    import tomllib
 
+    import tomllib
     from setuptools import find_namespace_packages, find_packages
 
     setuptools_config = tomllib.loads((REPO / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
@@ -182,7 +194,10 @@ def test_every_data_file_of_the_package_ships_in_the_wheel() -> None:
     packages = finder(where=str(REPO), include=find.get("include", ["*"]), exclude=find.get("exclude", []))
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "service"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     data_files = {
         REPO / name

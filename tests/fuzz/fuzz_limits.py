@@ -49,7 +49,8 @@ def operations() -> list[tuple[str, str, str | None, bool]]:
             media_types = list(operation.get("requestBody", {}).get("content", {})) or [None]
             content = operation.get("requestBody", {}).get("content", {})
             parameters_violable = any(
-                _constraints(parameter.get("schema", {})) != {"type": "string"} for parameter in operation.get("parameters", [])
+                _constraints(parameter.get("schema", {})) != {"type": "string"}
+                for parameter in operation.get("parameters", [])
             )
             for media in media_types:
                 # Any bytes are a valid `format: binary` body: only the parameters can break the schema then.

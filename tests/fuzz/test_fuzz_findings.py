@@ -42,12 +42,22 @@ def test_tiny_sampling_temperature_is_greedy_not_a_500(
     """Fixed: sampling divided raw logits by the temperature, so a tiny one gave inf - inf = NaN
     probabilities and torch.multinomial raised (500). The limit of temperature -> 0 is greedy."""
     sampled = http.post(path, json={**body, "temperature": temperature}, timeout=60)
-    greedy = http.post(path, json={**body, "temperature": 0, "do_sample": False} if path == "/generate" else {**body, "temperature": 0}, timeout=60)
+    greedy = http.post(
+        path,
+        json={**body, "temperature": 0, "do_sample": False} if path == "/generate" else {**body, "temperature": 0},
+        timeout=60,
+    )
     assert sampled.status_code == 200, sampled.text
     assert greedy.status_code == 200, greedy.text
     if not body.get("stream"):
-        text = (lambda r: r["text"]) if path == "/generate" else (
-            (lambda r: r["choices"][0]["text"]) if path == "/v1/completions" else (lambda r: r["choices"][0]["message"]["content"])
+        text = (
+            (lambda r: r["text"])
+            if path == "/generate"
+            else (
+                (lambda r: r["choices"][0]["text"])
+                if path == "/v1/completions"
+                else (lambda r: r["choices"][0]["message"]["content"])
+            )
         )
         assert text(sampled.json()) == text(greedy.json())
 
@@ -73,8 +83,10 @@ def test_too_many_multipart_files_is_422_like_a_too_long_json_batch(http: reques
 
 
 def test_malformed_multipart_body_is_422(http: requests.Session) -> None:
-    body = b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nabc"  # never closed
-    response = http.post("/classify-digit", data=body, headers={"content-type": "multipart/form-data; boundary=XYZ"}, timeout=60)
+    body = b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nabc'  # never closed
+    response = http.post(
+        "/classify-digit", data=body, headers={"content-type": "multipart/form-data; boundary=XYZ"}, timeout=60
+    )
     assert response.status_code == 422, response.text
 
 

@@ -30,13 +30,15 @@ def _resolve(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, An
     return schema
 
 
-def string_paths(schema: dict[str, Any], components: dict[str, Any], prefix: Path = (), depth: int = 0) -> Iterator[Path]:
+def string_paths(
+    schema: dict[str, Any], components: dict[str, Any], prefix: Path = (), depth: int = 0
+) -> Iterator[Path]:
     """Every place in a body that the schema lets hold a string (a list's strings at index 0; a map's
     strings under the key "k"), following $refs, unions and nested objects."""
     if depth > 6:
         return
     schema = _resolve(schema, components)
-    if schema.get("type") == "string" or "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
+    if schema.get("type") == "string" or ("enum" in schema and all(isinstance(v, str) for v in schema["enum"])):
         yield prefix
     for union in ("anyOf", "oneOf", "allOf"):
         for option in schema.get(union, []):
@@ -53,7 +55,7 @@ def put(body: Any, path: Path, value: str) -> Any:
     """A copy of `body` with `value` at `path`, creating the containers on the way."""
     root = copy.deepcopy(body) if isinstance(body, dict) else {}
     node: Any = root
-    for key, nxt in zip(path, (*path[1:], None)):
+    for key, nxt in zip(path, (*path[1:], None), strict=True):
         fresh: Any = value if nxt is None else ([] if isinstance(nxt, int) else {})
         if isinstance(key, int):
             if not isinstance(node, list):
@@ -87,7 +89,11 @@ def json_cases() -> list[tuple[str, str, list[Any], Path]]:
             if media is None:
                 continue
             schema = media["schema"]
-            examples = [e["value"] for e in media.get("examples", {}).values()] or list(_resolve(schema, components).get("examples", [])) or [{}]
+            examples = (
+                [e["value"] for e in media.get("examples", {}).values()]
+                or list(_resolve(schema, components).get("examples", []))
+                or [{}]
+            )
             for where in dict.fromkeys(string_paths(schema, components)):
                 cases.append((method.upper(), route, examples, where))
     return cases
@@ -114,7 +120,9 @@ def _field_of(where: Path) -> str:
 @pytest.fixture(scope="module")
 async def odd_client(make_app: Callable[[Any], Awaitable[FastAPI]]) -> AsyncIterator[httpx.AsyncClient]:
     application = await make_app(fuzz_settings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://odd", timeout=60) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url="http://odd", timeout=60
+    ) as http:
         yield http
 
 
@@ -132,7 +140,9 @@ def test_the_walk_finds_the_fields_the_issue_names() -> None:
         assert expected in found
 
 
-@pytest.mark.parametrize(("method", "route", "examples", "where"), CASES, ids=[f"{c[0]} {c[1]} {_field_of(c[3])}" for c in CASES])
+@pytest.mark.parametrize(
+    ("method", "route", "examples", "where"), CASES, ids=[f"{c[0]} {c[1]} {_field_of(c[3])}" for c in CASES]
+)
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(text=odd_text)
 async def test_odd_strings_never_give_a_5xx(
@@ -140,7 +150,10 @@ async def test_odd_strings_never_give_a_5xx(
 ) -> None:
     body = put(_example_for(examples, where), where, text)
     response = await odd_client.request(
-        method, route.replace("{model_name}", "mnist").replace("{model_version}", "1"), content=json.dumps(body), headers={"content-type": "application/json"}
+        method,
+        route.replace("{model_name}", "mnist").replace("{model_version}", "1"),
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
     )
     assert response.status_code < 500, (body, response.text)
     assert response.headers["content-type"].startswith(("application/json", "text/event-stream")), response.text

@@ -110,7 +110,12 @@ def _cases() -> list[Any]:
         if violable:
             runs.append((GenerationMode.NEGATIVE, has_path_parameters))
         for mode, pinned in runs:
-            label = f"{method} {path}" + (f" {media}" if media else "") + f" {mode.value}" + (" served-names" if pinned else "")
+            label = (
+                f"{method} {path}"
+                + (f" {media}" if media else "")
+                + f" {mode.value}"
+                + (" served-names" if pinned else "")
+            )
             params.append(pytest.param(method, path, media, mode, pinned, id=label))
     return params
 
@@ -128,7 +133,9 @@ def test_openapi_operation(
 ) -> None:
     operation = fuzz_schema[path][method]
     checks = CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
-    path_parameters = {name: value for name, value in served_names.items() if "{" + name + "}" in path} if pinned else None
+    path_parameters = (
+        {name: value for name, value in served_names.items() if "{" + name + "}" in path} if pinned else None
+    )
 
     strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
     if media is not None:  # one test per request media type (JSON and multipart, JSON and binary tensors)
@@ -149,7 +156,9 @@ def test_openapi_operation(
 
     statuses: list[int] = []
     fuzz()
-    print(f"{method} {path} {media or ''} {mode.value} pinned={pinned}: {len(statuses)} requests, statuses {sorted(set(statuses))}")
+    print(
+        f"{method} {path} {media or ''} {mode.value} pinned={pinned}: {len(statuses)} requests, statuses {sorted(set(statuses))}"
+    )
     assert statuses, "no request was generated"
     if mode is GenerationMode.NEGATIVE:
         assert any(400 <= status < 500 for status in statuses), "no schema-violating request was generated"

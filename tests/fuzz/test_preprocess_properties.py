@@ -29,7 +29,9 @@ from service.digits.preprocess import (
     prepare_image,
 )
 
-PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LIMITS = {"max_bytes": 256 * 1024, "max_pixels": 1_000_000}
 
 # Every mode Pillow's decoders hand over, and more. Not "La" (premultiplied LA): no accepted format decodes
@@ -84,7 +86,11 @@ def images(draw: st.DrawFn) -> Image.Image:
         alpha = draw(st.sampled_from(["opaque", "clear", "ink-only", "noise"]))
         a = {"opaque": np.full(gray.shape, 255), "clear": np.zeros(gray.shape)}.get(alpha)
         if a is None:
-            a = (gray < 0.5) * 255 if alpha == "ink-only" else np.random.default_rng(gray.size).integers(0, 256, gray.shape)
+            a = (
+                (gray < 0.5) * 255
+                if alpha == "ink-only"
+                else np.random.default_rng(gray.size).integers(0, 256, gray.shape)
+            )
         rgba = Image.merge("RGBA", (base, base, base, Image.fromarray(a.astype(np.uint8))))
         return rgba.convert(mode) if mode != "PA" else rgba.convert("P").convert("PA")
     return base.convert(mode)
@@ -164,7 +170,11 @@ def test_any_base64_text_gives_bytes_or_a_digit_input_error(text: str) -> None:
 @PROPERTY_SETTINGS
 @given(
     values=st.one_of(
-        hnp.arrays(np.float64, st.sampled_from([(784,), (28, 28), (783,), (28, 27), (2, 392)]), elements=st.floats(allow_nan=True, allow_infinity=True)),
+        hnp.arrays(
+            np.float64,
+            st.sampled_from([(784,), (28, 28), (783,), (28, 27), (2, 392)]),
+            elements=st.floats(allow_nan=True, allow_infinity=True),
+        ),
         st.lists(st.one_of(st.floats(-10, 300), st.lists(st.floats(0, 255), max_size=30)), max_size=40),
     ),
     value_range=st.sampled_from(["0-255", "0-1"]),
@@ -222,7 +232,9 @@ def test_ink_fits_20x20_and_its_centre_of_mass_is_mnists(gray: np.ndarray) -> No
 
 
 @PROPERTY_SETTINGS
-@given(small=hnp.arrays(np.float32, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.floats(0, 1, width=32)))
+@given(
+    small=hnp.arrays(np.float32, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.floats(0, 1, width=32))
+)
 def test_centre_by_mass_puts_the_centre_of_mass_on_mnists_centre(small: np.ndarray) -> None:
     assume(small.sum() > 1e-3)
     out = centre_by_mass(small)

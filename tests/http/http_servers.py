@@ -52,9 +52,10 @@ class Server:
 def start_server(extra_env: dict[str, str], ready_timeout: float = 180) -> Server:
     port = free_port()
     env = {**os.environ, "GENAI_HOST": "127.0.0.1", "GENAI_PORT": str(port), **extra_env}
-    log_file = tempfile.NamedTemporaryFile(prefix="genai-http-", suffix=".log", delete=False)
-    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    log_file.close()
+    with tempfile.NamedTemporaryFile(prefix="genai-http-", suffix=".log", delete=False) as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
     server = Server(f"http://127.0.0.1:{port}", port, process, Path(log_file.name), env)
     deadline = time.monotonic() + ready_timeout
     while True:
@@ -87,5 +88,3 @@ TIGHT = {
     "GENAI_HTTP_BODY_TIMEOUT_S": "2",
     "GENAI_HTTP_MAX_CONNECTIONS": "30",
 }
-
-

@@ -12,8 +12,12 @@ from http_wire import assert_error_shape, exchange
 
 @pytest.mark.parametrize("path", ["/health", "/ready"])
 def test_head_answers_as_get_without_a_body(guarded_server: Server, path: str) -> None:
-    get = exchange(guarded_server.port, b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % path.encode())
-    head = exchange(guarded_server.port, b"HEAD %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % path.encode())
+    get = exchange(
+        guarded_server.port, b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % path.encode()
+    )
+    head = exchange(
+        guarded_server.port, b"HEAD %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % path.encode()
+    )
     assert get.status == 200 and get.body
     assert head.status == 200, head.raw[:300]
     assert head.body == b""  # the headers only, nothing after them

@@ -5,6 +5,7 @@ Over real HTTP: a `python -m service serve` subprocess (tests/http/conftest.py) 
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import statistics
@@ -31,7 +32,9 @@ def _poll_health(base: str, stop: threading.Event, latencies: list[float], statu
             time.sleep(0.1)
 
 
-def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_and_health_stays_fast(guarded_server: Server) -> None:
+def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_and_health_stays_fast(
+    guarded_server: Server,
+) -> None:
     """100 connections sending a header byte a second for 20 s (each one closed is reopened): each is closed
     with a 408 at the head deadline (GENAI_HTTP_HEADER_TIMEOUT_S, 10 s by default), the server's VmRSS stays
     within 20 MB of where it started, and /health p99 stays under 50 ms meanwhile."""
@@ -48,7 +51,9 @@ def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_an
     latencies: list[float] = []
     statuses: list[int] = []
     stop = threading.Event()
-    poller = threading.Thread(target=_poll_health, args=(guarded_server.base, stop, latencies, statuses, until + 1), daemon=True)
+    poller = threading.Thread(
+        target=_poll_health, args=(guarded_server.base, stop, latencies, statuses, until + 1), daemon=True
+    )
     poller.start()
 
     selector = selectors.DefaultSelector()
@@ -119,8 +124,10 @@ def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_an
     assert statuses and set(statuses) == {200}
     p99_ms = statistics.quantiles(latencies, n=100)[98] * 1000
     assert len(latencies) >= 150 and p99_ms < 50, f"/health p99 {p99_ms:.1f} ms over {len(latencies)} probes"
-    print(f"slow connections: {len(lifetimes)} closed after {min(lifetimes):.2f}-{max(lifetimes):.2f} s; "
-          f"VmRSS {rss_start / 1024:.1f} -> max {rss_max / 1024:.1f} MB (+{growth_mb:.1f}); /health p99 {p99_ms:.1f} ms")
+    print(
+        f"slow connections: {len(lifetimes)} closed after {min(lifetimes):.2f}-{max(lifetimes):.2f} s; "
+        f"VmRSS {rss_start / 1024:.1f} -> max {rss_max / 1024:.1f} MB (+{growth_mb:.1f}); /health p99 {p99_ms:.1f} ms"
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,13 +152,15 @@ def test_an_oversized_head_pipelined_behind_a_request_in_the_same_write_gets_431
         b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + b"\r\n",
     )
     assert answer.status == 200 and answer.body.startswith(b'{"status":"ok"}')
-    second = parse(answer.body[len(b'{"status":"ok"}'):], 0.0)
+    second = parse(answer.body[len(b'{"status":"ok"}') :], 0.0)
     assert_error_shape(second, 431)
 
 
 def test_headers_just_under_the_limit_are_served(guarded_server: Server) -> None:
     filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 1000) for i in range(60))  # ~61 KB
-    answer = exchange(guarded_server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + filler + b"\r\n")
+    answer = exchange(
+        guarded_server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + filler + b"\r\n"
+    )
     assert answer.status == 200 and answer.json() == {"status": "ok"}
 
 
@@ -164,10 +173,8 @@ def test_unterminated_30MB_header_blocks_do_not_grow_memory(guarded_server: Serv
 
     def flood() -> None:
         with connect(guarded_server.port, timeout=15) as sock:
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
                 sock.sendall(block)
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                pass
             try:
                 results.append(read_until_closed(sock, timeout=15))
             except (ConnectionResetError, AssertionError):
@@ -242,7 +249,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_at_the_body_deadline(ti
         started = time.monotonic()
         sock.sendall(
             b"POST /classify-digit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{\"pixels\": ["
+            b'Content-Length: 100\r\n\r\n{"pixels": ['
         )
         answer = parse(read_until_closed(sock, timeout=10), time.monotonic() - started)
     error = assert_error_shape(answer, 408)

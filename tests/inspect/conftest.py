@@ -53,14 +53,20 @@ def embedded_dir(settings: Settings) -> Path:
 @pytest.fixture(scope="session")
 def references(embedded_dir: Path, tiny_gpt2_dir: Path, tiny_llama_dir: Path) -> dict[str, Any]:
     """The reference model for each served one, by name: embedded, gpt2, llama."""
-    return {"embedded": eager_model(embedded_dir), "gpt2": eager_model(tiny_gpt2_dir), "llama": eager_model(tiny_llama_dir)}
+    return {
+        "embedded": eager_model(embedded_dir),
+        "gpt2": eager_model(tiny_gpt2_dir),
+        "llama": eager_model(tiny_llama_dir),
+    }
 
 
 @pytest.fixture(scope="session")
 async def generic_client(make_app: Callable[[Settings], Awaitable[FastAPI]]) -> AsyncIterator[httpx.AsyncClient]:
     """The embedded model through transformers' own forward (GENAI_LEAN_DECODER=false)."""
     app = await make_app(Settings(dtype="float32", lean_decoder=False))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://generic", timeout=120) as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://generic", timeout=120
+    ) as client:
         yield client
 
 
@@ -69,19 +75,28 @@ async def small_limits_client(make_app: Callable[[Settings], Awaitable[FastAPI]]
     """The embedded model with small inspection limits, to see each refused."""
     app = await make_app(
         Settings(
-            dtype="float32", inspect_max_prompt_tokens=12, inspect_max_lens_entries=40, inspect_max_attention_weights=100,
-            inspect_max_tree_nodes=20, inspect_max_tree_depth=4, max_top_k=10,
+            dtype="float32",
+            inspect_max_prompt_tokens=12,
+            inspect_max_lens_entries=40,
+            inspect_max_attention_weights=100,
+            inspect_max_tree_nodes=20,
+            inspect_max_tree_depth=4,
+            max_top_k=10,
         )
     )
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://small", timeout=120) as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://small", timeout=120
+    ) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 def served(
-    client: httpx.AsyncClient, generic_client: httpx.AsyncClient, gpt2_client: httpx.AsyncClient, llama_client: httpx.AsyncClient
+    client: httpx.AsyncClient,
+    generic_client: httpx.AsyncClient,
+    gpt2_client: httpx.AsyncClient,
+    llama_client: httpx.AsyncClient,
 ) -> dict[str, httpx.AsyncClient]:
     """Each way a model is served, by name: the embedded model on the lean decoder (embedded) and on
     transformers' forward (generic), the tiny GPT-2 (transformers' forward), the tiny Llama (lean decoder)."""
     return {"embedded": client, "generic": generic_client, "gpt2": gpt2_client, "llama": llama_client}
-

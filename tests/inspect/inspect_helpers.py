@@ -10,7 +10,12 @@ import torch
 
 SERVED = ["embedded", "generic", "gpt2", "llama"]  # the `served` fixture's clients
 FORWARD = {"embedded": "lean-llama", "generic": "transformers", "gpt2": "transformers", "llama": "lean-llama"}
-REFERENCE = {"embedded": "embedded", "generic": "embedded", "gpt2": "gpt2", "llama": "llama"}  # `references` key of each
+REFERENCE = {
+    "embedded": "embedded",
+    "generic": "embedded",
+    "gpt2": "gpt2",
+    "llama": "llama",
+}  # `references` key of each
 
 
 def eager_model(folder: Path) -> Any:

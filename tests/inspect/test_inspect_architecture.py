@@ -23,7 +23,12 @@ def imported(path: Path) -> list[str]:
 def test_the_inspection_math_imports_no_http() -> None:
     model_side = [p for p in sorted(INSPECT.glob("*.py")) if p.name not in ("router.py", "schemas.py")]
     assert {"forward.py", "logit_lens.py"} <= {p.name for p in model_side}
-    found = [f"{p.name} imports {n}" for p in model_side for n in imported(p) if any(n == h or n.startswith(h + ".") for h in HTTP)]
+    found = [
+        f"{p.name} imports {n}"
+        for p in model_side
+        for n in imported(p)
+        if any(n == h or n.startswith(h + ".") for h in HTTP)
+    ]
     assert not found, found
 
 

@@ -18,7 +18,9 @@ PROMPT = "The capital of France is"
 
 
 @pytest.mark.parametrize("name", SERVED)
-async def test_weights_equal_transformers_eager_attention(served: dict[str, httpx.AsyncClient], references: dict[str, Any], name: str) -> None:
+async def test_weights_equal_transformers_eager_attention(
+    served: dict[str, httpx.AsyncClient], references: dict[str, Any], name: str
+) -> None:
     response = await served[name].post("/inspect/attention", json={"prompt": PROMPT})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -27,7 +29,9 @@ async def test_weights_equal_transformers_eager_attention(served: dict[str, http
     expected = run(references[REFERENCE[name]], ids).attentions  # layers of [1, heads, S, S]
     layers, heads = len(expected), expected[0].shape[1]
     assert body["query_positions"] == list(range(len(ids))) and body["heads"] == list(range(heads))
-    assert [(m["layer"], m["head"]) for m in body["maps"]] == [(layer, head) for layer in range(layers) for head in range(heads)]
+    assert [(m["layer"], m["head"]) for m in body["maps"]] == [
+        (layer, head) for layer in range(layers) for head in range(heads)
+    ]
     for attention_map in body["maps"]:
         want = expected[attention_map["layer"]][0, attention_map["head"]]  # [S, S]
         assert float(want.triu(1).abs().max()) == 0  # the reference attends to no later position either
@@ -48,7 +52,9 @@ async def test_model_side_weights_are_causal_tensors(language_model: Any) -> Non
         assert torch.allclose(weights[layer].sum(-1), torch.ones(9, len(ids)), atol=1e-5)
 
 
-async def test_selection_and_mean_over_heads(client: httpx.AsyncClient, generic_client: httpx.AsyncClient, language_model: Any) -> None:
+async def test_selection_and_mean_over_heads(
+    client: httpx.AsyncClient, generic_client: httpx.AsyncClient, language_model: Any
+) -> None:
     base = {"prompt": PROMPT, "layers": [2, -1], "heads": [0, 3, -1], "query_positions": [-1, 1]}
     chosen = (await client.post("/inspect/attention", json=base)).json()
     assert chosen["query_positions"] == [4, 1] and chosen["heads"] == [0, 3, 8]
@@ -59,7 +65,9 @@ async def test_selection_and_mean_over_heads(client: httpx.AsyncClient, generic_
     for index, averaged in enumerate(mean["maps"]):
         per_head = chosen["maps"][3 * index : 3 * index + 3]
         for q, row in enumerate(averaged["weights"]):
-            assert row == pytest.approx([sum(col) / 3 for col in zip(*(m["weights"][q] for m in per_head), strict=True)], abs=1e-6)
+            assert row == pytest.approx(
+                [sum(col) / 3 for col in zip(*(m["weights"][q] for m in per_head), strict=True)], abs=1e-6
+            )
     # transformers' forward switched to eager attention for that call only, and back.
     before = language_model.model.config._attn_implementation
     assert (await generic_client.post("/inspect/attention", json=base)).status_code == 200
@@ -90,5 +98,7 @@ async def test_too_many_weights_are_refused_naming_the_setting(small_limits_clie
     error = response.json()["error"]  # 9 heads × (1 + 2 + 3 + 4 + 5) = 135 > 100
     assert response.status_code == 422 and error["param"] == "query_positions"
     assert "GENAI_INSPECT_MAX_ATTENTION_WEIGHTS" in error["message"] and "135" in error["message"]
-    fits = await small_limits_client.post("/inspect/attention", json={"prompt": PROMPT, "layers": [0], "mean_over_heads": True})
+    fits = await small_limits_client.post(
+        "/inspect/attention", json={"prompt": PROMPT, "layers": [0], "mean_over_heads": True}
+    )
     assert fits.status_code == 200 and len(fits.json()["maps"]) == 1

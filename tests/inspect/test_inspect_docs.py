@@ -70,7 +70,10 @@ async def _regenerate() -> None:
     app = create_app(settings, models=load_models(settings))
     text = DOC.read_text()
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://docs", timeout=120) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://docs", timeout=120) as client,
+    ):
         for match, path, body in reversed(examples(text)):
             fresh = (await client.post(path, json=body)).json()
             start, end = match.span("output")

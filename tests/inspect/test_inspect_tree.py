@@ -20,7 +20,9 @@ from service.inspect.tree import TreeNode, continuation_tree
 PROMPT = "The capital of France is"
 
 
-def walk(nodes: list[dict[str, Any]], path: list[int], total: float, depth: int, branching: int) -> list[tuple[list[int], float]]:
+def walk(
+    nodes: list[dict[str, Any]], path: list[int], total: float, depth: int, branching: int
+) -> list[tuple[list[int], float]]:
     """Check each level's shape and sums; return every (path, cumulative logprob) at the leaves."""
     assert len(nodes) == branching
     assert [n["probability"] for n in nodes] == sorted((n["probability"] for n in nodes), reverse=True)
@@ -68,13 +70,19 @@ def _flatten(nodes: list[TreeNode]) -> list[tuple[int, float, float]]:
 
 
 @pytest.mark.parametrize("lean", [True, False])
-def test_a_level_split_into_chunks_gives_the_same_tree(language_model: Any, monkeypatch: pytest.MonkeyPatch, lean: bool) -> None:
+def test_a_level_split_into_chunks_gives_the_same_tree(
+    language_model: Any, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
     """Wide levels run in chunks of bounded cache size; the chunks compute what one pass would."""
     ids, params = language_model.encode(PROMPT), TreeParams(depth=3, branching=3)
     with torch.inference_mode():
-        whole = continuation_tree(inspector_for(language_model, lean), ids, params, language_model.token_text, language_model.detokenize)
+        whole = continuation_tree(
+            inspector_for(language_model, lean), ids, params, language_model.token_text, language_model.detokenize
+        )
         monkeypatch.setattr(continuations, "TREE_CHUNK_POSITIONS", 2 * (len(ids) + 2))  # two rows a chunk
-        chunked = continuation_tree(inspector_for(language_model, lean), ids, params, language_model.token_text, language_model.detokenize)
+        chunked = continuation_tree(
+            inspector_for(language_model, lean), ids, params, language_model.token_text, language_model.detokenize
+        )
     got, want = _flatten(chunked.children), _flatten(whole.children)
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [g[2] for g in got] == pytest.approx([w[2] for w in want], abs=1e-4)  # batch shapes round apart
@@ -99,14 +107,20 @@ async def test_bad_input_is_a_422_naming_the_field(client: httpx.AsyncClient, bo
     assert response.json()["error"]["param"] == field
 
 
-async def test_the_limits_are_refused_naming_the_setting(client: httpx.AsyncClient, small_limits_client: httpx.AsyncClient) -> None:
+async def test_the_limits_are_refused_naming_the_setting(
+    client: httpx.AsyncClient, small_limits_client: httpx.AsyncClient
+) -> None:
     response = await client.post("/inspect/tree", json={"prompt": PROMPT, "depth": 2, "branching": 16})
     error = response.json()["error"]  # 16 + 256 nodes
     assert "272 nodes" in error["message"] and "GENAI_INSPECT_MAX_TREE_NODES" in error["message"]
-    assert (await client.post("/inspect/tree", json={"prompt": PROMPT, "depth": 1, "branching": 256})).status_code == 200
+    assert (
+        await client.post("/inspect/tree", json={"prompt": PROMPT, "depth": 1, "branching": 256})
+    ).status_code == 200
     response = await small_limits_client.post("/inspect/tree", json={"prompt": PROMPT, "depth": 5, "branching": 1})
     error = response.json()["error"]
-    assert response.status_code == 422 and error["param"] == "depth" and "GENAI_INSPECT_MAX_TREE_DEPTH" in error["message"]
+    assert (
+        response.status_code == 422 and error["param"] == "depth" and "GENAI_INSPECT_MAX_TREE_DEPTH" in error["message"]
+    )
     response = await small_limits_client.post("/inspect/tree", json={"prompt": PROMPT, "depth": 2, "branching": 4})
     assert response.status_code == 200, response.text  # 4 + 16 = 20 nodes fit; 5 + 25 do not
     response = await small_limits_client.post("/inspect/tree", json={"prompt": PROMPT, "depth": 2, "branching": 5})

@@ -20,7 +20,9 @@ async def test_the_last_layer_is_next_token_probs(served: dict[str, httpx.AsyncC
     lens = (await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 5})).json()
     probs = (await client.post("/next-token-probs", json={"prompt": PROMPT, "top_k": 5})).json()
     assert lens["forward"] == FORWARD[name]
-    assert [t["id"] for t in lens["prompt_tokens"]] == (await client.post("/tokenize", json={"text": PROMPT})).json()["ids"]
+    assert [t["id"] for t in lens["prompt_tokens"]] == (await client.post("/tokenize", json={"text": PROMPT})).json()[
+        "ids"
+    ]
     (row,) = lens["positions"]
     assert row["position"] == len(lens["prompt_tokens"]) - 1
     assert [cell["layer"] for cell in row["layers"]] == list(range(lens["layers"] + 1))
@@ -50,31 +52,43 @@ async def test_every_layer_matches_transformers_hidden_states(
         for cell in row["layers"]:
             want = expected[cell["layer"]]
             # The listed tokens are the reference's top 4 (tokens tied within float32 noise may swap).
-            assert [float(want[t["id"]]) for t in cell["top"]] == pytest.approx(torch.topk(want, 4).values.tolist(), abs=1e-4)
+            assert [float(want[t["id"]]) for t in cell["top"]] == pytest.approx(
+                torch.topk(want, 4).values.tolist(), abs=1e-4
+            )
             for token in cell["top"]:
                 assert token["probability"] == pytest.approx(float(want[token["id"]].exp()), abs=1e-4)
                 assert token["logprob"] == pytest.approx(float(want[token["id"]]), abs=1e-4)
             assert cell["entropy"] == pytest.approx(float(-(want.exp() * want).sum()), abs=1e-4)
             # The rank of the final token, up to tokens within float32 noise of it.
-            assert 1 + int((want > want[final] + 1e-4).sum()) <= cell["final_token_rank"] <= int((want > want[final] - 1e-4).sum())
+            assert (
+                1 + int((want > want[final] + 1e-4).sum())
+                <= cell["final_token_rank"]
+                <= int((want > want[final] - 1e-4).sum())
+            )
 
 
 async def test_layer_choice_and_embeddings(client: httpx.AsyncClient) -> None:
     everything = (await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2})).json()
     layers = everything["layers"]
-    chosen = (await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "layers": [0, 10, -1]})).json()
+    chosen = (
+        await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "layers": [0, 10, -1]})
+    ).json()
     assert [c["layer"] for c in chosen["positions"][0]["layers"]] == [0, 10, layers]
     by_layer = {c["layer"]: c for c in everything["positions"][0]["layers"]}
     for cell in chosen["positions"][0]["layers"]:
         same = by_layer[cell["layer"]]
         assert [t["id"] for t in cell["top"]] == [t["id"] for t in same["top"]]
-        assert [t["probability"] for t in cell["top"]] == pytest.approx([t["probability"] for t in same["top"]], abs=1e-6)
+        assert [t["probability"] for t in cell["top"]] == pytest.approx(
+            [t["probability"] for t in same["top"]], abs=1e-6
+        )
         assert cell["final_token_rank"] == by_layer[cell["layer"]]["final_token_rank"]
     # Without the last layer asked for, the final token is still the model's own.
     middle = (await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "layers": [5]})).json()
     assert middle["positions"][0]["final_token"]["id"] == everything["positions"][0]["final_token"]["id"]
     assert [c["layer"] for c in middle["positions"][0]["layers"]] == [5]
-    no_embeddings = (await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "include_embeddings": False})).json()
+    no_embeddings = (
+        await client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "include_embeddings": False})
+    ).json()
     assert [c["layer"] for c in no_embeddings["positions"][0]["layers"]] == list(range(1, layers + 1))
 
 
@@ -104,12 +118,24 @@ async def test_the_limits_are_refused_naming_the_setting(small_limits_client: ht
     long_prompt = "one two three four five six seven eight nine ten eleven twelve thirteen"
     response = await small_limits_client.post("/inspect/logit-lens", json={"prompt": long_prompt})
     error = response.json()["error"]
-    assert response.status_code == 422 and error["param"] == "prompt" and "GENAI_INSPECT_MAX_PROMPT_TOKENS" in error["message"]
-    response = await small_limits_client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "positions": [0, 1]})
+    assert (
+        response.status_code == 422
+        and error["param"] == "prompt"
+        and "GENAI_INSPECT_MAX_PROMPT_TOKENS" in error["message"]
+    )
+    response = await small_limits_client.post(
+        "/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "positions": [0, 1]}
+    )
     error = response.json()["error"]  # 2 positions × 31 layers × 2 > 40
-    assert response.status_code == 422 and error["param"] == "positions" and "GENAI_INSPECT_MAX_LENS_ENTRIES" in error["message"]
+    assert (
+        response.status_code == 422
+        and error["param"] == "positions"
+        and "GENAI_INSPECT_MAX_LENS_ENTRIES" in error["message"]
+    )
     fits = await small_limits_client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 2, "layers": [0, 30]})
     assert fits.status_code == 200
-    response = await small_limits_client.post("/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 11, "layers": [0]})
+    response = await small_limits_client.post(
+        "/inspect/logit-lens", json={"prompt": PROMPT, "top_k": 11, "layers": [0]}
+    )
     error = response.json()["error"]
     assert response.status_code == 422 and error["param"] == "top_k" and "GENAI_MAX_TOP_K" in error["message"]

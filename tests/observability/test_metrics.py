@@ -26,7 +26,9 @@ async def scrape(client: httpx.AsyncClient) -> dict[Key, float]:
     return values
 
 
-async def scrape_when(client: httpx.AsyncClient, ready: Callable[[dict[Key, float]], bool], seconds: float = 10.0) -> dict[Key, float]:
+async def scrape_when(
+    client: httpx.AsyncClient, ready: Callable[[dict[Key, float]], bool], seconds: float = 10.0
+) -> dict[Key, float]:
     """Scrape until `ready` holds: the engine thread records a generation's metrics just after the client has its last byte."""
     deadline = time.monotonic() + seconds
     while True:
@@ -49,18 +51,25 @@ def total(samples: dict[Key, float], name: str, **labels: str) -> float:
 async def test_counters_move_with_traffic(client: httpx.AsyncClient) -> None:
     before = await scrape(client)
 
-    completion = await client.post("/v1/completions", json={"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0})
+    completion = await client.post(
+        "/v1/completions", json={"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}
+    )
     assert completion.status_code == 200
     assert (await client.post("/tokenize", json={"text": "hello"})).status_code == 200
     assert (await client.get("/no/such/page")).status_code == 404
     pixels = np.zeros(784, dtype=np.uint8).tolist()
-    infer = await client.post("/v2/models/mnist/infer", json={"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": pixels}]})
+    infer = await client.post(
+        "/v2/models/mnist/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": pixels}]},
+    )
     assert infer.status_code == 200
 
     after = await scrape_when(
         client,
-        lambda s: total(s, "genai_generations_total") > total(before, "genai_generations_total")
-        and total(s, "genai_batch_size_count") >= total(before, "genai_batch_size_count") + 2,
+        lambda s: (
+            total(s, "genai_generations_total") > total(before, "genai_generations_total")
+            and total(s, "genai_batch_size_count") >= total(before, "genai_batch_size_count") + 2
+        ),
     )
 
     def delta(name: str, **labels: str) -> float:
@@ -103,9 +112,15 @@ async def test_stream_latency_is_recorded_once(client: httpx.AsyncClient) -> Non
         assert response.status_code == 200
         lines = [line async for line in response.aiter_lines()]
     assert "data: [DONE]" in lines
-    after = await scrape_when(client, lambda s: total(s, "genai_generations_total") > total(before, "genai_generations_total"))
+    after = await scrape_when(
+        client, lambda s: total(s, "genai_generations_total") > total(before, "genai_generations_total")
+    )
     route = "/v1/chat/completions"
-    assert total(after, "genai_http_requests_total", route=route, status="200") - total(before, "genai_http_requests_total", route=route, status="200") == 1
+    assert (
+        total(after, "genai_http_requests_total", route=route, status="200")
+        - total(before, "genai_http_requests_total", route=route, status="200")
+        == 1
+    )
     assert total(after, "genai_generated_tokens_total") - total(before, "genai_generated_tokens_total") == 2
 
 
@@ -135,8 +150,12 @@ async def test_prompt_lookup_drafts_are_counted(client: httpx.AsyncClient) -> No
     response = await client.post("/generate", json={"prompt": prompt, "max_new_tokens": 24, "ignore_eos": True})
     assert response.status_code == 200
     after = await scrape(client)
-    accepted = value(after, "genai_draft_tokens_total", outcome="accepted") - value(before, "genai_draft_tokens_total", outcome="accepted")
-    rejected = value(after, "genai_draft_tokens_total", outcome="rejected") - value(before, "genai_draft_tokens_total", outcome="rejected")
+    accepted = value(after, "genai_draft_tokens_total", outcome="accepted") - value(
+        before, "genai_draft_tokens_total", outcome="accepted"
+    )
+    rejected = value(after, "genai_draft_tokens_total", outcome="rejected") - value(
+        before, "genai_draft_tokens_total", outcome="rejected"
+    )
     engine = (await client.get("/info")).json()["engine"]
     assert accepted > 0 and rejected >= 0
     assert value(after, "genai_draft_tokens_total", outcome="accepted") == engine["accepted_draft_tokens"]

@@ -45,7 +45,9 @@ async def test_request_id_generated_echoed_or_replaced(client: httpx.AsyncClient
     assert (await client.get("/health", headers={"X-Request-ID": "trace-42.a"})).headers["x-request-id"] == "trace-42.a"
     replaced = (await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})).headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", replaced)
-    assert re.fullmatch(r"[0-9a-f]{32}", (await client.get("/health", headers={"X-Request-ID": "x" * 500})).headers["x-request-id"])
+    assert re.fullmatch(
+        r"[0-9a-f]{32}", (await client.get("/health", headers={"X-Request-ID": "x" * 500})).headers["x-request-id"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,7 +60,9 @@ async def test_request_id_generated_echoed_or_replaced(client: httpx.AsyncClient
         ("GET", "/metrics", None, 200),
     ],
 )
-async def test_errors_carry_the_request_id_too(client: httpx.AsyncClient, method: str, path: str, body: object, status: int) -> None:
+async def test_errors_carry_the_request_id_too(
+    client: httpx.AsyncClient, method: str, path: str, body: object, status: int
+) -> None:
     response = await client.request(method, path, json=body, headers={"X-Request-ID": "req-err-1"})
     assert response.status_code == status
     assert response.headers["x-request-id"] == "req-err-1"
@@ -71,7 +75,9 @@ async def test_stream_carries_the_request_id(client: httpx.AsyncClient) -> None:
         await response.aread()
 
 
-async def test_one_log_line_per_request_without_the_prompt(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_one_log_line_per_request_without_the_prompt(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="service.access")
     response = await client.post(
         "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0}, headers={"X-Request-ID": "log-1"}
@@ -87,10 +93,14 @@ async def test_one_log_line_per_request_without_the_prompt(client: httpx.AsyncCl
     assert "zebras" not in json.dumps(fields) and "zebras" not in records[0].getMessage()
 
 
-async def test_prompt_logged_only_when_enabled(prompt_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_prompt_logged_only_when_enabled(
+    prompt_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="service.access")
     body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1, "temperature": 0, "stream": True}
-    async with prompt_client.stream("POST", "/v1/chat/completions", json=body, headers={"X-Request-ID": "log-2"}) as response:
+    async with prompt_client.stream(
+        "POST", "/v1/chat/completions", json=body, headers={"X-Request-ID": "log-2"}
+    ) as response:
         await response.aread()
     records = [r for r in access_records(caplog) if r.fields["request_id"] == "log-2"]  # type: ignore[attr-defined]
     assert len(records) == 1
@@ -99,9 +109,13 @@ async def test_prompt_logged_only_when_enabled(prompt_client: httpx.AsyncClient,
     assert fields["completion_tokens"] == 1 and fields["prompt_tokens"] > 5
 
 
-async def test_body_limit_and_unexpected_errors_are_logged_with_ids(prompt_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_body_limit_and_unexpected_errors_are_logged_with_ids(
+    prompt_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="service.access")
-    too_large = await prompt_client.post("/tokenize", content=b"x" * 4096, headers={"X-Request-ID": "big-1", "content-type": "application/json"})
+    too_large = await prompt_client.post(
+        "/tokenize", content=b"x" * 4096, headers={"X-Request-ID": "big-1", "content-type": "application/json"}
+    )
     assert too_large.status_code == 413 and too_large.headers["x-request-id"] == "big-1"
     boom = await prompt_client.get("/test-only/boom", headers={"X-Request-ID": "boom-1"})
     assert boom.status_code == 500 and boom.headers["x-request-id"] == "boom-1"
@@ -118,7 +132,9 @@ def _record(fields: dict) -> logging.LogRecord:
 
 
 def test_json_formatter_writes_one_object_per_line() -> None:
-    line = JsonFormatter().format(_record({"request_id": "r1", "status": 200, "route": "/generate", "prompt_tokens": 3}))
+    line = JsonFormatter().format(
+        _record({"request_id": "r1", "status": 200, "route": "/generate", "prompt_tokens": 3})
+    )
     assert "\n" not in line
     data = json.loads(line)
     assert data["level"] == "info" and data["logger"] == "service.access" and data["message"].startswith("POST")

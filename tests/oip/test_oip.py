@@ -99,10 +99,21 @@ async def test_json_request_by_hand(client: httpx.AsyncClient, digits, expected)
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["model_name"] == MODEL and data["id"] == "abc"
-    assert data["outputs"] == [{"name": "digits", "shape": [2], "datatype": "INT64", "data": expected[:2].argmax(axis=1).tolist()}]
+    assert data["outputs"] == [
+        {"name": "digits", "shape": [2], "datatype": "INT64", "data": expected[:2].argmax(axis=1).tolist()}
+    ]
 
-    flat = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": (x[0] * 255).reshape(-1).tolist(),
-                        "parameters": {"value_range": "0-255"}}]}
+    flat = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 784],
+                "datatype": "FP32",
+                "data": (x[0] * 255).reshape(-1).tolist(),
+                "parameters": {"value_range": "0-255"},
+            }
+        ]
+    }
     response = await client.post(f"/v2/models/{MODEL}/versions/1/infer", json=flat)
     assert response.status_code == 200
     probabilities = next(o for o in response.json()["outputs"] if o["name"] == "probabilities")
@@ -112,8 +123,10 @@ async def test_json_request_by_hand(client: httpx.AsyncClient, digits, expected)
 
 async def test_binary_output_by_hand(client: httpx.AsyncClient, digits, expected) -> None:  # type: ignore[no-untyped-def]
     x, _ = digits
-    body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": x[0].reshape(-1).tolist()}],
-            "parameters": {"binary_data_output": True}}
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": x[0].reshape(-1).tolist()}],
+        "parameters": {"binary_data_output": True},
+    }
     response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
     assert response.status_code == 200
     size = int(response.headers["inference-header-content-length"])
@@ -127,7 +140,17 @@ async def test_binary_output_by_hand(client: httpx.AsyncClient, digits, expected
 
 def _input(shape: list[int], datatype: str = "FP32", data: object = None, **extra: object) -> dict:
     count = int(np.prod(shape)) if shape else 0
-    return {"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": [0.0] * count if data is None else data, **extra}]}
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": shape,
+                "datatype": datatype,
+                "data": [0.0] * count if data is None else data,
+                **extra,
+            }
+        ]
+    }
 
 
 @pytest.mark.parametrize(
@@ -146,7 +169,9 @@ def _input(shape: list[int], datatype: str = "FP32", data: object = None, **extr
         ({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32"}]}, "neither"),
     ],
 )
-async def test_bad_inference_requests_get_400_in_protocol_shape(client: httpx.AsyncClient, body: dict, fragment: str) -> None:
+async def test_bad_inference_requests_get_400_in_protocol_shape(
+    client: httpx.AsyncClient, body: dict, fragment: str
+) -> None:
     response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -154,7 +179,12 @@ async def test_bad_inference_requests_get_400_in_protocol_shape(client: httpx.As
 
 
 async def test_non_finite_and_malformed(client: httpx.AsyncClient) -> None:
-    response = await client.post(f"/v2/models/{MODEL}/infer", content=b'{"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [NaN' + b", 0" * 783 + b"]}]}")
+    response = await client.post(
+        f"/v2/models/{MODEL}/infer",
+        content=b'{"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [NaN'
+        + b", 0" * 783
+        + b"]}]}",
+    )
     assert response.status_code == 400 and "non-finite" in response.json()["error"]
     response = await client.post(f"/v2/models/{MODEL}/infer", content=b"{not json")
     assert response.status_code == 400 and "malformed JSON" in response.json()["error"]
@@ -167,8 +197,12 @@ async def test_non_finite_and_malformed(client: httpx.AsyncClient) -> None:
 
 
 async def test_unknown_model_or_version_is_404(client: httpx.AsyncClient) -> None:
-    for method, path in [("GET", "/v2/models/resnet"), ("POST", "/v2/models/resnet/infer"), ("GET", "/v2/models/mnist/versions/7"),
-                         ("GET", "/v2/models/resnet/ready")]:
+    for method, path in [
+        ("GET", "/v2/models/resnet"),
+        ("POST", "/v2/models/resnet/infer"),
+        ("GET", "/v2/models/mnist/versions/7"),
+        ("GET", "/v2/models/resnet/ready"),
+    ]:
         response = await client.request(method, path, json=_input([1, 784]) if method == "POST" else None)
         assert response.status_code == 404, (path, response.text)
         assert isinstance(response.json()["error"], str)
@@ -181,7 +215,9 @@ async def test_health_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2")).status_code == 200
 
 
-async def test_inference_runs_off_the_event_loop(client: httpx.AsyncClient, digits, expected, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_inference_runs_off_the_event_loop(
+    client: httpx.AsyncClient, digits, expected, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """The forward pass runs in a worker thread: the loop keeps serving other requests meanwhile."""
     from service.digits.model import DigitClassifier
 

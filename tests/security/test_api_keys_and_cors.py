@@ -36,7 +36,11 @@ MODEL_ROUTES = [
     ("POST", "/classify-digit", {"pixels": PIXELS}),
     ("GET", "/v1/models", None),
     ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1, "temperature": 0}),
-    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0}),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0},
+    ),
     ("GET", "/v2/models/mnist", None),
     ("POST", "/v2/models/mnist/infer", OIP_BODY),
 ]
@@ -49,7 +53,9 @@ async def secured_app(make_app, settings: Settings) -> FastAPI:  # type: ignore[
 
 @pytest.fixture(scope="module")
 async def secured(secured_app: FastAPI):  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=secured_app), base_url="http://test", timeout=120) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=secured_app), base_url="http://test", timeout=120
+    ) as http:
         yield http
 
 
@@ -59,7 +65,13 @@ def _bearer(key: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("method", "path", "body"), MODEL_ROUTES, ids=[f"{m} {p}" for m, p, _ in MODEL_ROUTES])
 async def test_model_routes_need_a_valid_key(secured: httpx.AsyncClient, method: str, path: str, body: object) -> None:
-    for headers in ({}, _bearer("wrong"), _bearer("key-one-and-more"), {"Authorization": "Basic a2V5LW9uZTo="}, {"Authorization": "key-one"}):
+    for headers in (
+        {},
+        _bearer("wrong"),
+        _bearer("key-one-and-more"),
+        {"Authorization": "Basic a2V5LW9uZTo="},
+        {"Authorization": "key-one"},
+    ):
         response = await secured.request(method, path, json=body, headers=headers)
         assert response.status_code == 401, (headers, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
@@ -88,7 +100,22 @@ async def test_every_other_route_in_the_schema_is_protected(secured_app: FastAPI
             assert response.status_code == 401, (method, url, response.status_code)
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/info", "/metrics", "/", "/docs", "/openapi.json", "/v2/health/live", "/v2/health/ready", "/v2/models/mnist/ready", "/v2"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health",
+        "/ready",
+        "/info",
+        "/metrics",
+        "/",
+        "/docs",
+        "/openapi.json",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/mnist/ready",
+        "/v2",
+    ],
+)
 async def test_probes_page_and_docs_stay_open(secured: httpx.AsyncClient, path: str) -> None:
     response = await secured.get(path)
     assert response.status_code == 200, (path, response.text[:200])
@@ -112,7 +139,9 @@ async def test_openai_client_with_and_without_key(secured_app: FastAPI) -> None:
         import httpx2 as openai_httpx  # type: ignore[import-not-found]
     except ImportError:  # pragma: no cover
         openai_httpx = httpx
-    http = openai_httpx.AsyncClient(transport=openai_httpx.ASGITransport(app=secured_app), base_url="http://test", timeout=120)
+    http = openai_httpx.AsyncClient(
+        transport=openai_httpx.ASGITransport(app=secured_app), base_url="http://test", timeout=120
+    )
     good = openai.AsyncOpenAI(api_key="key-two", base_url="http://test/v1", http_client=http, max_retries=0)
     models = await good.models.list()
     assert len(models.data) == 1
@@ -139,7 +168,11 @@ async def test_no_keys_configured_means_open(client: httpx.AsyncClient) -> None:
 async def test_preflight_from_an_allowed_origin_needs_no_key(secured: httpx.AsyncClient) -> None:
     response = await secured.options(
         "/v1/chat/completions",
-        headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"},
+        headers={
+            "Origin": ALLOWED_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
@@ -150,12 +183,16 @@ async def test_preflight_from_an_allowed_origin_needs_no_key(secured: httpx.Asyn
 
 
 async def test_cors_headers_on_allowed_origin_only(secured: httpx.AsyncClient) -> None:
-    allowed = await secured.post("/tokenize", json={"text": "hi"}, headers={"Origin": ALLOWED_ORIGIN, **_bearer("key-one")})
+    allowed = await secured.post(
+        "/tokenize", json={"text": "hi"}, headers={"Origin": ALLOWED_ORIGIN, **_bearer("key-one")}
+    )
     assert allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "x-request-id" in allowed.headers["access-control-expose-headers"].lower()
     other = await secured.get("/health", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
-    preflight = await secured.options("/tokenize", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = await secured.options(
+        "/tokenize", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status_code == 400 and "access-control-allow-origin" not in preflight.headers
 
 

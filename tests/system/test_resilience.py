@@ -24,9 +24,11 @@ LONG = {"prompt": "Tell me a long story:", "max_new_tokens": 400, "ignore_eos": 
 async def small_app(loaded_models, **overrides) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:  # type: ignore[no-untyped-def]
     """An app with its own engine (over the session's loaded model) and the given settings."""
     app = create_app(Settings(**overrides), models=loaded_models)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://small", timeout=120) as client:
-            yield client, app
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://small", timeout=120) as client,
+    ):
+        yield client, app
 
 
 async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -37,7 +39,10 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no
 
 
 async def test_full_queue_answers_429_at_once_and_admitted_requests_are_unaffected(loaded_models) -> None:  # type: ignore[no-untyped-def]
-    async with small_app(loaded_models, max_batch_size=1, max_running_requests=1, max_waiting_requests=1) as (client, app):
+    async with small_app(loaded_models, max_batch_size=1, max_running_requests=1, max_waiting_requests=1) as (
+        client,
+        app,
+    ):
         engine = app.state.models.engine
         admitted = asyncio.create_task(client.post("/generate", json={**LONG, "max_new_tokens": 24}))
         await wait_for(lambda: engine.running_count == 1)
@@ -87,7 +92,13 @@ async def test_draining_turns_unready_and_refuses_new_work_but_finishes_admitted
 def test_sigterm_finishes_in_flight_stream_and_exits_zero(unused_port: int) -> None:
     port = unused_port
     env = {**os.environ, "GENAI_PORT": str(port), "GENAI_SHUTDOWN_GRACE_S": "60"}
-    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

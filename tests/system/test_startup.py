@@ -40,7 +40,11 @@ def test_a_busy_port_is_said_in_one_line_before_the_models_load(busy_port: int) 
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "service", "serve", "--port", str(busy_port)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     elapsed = time.monotonic() - started
     output = (result.stdout + result.stderr).strip().splitlines()
@@ -62,25 +66,37 @@ def test_make_serve_on_a_busy_port_says_which_and_fails(busy_port: int) -> None:
 @pytest.mark.parametrize("command", ["serve", "provision", "info"])
 def test_an_invalid_setting_is_one_line_naming_the_variable_value_and_allowed_values(command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service", command], cwd=ROOT, env=_env(GENAI_DTYPE="fp16"),
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "service", command],
+        cwd=ROOT,
+        env=_env(GENAI_DTYPE="fp16"),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == ["genai-service: GENAI_DTYPE='fp16' is not valid; allowed values: 'auto', 'float32', 'bfloat16' or 'float16'"]
+    assert lines == [
+        "genai-service: GENAI_DTYPE='fp16' is not valid; allowed values: 'auto', 'float32', 'bfloat16' or 'float16'"
+    ]
     assert result.stdout == ""
 
 
 def test_each_invalid_setting_gets_its_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service", "info"], cwd=ROOT,
+        [sys.executable, "-m", "service", "info"],
+        cwd=ROOT,
         env=_env(GENAI_MAX_BATCH_SIZE="0", GENAI_PORT="http", GENAI_LOG_JSON="maybe"),
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3 and "Traceback" not in result.stderr
-    assert any(line.startswith("genai-service: GENAI_MAX_BATCH_SIZE='0' is not valid; must be greater than or equal to 1") for line in lines)
+    assert any(
+        line.startswith("genai-service: GENAI_MAX_BATCH_SIZE='0' is not valid; must be greater than or equal to 1")
+        for line in lines
+    )
     assert any("GENAI_PORT='http'" in line and "integer" in line for line in lines)
     assert any("GENAI_LOG_JSON='maybe'" in line and "boolean" in line for line in lines)
 
@@ -109,7 +125,9 @@ def test_make_serve_listens_where_genai_port_says_when_make_is_given_no_port() -
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     env = _env(GENAI_PORT=str(port), GENAI_LOAD_LANGUAGE_MODEL="false", HOST="workstation.example", PORT="1")
-    process = subprocess.Popen(MAKE_SERVE, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        MAKE_SERVE, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -132,7 +150,14 @@ def test_make_serve_listens_where_genai_port_says_when_make_is_given_no_port() -
 
 def _recipes(target: str) -> str:
     """What `make TARGET` would run from scratch (`-B`: as if nothing were installed yet)."""
-    result = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", target],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
