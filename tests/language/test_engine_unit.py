@@ -255,7 +255,7 @@ async def test_greedy_takes_the_argmax_within_the_vocabulary(make_engine: Callab
 
 async def test_a_sampled_request_draws_with_its_own_seeded_chooser(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
     engine, _ = make_engine()
-    params = SamplingParams(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=10, seed=1234)
+    params = SamplingParams(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=10, seed=1234, ignore_eos=True)
     prompt = tokens("seed")
     # what its chooser draws alone, from the same logits (cut to the vocabulary)
     chooser, context, expected = TokenChooser.create(params), list(prompt), []
