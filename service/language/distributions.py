@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from service.language import token_choice
 from service.language.batch import RunningBatch
 from service.language.events import Distribution
+from service.language.sampling import SamplingParams
 
 # The most tokens (rows × longest prompt) one padded forward pass takes: one long prompt must not make
 # many short ones expensive.
@@ -23,6 +24,7 @@ class DistributionRequest:
     top_k: int
     temperature: float
     future: concurrent.futures.Future[Distribution]
+    explain_with: SamplingParams | None = None  # also the sampler's stages under these settings
 
 
 def serve_distributions(
@@ -43,7 +45,7 @@ def serve_distributions(
 def _answer(batch: RunningBatch, requests: list[DistributionRequest], vocab_size: int, token_text: token_choice.TokenText) -> None:
     logits = batch.last_logits([r.prompt_ids for r in requests])[:, :vocab_size]  # [len(requests), vocab]
     for row, req in enumerate(requests):
-        answer = token_choice.distribution(logits[row], req.temperature, req.top_k, len(req.prompt_ids), token_text)
+        answer = token_choice.distribution(logits[row], req.temperature, req.top_k, req.prompt_ids, token_text, req.explain_with)
         if not req.future.done():
             req.future.set_result(answer)
 

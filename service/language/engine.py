@@ -226,13 +226,16 @@ class GenerationEngine:
         remaining = tokens_until_a_place_frees(list(self._sequences.rows), self._waiting, self.max_batch)
         return estimate_retry_after(remaining, self.stats.step_seconds)
 
-    async def next_token_distribution(self, prompt_ids: list[int], top_k: int, temperature: float = 1.0) -> Distribution:
-        """The model's next-token distribution after `prompt_ids`; concurrent calls share one forward pass."""
+    async def next_token_distribution(
+        self, prompt_ids: list[int], top_k: int, temperature: float = 1.0, explain_with: SamplingParams | None = None
+    ) -> Distribution:
+        """The model's next-token distribution after `prompt_ids`; concurrent calls share one forward pass.
+        With `explain_with`, also the sampler's stages under those settings (sampler_explain.py)."""
         self._check_accepting()
         future: concurrent.futures.Future[Distribution] = concurrent.futures.Future()
         with self._cv:
             self._hold()
-            self._distributions.append(DistributionRequest(list(prompt_ids), top_k, temperature, future))
+            self._distributions.append(DistributionRequest(list(prompt_ids), top_k, temperature, future, explain_with))
             self._cv.notify_all()
         future.add_done_callback(lambda _: self._admission.unhold())
         return await asyncio.wrap_future(future)

@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from service.language.sampling import StageName
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -16,6 +18,39 @@ class Candidate:
     token: str
     probability: float
     logprob: float
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One sampler step's distribution (see sampler_explain.py): `kept` tokens with nonzero probability,
+    `removed_mass` (total variation from the step before: the mass taken from the tokens that lost
+    some), and its likeliest tokens (`top`, likeliest first, ties by lower id)."""
+
+    name: StageName
+    kept: int
+    removed_mass: float
+    top: list[Candidate]
+
+
+@dataclass(frozen=True)
+class TokenDraw:
+    """How the token was taken from the last stage: greedy (its argmax, rank 0) or by the uniform `u`."""
+
+    greedy: bool
+    u: float | None
+    rank: int
+
+
+@dataclass(frozen=True)
+class TokenExplanation:
+    """Why a step's token was chosen: the model's distribution (entropy, the token's surprisal, the margin
+    between the two likeliest, all in nats or probability at temperature 1), the sampler's stages, the draw."""
+
+    entropy: float
+    surprisal: float
+    margin: float
+    stages: list[StageSummary]
+    draw: TokenDraw
 
 
 @dataclass(frozen=True)
@@ -28,6 +63,7 @@ class TokenEvent:
     logprob: float
     special: bool
     alternatives: list[Candidate] | None = None
+    explain: TokenExplanation | None = None  # when the request asked (`SamplingParams.explain`)
 
 
 @dataclass(frozen=True)
@@ -40,6 +76,7 @@ class FinishEvent:
     queue_seconds: float
     time_to_first_token_seconds: float | None
     total_seconds: float
+    perplexity: float | None = None  # exp(mean surprisal) of the generated tokens, when explained
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -61,6 +98,7 @@ EngineEvent = TokenEvent | FinishEvent | ErrorEvent
 class Distribution:
     candidates: list[Candidate]
     prompt_tokens: int
+    stages: list[StageSummary] | None = None  # the sampler's steps, when asked (`explain_with`)
 
 
 class GenerationHandle:

@@ -17,12 +17,12 @@ import torch
 
 from service.language.admission import AdmissionBound
 from service.language.batch import RunningBatch
-from service.language.events import Candidate, ErrorEvent, FinishEvent, TokenEvent
+from service.language.events import Candidate, ErrorEvent, FinishEvent, TokenEvent, TokenExplanation
 from service.language.model import LanguageModel
 from service.language.prompt_lookup import draft_from_context
 from service.language.sequence import FinishReason, GenerationState, interruption, stop_reason
 from service.language.stats import EngineStats
-from service.language.token_choice import alternatives, choose_tokens, greedy_path, logprobs_of
+from service.language.token_choice import alternatives, choose_tokens, explained_choice, greedy_path, logprobs_of
 
 
 class RunningSequences:
@@ -132,15 +132,19 @@ class RunningSequences:
         """Feed every row its last token plus its drafts in one pass; emit greedy's choice at each position
         while it agrees with the next draft, so the output is what one-token steps would have given."""
         logits = self.batch.decode_drafts([[seq.generated[-1], *draft] for seq, draft in zip(rows, drafts)])
-        logprobs, best_ids, best_logprobs = greedy_path(logits[:, :, : self.lm.vocab_size])  # [rows, positions, vocab]
+        logits = logits[:, :, : self.lm.vocab_size]  # [rows, positions, vocab]
+        logprobs, best_ids, best_logprobs = greedy_path(logits)
         now = time.monotonic()
         kept = []
         for row, (seq, draft) in enumerate(zip(rows, drafts)):
             emitted = 0
             for position in range(len(draft) + 1):
-                token = best_ids[row][position]
+                token, logprob, explanation = best_ids[row][position], best_logprobs[row][position], None
+                if seq.params.explain:  # greedy too, by the row's chooser, after what it has taken so far
+                    token, explanation = explained_choice(seq, logits[row, position], seq.context, self.lm.token_text)
+                    logprob = float(logprobs[row, position, token])
                 step_alternatives = alternatives(seq, logprobs[row, position], self.lm.token_text)
-                self._append_token(seq, token, best_logprobs[row][position], step_alternatives, now)
+                self._append_token(seq, token, logprob, step_alternatives, now, explanation)
                 emitted += 1
                 if seq.finish_reason is not None or position == len(draft) or token != draft[position]:
                     break
@@ -153,19 +157,29 @@ class RunningSequences:
         """Choose one token per row of `logits` [rows, vocab or more], stream it, and mark finished rows."""
         logits = logits[:, : self.lm.vocab_size]
         logprobs = torch.log_softmax(logits, dim=-1)  # [rows, vocab]
-        chosen = choose_tokens(logits, rows)
+        chosen, explained = choose_tokens(logits, rows, self.lm.token_text)
         chosen_logprobs = logprobs_of(logprobs, chosen)
         now = time.monotonic()
         for row, seq in enumerate(rows):
             step_alternatives = alternatives(seq, logprobs[row], self.lm.token_text)
-            self._append_token(seq, chosen[row], chosen_logprobs[row], step_alternatives, now)
+            self._append_token(seq, chosen[row], chosen_logprobs[row], step_alternatives, now, explained[row])
 
-    def _append_token(self, seq: GenerationState, token_id: int, logprob: float, step_alternatives: list[Candidate] | None, now: float) -> None:
+    def _append_token(
+        self,
+        seq: GenerationState,
+        token_id: int,
+        logprob: float,
+        step_alternatives: list[Candidate] | None,
+        now: float,
+        explanation: TokenExplanation | None = None,
+    ) -> None:
         gap = None if seq.last_token_at is None else now - seq.last_token_at
         if seq.first_token_at is None:
             seq.first_token_at = now
         seq.last_token_at = now
         seq.generated.append(token_id)
+        if explanation is not None:
+            seq.surprisal_total += explanation.surprisal
         self._stats.generated_tokens += 1
         for listener in self.token_listeners:
             listener(gap)
@@ -193,6 +207,7 @@ class RunningSequences:
                 logprob=logprob,
                 special=token_id in self.lm.special_token_ids,
                 alternatives=step_alternatives,
+                explain=explanation,
             )
         )
         if reason is not None:

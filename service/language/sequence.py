@@ -8,6 +8,7 @@ running batch. Why it ends is decided by two pure functions, so the rules can be
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +34,7 @@ class GenerationState:
     last_token_at: float | None = None
     finish_reason: FinishReason | None = None
     released: bool = False  # its place under the admission bound has been given back
+    surprisal_total: float = 0.0  # of the generated tokens under the model, when explained (perplexity)
 
     @property
     def context(self) -> list[int]:
@@ -53,7 +55,15 @@ class GenerationState:
             queue_seconds=max(0.0, (self.admitted_at or now) - self.submitted_at),
             time_to_first_token_seconds=(self.first_token_at - self.submitted_at) if self.first_token_at else None,
             total_seconds=now - self.submitted_at,
+            perplexity=self.perplexity,
         )
+
+    @property
+    def perplexity(self) -> float | None:
+        """exp of the mean surprisal of the generated tokens, when explained and there are any."""
+        if not self.params.explain or not self.generated:
+            return None
+        return math.exp(self.surprisal_total / len(self.generated))
 
 
 def stop_reason(

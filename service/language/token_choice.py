@@ -9,29 +9,39 @@ next-token distribution is at the temperature its request asked for (`temperatur
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from service.language.events import Candidate, Distribution
-from service.language.sampling import temperature_scaled
+from service.language.events import Candidate, Distribution, TokenExplanation
+from service.language.sampler_explain import TokenText as TokenText  # a token's text as `/tokenize` shows it
+from service.language.sampler_explain import explain_choice, summarize_stages
+from service.language.sampling import SamplingParams, ScoredStage, sampler_steps, temperature_scaled
 from service.language.sequence import GenerationState
 
-TokenText = Callable[[int], str]  # a token's text as `/tokenize` shows it (LanguageModel.token_text)
 
-
-def choose_tokens(logits: torch.Tensor, rows: Sequence[GenerationState]) -> list[int]:
-    """One token per row of `logits` [rows, vocab]: plain greedy rows by one argmax for all of them,
-    the others by their own chooser (sampling, repetition penalty) over their context."""
+def choose_tokens(logits: torch.Tensor, rows: Sequence[GenerationState], token_text: TokenText) -> tuple[list[int], list[TokenExplanation | None]]:
+    """One token per row of `logits` [rows, vocab]: plain greedy rows that want no explanation by one
+    argmax for all of them, the others by their own chooser (sampling, repetition penalty, explanation)
+    over their context. Also each row's explanation (None where not asked)."""
     chosen = [0] * len(rows)
-    greedy_rows = [row for row, seq in enumerate(rows) if seq.params.is_plain_greedy]
-    if greedy_rows:
-        for row, token in zip(greedy_rows, torch.argmax(logits[greedy_rows], dim=-1).tolist()):
+    explained: list[TokenExplanation | None] = [None] * len(rows)
+    batch_greedy = [row for row, seq in enumerate(rows) if seq.params.is_plain_greedy and not seq.params.explain]
+    if batch_greedy:
+        for row, token in zip(batch_greedy, torch.argmax(logits[batch_greedy], dim=-1).tolist(), strict=True):
             chosen[row] = token
     for row, seq in enumerate(rows):
-        if not seq.params.is_plain_greedy:
+        if seq.params.explain:
+            chosen[row], explained[row] = explained_choice(seq, logits[row], seq.context, token_text)
+        elif not seq.params.is_plain_greedy:
             chosen[row] = seq.chooser.choose(logits[row], seq.context)
-    return chosen
+    return chosen, explained
+
+
+def explained_choice(seq: GenerationState, logits: torch.Tensor, context: list[int], token_text: TokenText) -> tuple[int, TokenExplanation]:
+    """The row's choice from `logits` [vocab] after `context`, by its chooser, and why."""
+    token, trace = seq.chooser.choose_explained(logits, context)
+    return token, explain_choice(trace, token, seq.params.top_alternatives, token_text)
 
 
 def logprobs_of(logprobs: torch.Tensor, token_ids: list[int]) -> list[float]:
@@ -69,10 +79,24 @@ def alternatives(seq: GenerationState, logprobs: torch.Tensor, token_text: Token
     return top_candidates(logprobs, seq.params.top_alternatives, token_text)
 
 
-def distribution(logits: torch.Tensor, temperature: float, top_k: int, prompt_tokens: int, token_text: TokenText) -> Distribution:
-    """The `top_k` likeliest next tokens after a prompt, from its last position's `logits` [vocab], at `temperature`."""
+def distribution(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    prompt_ids: list[int],
+    token_text: TokenText,
+    explain_with: SamplingParams | None = None,
+) -> Distribution:
+    """The `top_k` likeliest next tokens after a prompt, from its last position's `logits` [vocab], at
+    `temperature`; with `explain_with`, also the sampler's stages under those settings (the chooser's own
+    steps, `sampler_steps`, as a sampled first token of a generation after this prompt would see them)."""
     logprobs = torch.log_softmax(temperature_scaled(logits, temperature), dim=-1)  # [vocab]
-    return Distribution(candidates=top_candidates(logprobs, top_k, token_text), prompt_tokens=prompt_tokens)
+    stages = None
+    if explain_with is not None:
+        record: list[ScoredStage] = []
+        sampler_steps(logits, prompt_ids, explain_with, sample=True, record=record)
+        stages, _ = summarize_stages(record, top_k, token_text)
+    return Distribution(candidates=top_candidates(logprobs, top_k, token_text), prompt_tokens=len(prompt_ids), stages=stages)
 
 
 def prompt_logprobs(logits: torch.Tensor, ids: list[int], top_n: int, token_text: TokenText) -> list[tuple[float, list[Candidate]]]:
