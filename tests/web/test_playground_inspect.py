@@ -81,3 +81,84 @@ async def test_bpe_view_on_a_phone(phone_page: Any, live_server: str, screenshot
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
     await _shot(phone_page, screenshot_dir, "bpe-merges-phone", "#bpe")
+
+
+# --- logit lens ----------------------------------------------------------------------------------
+
+
+async def _lens_for(page: Any, live_server: str, prompt: str, top_k: int = 5) -> dict[str, Any]:
+    count = _post(live_server, "/tokenize", {"text": prompt})["count"]
+    expected = _post(live_server, "/inspect/logit-lens", {"prompt": prompt, "top_k": top_k, "positions": list(range(count))})
+    await page.fill("#lens-prompt", prompt)
+    await page.wait_for_function(
+        "(t) => { const el = document.getElementById('lens-grid'); return el.dataset.prompt === t && el.getAttribute('aria-busy') === 'false'; }",
+        arg=prompt,
+    )
+    return expected
+
+
+async def test_logit_lens_grid_shows_every_layer_and_position(page: Any, live_server: str, screenshot_dir: Path) -> None:
+    prompt = "The capital of France is"
+    expected = await _lens_for(page, live_server, prompt)
+    positions = expected["positions"]
+    layers = [cell["layer"] for cell in positions[0]["layers"]]
+    assert layers == list(range(expected["layers"] + 1))  # the embeddings and every decoder layer
+    cells = page.locator("#lens-grid .lens-cell")
+    assert await cells.count() == len(layers) * len(positions) == (expected["layers"] + 1) * 5
+    shown = await cells.evaluate_all("els => els.map(e => [Number(e.dataset.layer), Number(e.dataset.position), e.dataset.token, e.classList.contains('final')])")
+    want = [
+        [cell["layer"], row["position"], cell["top"][0]["token"], cell["final_token_rank"] == 1]
+        for layer in reversed(layers)
+        for row in positions
+        for cell in row["layers"]
+        if cell["layer"] == layer
+    ]
+    assert shown == want
+    # the output row's last cell is the model's answer, ringed; shading follows the probability
+    assert want[len(positions) - 1][2] == positions[-1]["final_token"]["token"] == " Paris"
+    heavy = page.locator(f'#lens-grid .lens-cell[data-layer="{expected["layers"]}"][data-position="4"]')
+    light = page.locator('#lens-grid .lens-cell[data-layer="0"][data-position="0"]')
+    alpha = "el => Number(getComputedStyle(el).backgroundColor.split(',')[3].replace(')', ''))"
+    p_heavy = positions[4]["layers"][-1]["top"][0]["probability"]
+    p_light = positions[0]["layers"][0]["top"][0]["probability"]
+    assert (await heavy.evaluate(alpha) > await light.evaluate(alpha)) == (p_heavy > p_light)
+
+    # a click lists the cell's top k
+    layer = expected["layers"] // 2
+    await page.locator(f'#lens-grid .lens-cell[data-layer="{layer}"][data-position="3"]').click()
+    detail = page.locator("#lens-detail")
+    await detail.wait_for(state="visible")
+    cell = positions[3]["layers"][layer]
+    assert await detail.locator("li").evaluate_all("els => els.map(e => e.dataset.token)") == [t["token"] for t in cell["top"]]
+    assert f"ranked {cell['final_token_rank']} here" in await detail.inner_text()
+
+    # the keyboard: arrows move between cells, Enter opens one
+    await page.locator(f'#lens-grid .lens-cell[data-layer="{layer}"][data-position="3"]').focus()
+    await page.keyboard.press("ArrowUp")
+    await page.keyboard.press("ArrowRight")
+    await page.keyboard.press("Enter")
+    focused = await page.evaluate("() => [document.activeElement.dataset.layer, document.activeElement.dataset.position]")
+    assert focused == [str(layer + 1), "4"]
+    top = positions[4]["layers"][layer + 1]["top"]
+    assert await detail.locator("li").evaluate_all("els => els.map(e => e.dataset.token)") == [t["token"] for t in top]
+    await page.mouse.move(0, 0)
+    await _shot(page, screenshot_dir, "logit-lens", "#lens")
+
+    # a smaller top k is asked again, and the open cell stays open
+    await page.fill("#lens-topk", "2")
+    await page.press("#lens-topk", "Tab")
+    await page.wait_for_function("() => document.querySelectorAll('#lens-detail li').length === 2")
+
+
+async def test_logit_lens_on_a_phone(phone_page: Any, live_server: str, screenshot_dir: Path) -> None:
+    expected = await _lens_for(phone_page, live_server, "One, two, three, four, five, six, seven, eight, nine, ten")
+    count = len(expected["positions"])
+    assert count > 16  # more positions than the grid shows: the last 16
+    shown = await phone_page.locator("#lens-grid thead .lens-pos").count()
+    assert shown == 16
+    assert f"the last 16 of {count}" in await phone_page.locator("#lens-info").inner_text()
+    last = await phone_page.locator("#lens-grid tbody tr").first.locator(".lens-cell").evaluate_all("els => els.map(e => e.dataset.token)")
+    assert last == [row["layers"][-1]["top"][0]["token"] for row in expected["positions"][-16:]]
+    overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone (the grid should scroll inside itself)"
+    await _shot(phone_page, screenshot_dir, "logit-lens-phone", "#lens")
