@@ -162,3 +162,71 @@ async def test_logit_lens_on_a_phone(phone_page: Any, live_server: str, screensh
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone (the grid should scroll inside itself)"
     await _shot(phone_page, screenshot_dir, "logit-lens-phone", "#lens")
+
+
+# --- attention -----------------------------------------------------------------------------------
+
+
+async def _attention_shown(page: Any, prompt: str, layer: int, head: str) -> None:
+    await page.wait_for_function(
+        """([t, l, h]) => { const el = document.getElementById('att-view');
+            return el.dataset.prompt === t && el.dataset.layer === l && el.dataset.head === h && el.getAttribute('aria-busy') === 'false'; }""",
+        arg=[prompt, str(layer), head],
+    )
+
+
+async def _assert_row(page: Any, query: int, weights: list[float]) -> None:
+    """The tinted tokens and the heatmap's row for `query` both carry the API's weights; later tokens none."""
+    tokens = await page.locator("#att-tokens .att-token").evaluate_all("els => els.map(e => e.dataset.weight)")
+    assert [float(w) for w in tokens[: query + 1]] == pytest.approx(weights, abs=1e-6)
+    assert all(w == "" for w in tokens[query + 1 :])
+    row = page.locator(f'#att-matrix .att-row[data-query="{query}"]')
+    assert await row.evaluate("el => el.classList.contains('chosen')")
+    cells = await row.locator(".att-cell:not(.future)").evaluate_all("els => els.map(e => Number(e.dataset.weight))")
+    assert cells == pytest.approx(weights, abs=1e-6)
+    assert await page.locator("#att-tokens .att-token.query").get_attribute("data-position") == str(query)
+
+
+async def test_attention_heatmap_row_of_a_clicked_token(page: Any, live_server: str, screenshot_dir: Path) -> None:
+    prompt = "The cat sat on the mat because it was tired"
+    last_layer = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [-1], "mean_over_heads": True})
+    n = len(last_layer["prompt_tokens"])
+    await page.fill("#att-prompt", prompt)
+    await _attention_shown(page, prompt, last_layer["maps"][0]["layer"], "mean")
+    # layer and head pickers: every layer, and the mean over heads then each head
+    assert await page.locator("#att-layer option").count() == last_layer["maps"][0]["layer"] + 1
+    assert await page.locator("#att-head option").evaluate_all("els => els.map(e => e.value)") == ["mean"] + [str(h) for h in last_layer["heads"]]
+    assert await page.locator("#att-matrix .att-row").count() == n
+    await _assert_row(page, n - 1, last_layer["maps"][0]["weights"][n - 1])  # the last token is chosen first
+
+    await page.select_option("#att-layer", "3")
+    await _attention_shown(page, prompt, 3, "mean")
+    mean = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [3], "mean_over_heads": True})["maps"][0]["weights"]
+    it = [t["token"] for t in last_layer["prompt_tokens"]].index(" it")
+    await page.locator(f'#att-tokens .att-token[data-position="{it}"]').click()
+    await _assert_row(page, it, mean[it])
+
+    await page.select_option("#att-head", "2")
+    await _attention_shown(page, prompt, 3, "2")
+    head = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [3], "heads": [2]})["maps"][0]["weights"]
+    await _assert_row(page, it, head[it])  # the chosen token stays chosen
+    # keyboard: ← on the tokens chooses the one before; a row label in the heatmap chooses its token
+    await page.locator("#att-tokens .att-token.query").focus()
+    await page.keyboard.press("ArrowLeft")
+    await _assert_row(page, it - 1, head[it - 1])
+    await page.locator('#att-matrix .att-row[data-query="1"] .att-row-label').click()
+    await _assert_row(page, 1, head[1])
+    await page.locator(f'#att-tokens .att-token[data-position="{it}"]').click()
+    await page.mouse.move(0, 0)
+    await _shot(page, screenshot_dir, "attention", "#attention")
+
+
+async def test_attention_on_a_phone(phone_page: Any, live_server: str, screenshot_dir: Path) -> None:
+    prompt = "The cat sat on the mat because it was tired"
+    await phone_page.fill("#att-prompt", prompt)
+    await phone_page.wait_for_function("(t) => document.getElementById('att-view').dataset.prompt === t", arg=prompt)
+    await phone_page.locator('#att-tokens .att-token[data-position="7"]').tap()
+    assert await phone_page.locator("#att-tokens .att-token.query").get_attribute("data-position") == "7"
+    overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    await _shot(phone_page, screenshot_dir, "attention-phone", "#attention")
