@@ -230,3 +230,55 @@ async def test_attention_on_a_phone(phone_page: Any, live_server: str, screensho
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
     await _shot(phone_page, screenshot_dir, "attention-phone", "#attention")
+
+
+# --- continuation tree ---------------------------------------------------------------------------
+
+
+async def _children(node: Any) -> list[tuple[str, float]]:
+    items = node.locator(":scope > details > .tree-children > .tree-node, :scope > .tree-node")
+    pairs = await items.evaluate_all("els => els.map(e => [e.dataset.token, Number(e.dataset.probability)])")
+    return [(t, p) for t, p in pairs]
+
+
+async def test_continuation_tree_children_and_expanding(page: Any, live_server: str, screenshot_dir: Path) -> None:
+    prompt = "The capital of France is"
+    expected = _post(live_server, "/inspect/tree", {"prompt": prompt, "depth": 3, "branching": 3})
+    await page.fill("#tree-prompt", prompt)
+    await page.wait_for_function(
+        "(t) => { const el = document.getElementById('tree-view'); return el.dataset.prompt === t && el.getAttribute('aria-busy') === 'false'; }",
+        arg=prompt,
+    )
+    root = page.locator("#tree-view .tree-children.top")
+    shown = await _children(root)
+    assert [t for t, _ in shown] == [c["token"] for c in expected["children"]]
+    assert [p for _, p in shown] == pytest.approx([c["probability"] for c in expected["children"]], abs=1e-9)
+    assert await page.locator("#tree-view .tree-node").count() == expected["nodes"] == 3 + 9 + 27
+    assert await page.locator("#tree-info strong").inner_text() == str(expected["nodes"])
+
+    # the likeliest path starts open; the second child is closed until clicked, then shows its children
+    first, second = root.locator(":scope > .tree-node").nth(0), root.locator(":scope > .tree-node").nth(1)
+    assert await first.locator(":scope > details").evaluate("d => d.open")
+    assert not await second.locator(":scope > details").evaluate("d => d.open")
+    assert not await second.locator(":scope > details > .tree-children").is_visible()
+    await second.locator(":scope > details > summary").click()
+    assert await second.locator(":scope > details > .tree-children").is_visible()
+    grandchildren = await _children(second)
+    assert [t for t, _ in grandchildren] == [c["token"] for c in expected["children"][1]["children"]]
+    # from the keyboard: Enter on a summary opens it
+    third = root.locator(":scope > .tree-node").nth(2)
+    await third.locator(":scope > details > summary").focus()
+    await page.keyboard.press("Enter")
+    assert await third.locator(":scope > details").evaluate("d => d.open")
+    # the likeliest whole paths, as the API ranks them
+    leaves = await page.locator("#tree-leaves .tok").all_inner_texts()
+    assert len(leaves) == 5
+    assert [t.replace("·", " ").replace("↵", "\n") for t in leaves] == [leaf["text"] for leaf in expected["leaves"][:5]]
+    await page.mouse.move(0, 0)
+    await _shot(page, screenshot_dir, "continuation-tree", "#tree")
+
+    # depth and branching are asked again
+    await page.fill("#tree-branching", "2")
+    await page.press("#tree-branching", "Tab")
+    await page.wait_for_function("() => document.getElementById('tree-view').dataset.branching === '2'")
+    assert await page.locator("#tree-view .tree-node").count() == 2 + 4 + 8
