@@ -93,7 +93,9 @@ def test_the_table_parser_sees_a_wrong_default(monkeypatch: pytest.MonkeyPatch) 
 
 def test_only_configuration_md_has_the_full_table(monkeypatch: pytest.MonkeyPatch) -> None:
     """Other pages may give a setting's default in a table of their own, but the same one; the README none."""
-    assert not _settings_rows((ROOT / "README.md").read_text()), "the README repeats settings rows: link to docs/configuration.md"
+    assert not _settings_rows((ROOT / "README.md").read_text()), (
+        "the README repeats settings rows: link to docs/configuration.md"
+    )
     fields = Settings.model_fields
     compose = _compose_variables()
     for page in PAGES:
@@ -105,7 +107,9 @@ def test_only_configuration_md_has_the_full_table(monkeypatch: pytest.MonkeyPatc
                 continue  # a deployment variable (docs/deploy.md), not a setting
             assert field in fields, f"{page.name} has a row for {env}, which is not a setting"
             value = _default(field, fields[field], monkeypatch)
-            assert _same_default(documented, value), f"{page.name}: {env} = {documented!r}, Settings' default is {value!r}"
+            assert _same_default(documented, value), (
+                f"{page.name}: {env} = {documented!r}, Settings' default is {value!r}"
+            )
 
 
 def _compose_variables() -> set[str]:
@@ -119,7 +123,9 @@ def test_every_variable_named_is_a_setting(page: Path) -> None:
     named = set(re.findall(r"\bGENAI_[A-Z0-9_]*[A-Z0-9]\b", page.read_text()))
     known = {_env_name(n) for n in Settings.model_fields} | _compose_variables()
     unknown = sorted(named - known)
-    assert not unknown, f"{page.name} names {unknown}: neither a setting (service/config.py) nor a docker-compose.yml variable"
+    assert not unknown, (
+        f"{page.name} names {unknown}: neither a setting (service/config.py) nor a docker-compose.yml variable"
+    )
 
 
 def _slug(heading: str) -> str:
@@ -129,12 +135,17 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(page: Path) -> set[str]:
-    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.DOTALL | re.MULTILINE)  # a `# comment` in a code block is no heading
+    text = re.sub(
+        r"^```.*?^```", "", page.read_text(), flags=re.DOTALL | re.MULTILINE
+    )  # a `# comment` in a code block is no heading
     return {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE)}
 
 
 def test_slugs_are_githubs() -> None:
-    assert _slug("Open Inference Protocol (`/v2`) for the digit classifier") == "open-inference-protocol-v2-for-the-digit-classifier"
+    assert (
+        _slug("Open Inference Protocol (`/v2`) for the digit classifier")
+        == "open-inference-protocol-v2-for-the-digit-classifier"
+    )
     assert _slug("`GET /metrics`") == "get-metrics"
     assert _slug("Admission: 429 and Retry-After") == "admission-429-and-retry-after"
 

@@ -42,9 +42,12 @@ KEPT = VOLATILE - {"heldout_accuracy"}  # a retrained digit model's accuracy is 
 
 def keep_volatile(actual: Any, documented: Any) -> Any:
     if isinstance(actual, dict) and isinstance(documented, dict):
-        return {k: documented[k] if k in KEPT and k in documented else keep_volatile(v, documented.get(k)) for k, v in actual.items()}
+        return {
+            k: documented[k] if k in KEPT and k in documented else keep_volatile(v, documented.get(k))
+            for k, v in actual.items()
+        }
     if isinstance(actual, list) and isinstance(documented, list) and len(actual) == len(documented):
-        return [keep_volatile(a, d) for a, d in zip(actual, documented)]
+        return [keep_volatile(a, d) for a, d in zip(actual, documented, strict=True)]
     return actual
 
 
@@ -111,13 +114,13 @@ def _render(output: Output, printed: list[str]) -> str:
             lines.append(f"data: {_event_data(raw, documented[i][1] if i < len(documented) else None)}")
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks) + "\n"
-    return normalize(actual)
+    return str(normalize(actual))
 
 
 async def regenerate(docs: list[Path]) -> None:
     import httpx
-
     from servers import serve_in_thread
+
     from service.app import create_app, load_models
     from service.config import Settings
 
@@ -129,20 +132,28 @@ async def regenerate(docs: list[Path]) -> None:
         sys.exit("cannot run:\n" + "\n".join(broken))
 
     async def printed_by(example: Example, base: httpx.AsyncClient, url: str) -> list[str]:
+        printed: list[str]
         if example.python is not None:
-            return await asyncio.to_thread(run_python, example, url)
+            printed = await asyncio.to_thread(run_python, example, url)
+            return printed
         if not example.settings:
-            return await run_shell(example, base)
+            printed = await run_shell(example, base)
+            return printed
         own = dataclasses.replace(models, engine=None, load_seconds=dict(models.load_seconds))
-        app = create_app(Settings(dtype="float32", **example.settings), models=own)  # type: ignore[arg-type]
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://docs", timeout=120) as client:
-                return await run_shell(example, client)
+        app = create_app(Settings(dtype="float32", **example.settings), models=own)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://docs", timeout=120) as client,
+        ):
+            printed = await run_shell(example, client)
+            return printed
 
     app = create_app(settings, models=models)
     async with app.router.lifespan_context(app):
         with serve_in_thread(app) as url:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://docs", timeout=120) as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://docs", timeout=120
+            ) as client:
                 edits: dict[Path, list[tuple[int, int, str]]] = {}
                 for example in examples:
                     printed = await printed_by(example, client, url)
@@ -150,8 +161,12 @@ async def regenerate(docs: list[Path]) -> None:
                     if failure:
                         sys.exit(f"{example.name}: the service failed ({failure}); nothing rewritten")
                     for output in example.outputs:
-                        if not holds(output, printed):  # an output that still holds stays as written: a rerun changes nothing
-                            edits.setdefault(example.doc, []).append((output.start, output.end, render(output, printed)))
+                        if not holds(
+                            output, printed
+                        ):  # an output that still holds stays as written: a rerun changes nothing
+                            edits.setdefault(example.doc, []).append(
+                                (output.start, output.end, render(output, printed))
+                            )
     for doc, changes in edits.items():
         text = doc.read_text()
         for start, end, fresh in sorted(changes, reverse=True):

@@ -36,7 +36,12 @@ from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-VOLATILE = {"id", "created", "heldout_accuracy", "timing"}  # per call, per machine, or per retraining of the digit model
+VOLATILE = {
+    "id",
+    "created",
+    "heldout_accuracy",
+    "timing",
+}  # per call, per machine, or per retraining of the digit model
 NOT_RUN = "<!-- doc-example: not run"
 COMMAND_LANGS = {"bash", "console", "python"}
 OUTPUT_LANGS = {"json", "text"}
@@ -127,7 +132,7 @@ def _parse_curl(command: str) -> Curl:
     i = 1
     while i < len(args):
         arg = args[i]
-        if arg.startswith("localhost:8000") or arg.startswith("http://localhost:8000"):
+        if arg.startswith(("localhost:8000", "http://localhost:8000")):
             curl.path = arg.split("localhost:8000", 1)[1] or "/"
         elif arg in ("-H", "--header"):
             name, _, value = args[i + 1].partition(":")
@@ -202,7 +207,9 @@ def _shell_example(doc: Path, line: int, script: str, output_lang: str, output: 
             example.outputs = [Output([i], text, s, e, "json") for i, (text, s, e) in enumerate(lines)]
         else:
             sse = len(curls) == 1 and re.search(r"^(data|event): ", body, re.MULTILINE) is not None
-            example.outputs = [Output(list(range(len(curls))), body, start, start + len(body), "sse" if sse else "text")]
+            example.outputs = [
+                Output(list(range(len(curls))), body, start, start + len(body), "sse" if sse else "text")
+            ]
     except ValueError as exc:
         example.problem = str(exc)
     return example
@@ -279,7 +286,11 @@ def collect(docs: list[Path] = DOCS) -> tuple[list[Example], list[str]]:
             elif lang == "python":
                 assert nxt is not None
                 body, start = nxt["body"], nxt.start("body")
-                examples.append(Example(doc, line, python=fence["body"], outputs=[Output([0], body, start, start + len(body), "text")]))
+                examples.append(
+                    Example(
+                        doc, line, python=fence["body"], outputs=[Output([0], body, start, start + len(body), "text")]
+                    )
+                )
             else:
                 assert nxt is not None
                 examples.append(_shell_example(doc, line, fence["body"], nxt["lang"], nxt))
@@ -296,7 +307,9 @@ def _bash(command: str, cwd: Path, stdin: str = "") -> str:
         bin_dir.mkdir()
         (bin_dir / "python3").symlink_to(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(["bash", "-c", command], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False)
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False
+    )
     assert done.returncode in (0, 1), f"{command[:80]!r} failed: {done.stderr}"  # grep answers 1 when nothing matched
     return done.stdout
 
@@ -313,7 +326,9 @@ async def _send(curl: Curl, client: httpx.AsyncClient, cwd: Path) -> str:
             raw = (cwd / curl.data[1:]).read_text()
         else:
             raw = curl.data
-        content = (raw.replace("\r", "").replace("\n", "") if curl.data.startswith("@") else raw).encode()  # curl drops newlines of -d @file
+        content = (
+            raw.replace("\r", "").replace("\n", "") if curl.data.startswith("@") else raw
+        ).encode()  # curl drops newlines of -d @file
         if not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = "application/x-www-form-urlencoded"  # what curl sends with -d
     if curl.forms:
@@ -321,7 +336,9 @@ async def _send(curl: Curl, client: httpx.AsyncClient, cwd: Path) -> str:
         for name, value in curl.forms:
             assert value.startswith("@"), "only -F name=@file is emulated"
             path = ROOT / value[1:]
-            files.append((name, (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")))
+            files.append(
+                (name, (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream"))
+            )
     response = await client.request(curl.method, curl.path, content=content, headers=headers, files=files)
     text = response.text
     if curl.include_headers:
@@ -348,8 +365,12 @@ async def run_shell(example: Example, client: httpx.AsyncClient) -> list[str]:
 
 def run_python(example: Example, base_url: str) -> list[str]:
     assert example.python is not None
-    code = example.python.replace("http://localhost:8000", base_url).replace("localhost:8000", base_url.removeprefix("http://"))
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    code = example.python.replace("http://localhost:8000", base_url).replace(
+        "localhost:8000", base_url.removeprefix("http://")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     return [done.stdout]
 
@@ -360,16 +381,20 @@ def run_python(example: Example, base_url: str) -> list[str]:
 def same(actual: Any, documented: Any, where: str = "") -> None:
     """Equal but for the volatile keys; floats to 1e-4."""
     if isinstance(documented, dict):
-        assert isinstance(actual, dict) and set(actual) == set(documented), f"{where}: keys {sorted(actual) if isinstance(actual, dict) else actual!r}"
+        assert isinstance(actual, dict) and set(actual) == set(documented), (
+            f"{where}: keys {sorted(actual) if isinstance(actual, dict) else actual!r}"
+        )
         for key, value in documented.items():
             if key not in VOLATILE:
                 same(actual[key], value, f"{where}.{key}")
     elif isinstance(documented, list):
         assert isinstance(actual, list) and len(actual) == len(documented), f"{where}: {actual!r}"
-        for i, (a, d) in enumerate(zip(actual, documented)):
+        for i, (a, d) in enumerate(zip(actual, documented, strict=True)):
             same(a, d, f"{where}[{i}]")
     elif isinstance(documented, float):
-        assert isinstance(actual, (int, float)) and math.isclose(actual, documented, abs_tol=1e-4), f"{where}: {actual!r} != {documented!r}"
+        assert isinstance(actual, (int, float)) and math.isclose(actual, documented, abs_tol=1e-4), (
+            f"{where}: {actual!r} != {documented!r}"
+        )
     else:
         assert actual == documented, f"{where}: {actual!r} != {documented!r}"
 
@@ -383,7 +408,7 @@ def same_text(actual: str, documented: str) -> None:
     """Equal text, numbers to 1e-4."""
     a, d = normalize(actual), normalize(documented)
     assert _NUMBER.split(a) == _NUMBER.split(d), f"got:\n{a}\ndocumented:\n{d}"
-    for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(d)):
+    for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(d), strict=True):
         assert math.isclose(float(x), float(y), abs_tol=1e-4), f"{x} != {y}\ngot:\n{a}\ndocumented:\n{d}"
 
 
@@ -420,7 +445,7 @@ def check_output(output: Output, printed: list[str]) -> None:
     elif output.kind == "sse":
         got, documented = events(actual), events(output.documented)
         assert [n for n, _ in got] == [n for n, _ in documented], f"events {[n for n, _ in got]}"
-        for (_, a), (_, d) in zip(got, documented):
+        for (_, a), (_, d) in zip(got, documented, strict=True):
             if _is_json(d):
                 same(json.loads(a), json.loads(d))
             else:
@@ -439,15 +464,41 @@ PYTHON_EXAMPLES = [e for e in EXAMPLES if e.python is not None]
 
 def test_every_example_can_run() -> None:
     problems = [f"{e.name}: {e.problem}" for e in EXAMPLES if e.problem]
-    assert not problems, "examples that cannot be run (fix them, or say why in a `<!-- doc-example: not run (...) -->` line before):\n" + "\n".join(problems)
+    assert not problems, (
+        "examples that cannot be run (fix them, or say why in a `<!-- doc-example: not run (...) -->` line before):\n"
+        + "\n".join(problems)
+    )
     assert len(EXEMPTED) <= 3, f"most examples must run; exempted: {EXEMPTED}"
 
 
 def test_the_docs_have_examples() -> None:
     paths = {c.path for e in SHELL_EXAMPLES for c in e.curls}
-    assert {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v2/models/mnist", "/v2/models/mnist/infer"} <= paths
-    assert {"/tokenize", "/detokenize", "/next-token-probs", "/generate", "/classify-digit", "/health", "/ready", "/info", "/metrics"} <= paths
-    assert {e.doc.name for e in EXAMPLES} >= {"README.md", "language.md", "digits.md", "protocols.md", "operations.md", "configuration.md"}
+    assert {
+        "/v1/models",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v2/models/mnist",
+        "/v2/models/mnist/infer",
+    } <= paths
+    assert {
+        "/tokenize",
+        "/detokenize",
+        "/next-token-probs",
+        "/generate",
+        "/classify-digit",
+        "/health",
+        "/ready",
+        "/info",
+        "/metrics",
+    } <= paths
+    assert {e.doc.name for e in EXAMPLES} >= {
+        "README.md",
+        "language.md",
+        "digits.md",
+        "protocols.md",
+        "operations.md",
+        "configuration.md",
+    }
     assert any(o.kind == "sse" for e in EXAMPLES for o in e.outputs), "no streamed example is checked"
 
 
@@ -468,7 +519,9 @@ async def test_doc_example(
 ) -> None:
     if example.settings:
         app = await make_app(Settings(dtype="float32", **example.settings))  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=120) as own:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=120
+        ) as own:
             printed = await run_shell(example, own)
     else:
         printed = await run_shell(example, client)
