@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import zipfile
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,25 +44,35 @@ def metrics_path_for(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".metrics.json")
 
 
-_blas_lock = threading.Lock()
-_blas_controller: Any = None
-
-
-def _single_blas_thread() -> AbstractContextManager[Any]:
-    """One BLAS thread for the (tiny) matrix products of a prediction.
+class BlasLimiter:
+    """One BLAS thread for the (tiny) matrix products of a prediction, one prediction at a time.
 
     With OpenBLAS's default of one thread per core, a batch of 8 digits took ~50 ms on a busy machine
-    (threads spinning for a core) instead of ~0.1 ms. The limit is process-wide, so callers hold `_blas_lock`.
+    (threads spinning for a core) instead of ~0.1 ms. The limit is process-wide (threadpoolctl sets it
+    and restores it on exit), so holders of one limiter take turns under its lock; classifiers that may
+    predict at the same time in one process should share one limiter (`DigitClassifier(blas=...)`).
     """
-    global _blas_controller
-    try:
-        if _blas_controller is None:
-            from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
 
-            _blas_controller = ThreadpoolController()
-        return _blas_controller.limit(limits=1, user_api="blas")
-    except Exception:  # no threadpoolctl, or an unusual BLAS: run as is
-        return nullcontext()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._controller: Any = None  # threadpoolctl's ThreadpoolController, made on first use (it scans loaded libraries)
+
+    @contextmanager
+    def one_thread(self) -> Iterator[None]:
+        """Hold the lock and limit BLAS to one thread for the duration of the block."""
+        with self._lock, self._limit():
+            yield
+
+    def _limit(self) -> AbstractContextManager[Any]:
+        try:
+            if self._controller is None:
+                from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+
+                self._controller = ThreadpoolController()
+            limit: AbstractContextManager[Any] = self._controller.limit(limits=1, user_api="blas")
+            return limit
+        except Exception:  # no threadpoolctl, or an unusual BLAS: run as is
+            return nullcontext()
 
 
 def _activate(name: str, x: np.ndarray) -> np.ndarray:
@@ -85,6 +96,7 @@ class DigitClassifier:
         activation: str = "relu",
         meta: dict[str, Any] | None = None,
         path: Path | None = None,
+        blas: BlasLimiter | None = None,
     ) -> None:
         _check_layers(weights, biases, activation, where=str(path) if path else "model")
         self.weights = [np.ascontiguousarray(w, dtype=np.float32) for w in weights]
@@ -93,13 +105,14 @@ class DigitClassifier:
         self.meta: dict[str, Any] = dict(meta or {})
         self.path = path
         self.metrics: dict[str, Any] | None = None
+        self.blas = blas or BlasLimiter()
 
     # --- inference -----------------------------------------------------------------------
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """(n, 28, 28) or (n, 784) values in 0..1 -> (n, 10) probabilities (float64, rows sum to 1)."""
         x = np.asarray(images, dtype=np.float32).reshape(-1, N_INPUTS)
-        with _blas_lock, _single_blas_thread():
+        with self.blas.one_thread():
             for w, b in zip(self.weights[:-1], self.biases[:-1]):
                 x = _activate(self.activation, x @ w + b)
             logits = (x @ self.weights[-1] + self.biases[-1]).astype(np.float64)
@@ -167,7 +180,7 @@ class DigitClassifier:
         self.path = path
 
     @classmethod
-    def load(cls, path: Path) -> DigitClassifier:
+    def load(cls, path: Path, *, blas: BlasLimiter | None = None) -> DigitClassifier:
         """Read a model file; anything unexpected becomes a `DigitModelError` that says what is wrong."""
         path = Path(path)
         try:
@@ -195,7 +208,7 @@ class DigitClassifier:
                 f"digit model file {path} is corrupt or not a digit model ({type(exc).__name__}: {exc}); "
                 "delete it to retrain at start-up, or run `make train-digits`"
             ) from exc
-        model = cls(weights, biases, activation=activation, meta=meta, path=path)
+        model = cls(weights, biases, activation=activation, meta=meta, path=path, blas=blas)
         model.metrics = _read_metrics(metrics_path_for(path))
         return model
 
