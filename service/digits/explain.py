@@ -54,6 +54,7 @@ class DigitExplanation:
     logit: float  # the predicted class's logit
     output_bias: float  # the output layer's bias for that class
     top_units: list[UnitContribution]
+    unit_contributions: np.ndarray  # (units,): every first-hidden-layer unit's contribution, by unit (empty without a hidden layer)
 
 
 def _activation_and_derivative(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +95,7 @@ def explain_digit(model: DigitClassifier, image: np.ndarray, *, top_units: int =
     logit_grad_a1 = _back_to_first_hidden(weights, derivatives, one_hot)
 
     units: list[UnitContribution] = []
+    contributions = np.zeros(0)
     if activations:
         contributions = activations[0] * logit_grad_a1
         for h in np.argsort(-contributions, kind="stable")[: max(0, top_units)]:
@@ -114,6 +116,7 @@ def explain_digit(model: DigitClassifier, image: np.ndarray, *, top_units: int =
         logit=float(logits[digit]),
         output_bias=float(biases[-1][digit]),
         top_units=units,
+        unit_contributions=contributions,
     )
 
 

@@ -1,8 +1,8 @@
 """One `/classify-digit` request as the model side sees it, and running it: decode, prepare, classify.
 
 A `ClassifyJob` holds its inputs undecoded. `run` does the CPU work (base64 and image decoding,
-MNIST preparation, the forward pass) and is meant for a worker thread, so the event loop never waits
-on it.
+MNIST preparation, the forward pass, and for `explain` the explanations and the reference digits' first
+build) and is meant for a worker thread, so the event loop never waits on it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from service.config import Settings
 from service.digits.exceptions import DigitInputError
+from service.digits.explain import DigitExplanation, Neighbour, explain_digit
 from service.digits.model import DigitClassifier, Prediction
 from service.digits.preprocess import (
     MIN_CONTRAST,
@@ -23,6 +24,10 @@ from service.digits.preprocess import (
     pixels_to_array,
     prepare_gray,
 )
+from service.digits.reference import ReferenceDigitsCache
+
+EXPLAIN_TOP_UNITS = 8  # first-hidden-layer units listed per explanation (the weights endpoint has them all)
+EXPLAIN_NEIGHBOURS = 5  # nearest reference digits per explanation
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class ClassifyJob:
     value_range: ValueRange = "0-255"
     prepare: bool = False
     include_prepared: bool = False
+    explain: bool = False  # also explain each prediction (see `ExplainedDigit`)
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,21 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class ExplainedDigit:
+    """What the network saw in one input: the explainer's numbers and the nearest reference digits."""
+
+    explanation: DigitExplanation
+    neighbours: list[Neighbour]
+    reference_set: str  # what the neighbours were drawn from
+
+
+@dataclass(frozen=True)
 class JobResult:
-    """A prediction per input, and the 28x28 array (0..1) the model saw for it."""
+    """A prediction per input, the 28x28 array (0..1) the model saw for it, and (for `explain`) an explanation each."""
 
     predictions: list[Prediction]
     prepared: list[np.ndarray]
+    explanations: list[ExplainedDigit] | None = None
 
 
 def check_batch_size(param: str, n: int, max_batch: int) -> None:
@@ -71,6 +87,16 @@ def check_batch_size(param: str, n: int, max_batch: int) -> None:
     if n > max_batch:
         raise DigitInputError(
             f"{param} has {n} inputs; at most {max_batch} per request (GENAI_DIGITS_MAX_BATCH)", param=param
+        )
+
+
+def check_explain_batch_size(param: str, n: int, max_explain_batch: int) -> None:
+    """An explanation is ~85 KB of JSON per digit, so `explain` takes at most `max_explain_batch` inputs."""
+    if n > max_explain_batch:
+        raise DigitInputError(
+            f"explain is limited to {max_explain_batch} inputs per request (GENAI_DIGITS_MAX_EXPLAIN_BATCH); "
+            f"{param} has {n}: send fewer, or explain=false",
+            param="explain",
         )
 
 
@@ -92,7 +118,31 @@ def input_to_array(item: DigitInput, job: ClassifyJob, limits: ImageLimits) -> n
     return prepare_gray(arr, param=item.param) if job.prepare else arr
 
 
-def run(classifier: DigitClassifier, job: ClassifyJob, limits: ImageLimits) -> JobResult:
-    """Decode every input, then classify them as one batch (blocking: call it in a worker thread)."""
+def run(
+    classifier: DigitClassifier, job: ClassifyJob, limits: ImageLimits, references: ReferenceDigitsCache | None = None
+) -> JobResult:
+    """Decode every input, classify them as one batch, explain them if asked (blocking: call it in a worker thread).
+
+    `references` is needed for `explain`: the first explanation builds the reference digits (seconds)."""
     arrays = [input_to_array(item, job, limits) for item in job.inputs]
-    return JobResult(predictions=classifier.predict(np.stack(arrays)), prepared=arrays)
+    predictions = classifier.predict(np.stack(arrays))
+    if not job.explain:
+        return JobResult(predictions=predictions, prepared=arrays)
+    if references is None:
+        raise ValueError("explain needs the reference digits' cache")
+    return JobResult(predictions=predictions, prepared=arrays, explanations=explain_all(classifier, arrays, references))
+
+
+def explain_all(
+    classifier: DigitClassifier, arrays: list[np.ndarray], references: ReferenceDigitsCache
+) -> list[ExplainedDigit]:
+    """Explain each prepared input and find its nearest reference digits (building those on first use)."""
+    reference = references.get(classifier)
+    explained = []
+    for arr in arrays:
+        # Matrix-vector products, as a prediction's are: one BLAS thread, in turn with predictions.
+        with classifier.blas.one_thread():
+            explanation = explain_digit(classifier, arr, top_units=EXPLAIN_TOP_UNITS)
+            neighbours = reference.index.nearest(arr, EXPLAIN_NEIGHBOURS)
+        explained.append(ExplainedDigit(explanation, neighbours, reference.description))
+    return explained
