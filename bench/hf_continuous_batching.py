@@ -49,13 +49,15 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     lm = load_language_model(settings.lm_model, cache_dir=settings.cache_dir)
-    config = GenerationConfig(
+    # transformers leaves GenerationConfig.__init__(**kwargs) unannotated: hence the no-untyped-call ignores
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=args.tokens, do_sample=False, eos_token_id=-1, pad_token_id=lm.tokenizer.pad_token_id
     )
     inputs = [lm.encode(p) for p in PROMPTS]
     with torch.inference_mode():
         lm.model.generate_batch(
-            inputs=inputs[:2], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False)
+            inputs=inputs[:2],
+            generation_config=GenerationConfig(max_new_tokens=4, do_sample=False),  # type: ignore[no-untyped-call]
         )
         started = time.perf_counter()
         outputs = lm.model.generate_batch(inputs=inputs, generation_config=config)

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,10 @@ def serve_empty(mode: str, port: int) -> None:
     settings = Settings()
     kind = mode.split("-")[0]  # "guarded-timers": a guarded protocol, labelled
     http: Any = {"default": "auto", "h11": "h11", "guarded": guarded_protocol(HttpLimits.from_settings(settings))}[kind]
-    extra = {"h11_max_incomplete_event_size": settings.http_max_header_bytes} if kind == "h11" else {}
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=http, **extra)
+    head_limit = settings.http_max_header_bytes if kind == "h11" else None  # None: uvicorn's default
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", http=http, h11_max_incomplete_event_size=head_limit
+    )
 
 
 class Server:
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         pids = [server.process.pid for server in servers.values()]
 
-        def measure(label: str, work: Any) -> dict[str, Any]:
+        def measure(label: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             while True:
                 with OthersCpu(pids) as others:
                     result = work()
@@ -283,12 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             for mode in empties:
                 base = servers["empty:" + mode].base
-                result = measure(
-                    f"round {round_no} empty {mode}",
-                    lambda base=base: loadgen.w4(
+
+                def empty_slice(base: str = base) -> dict[str, Any]:
+                    w4: dict[str, Any] = loadgen.w4(
                         base, loadgen.ADAPTERS["empty"], {}, seconds=plan.w4_seconds, connections=plan.clients
-                    ),
-                )
+                    )
+                    return w4
+
+                result = measure(f"round {round_no} empty {mode}", empty_slice)
                 empty_runs[mode].append(result)
                 log(f"    W4 {result['w4_rps']:.0f} req/s p99 {result['w4_p99']:.2f} ms")
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import LanguageModel, serve  # type: ignore[import-not-found]  # bench/baselines/common.py
+from common import LanguageModel, serve  # bench/baselines/common.py
 
 
 def generate(

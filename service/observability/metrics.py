@@ -8,7 +8,7 @@ totals (prompt-lookup drafts) are read at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
@@ -27,12 +27,15 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 3
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _TOKEN_COUNT_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
+_Listener = TypeVar("_Listener")
+
 
 class ServiceMetrics:
     """Every metric the service exports. `bind(models)` hooks the engine in once the lifespan has started it."""
 
     def __init__(self) -> None:
-        disable_created_metrics()  # the `*_created` series double the output and no dashboard reads them
+        # the `*_created` series double the output and no dashboard reads them
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         # --- HTTP ---------------------------------------------------------------------------
@@ -147,13 +150,9 @@ class ServiceMetrics:
         engine, self._engine = self._engine, None
         if engine is None:
             return
-        for listeners, fn in (
-            (engine.step_listeners, self._on_step),
-            (engine.token_listeners, self._on_token),
-            (engine.finish_listeners, self._on_finish),
-        ):
-            if fn in listeners:
-                listeners.remove(fn)
+        _remove_listener(engine.step_listeners, self._on_step)
+        _remove_listener(engine.token_listeners, self._on_token)
+        _remove_listener(engine.finish_listeners, self._on_finish)
 
     # ---- engine listeners (engine thread) --------------------------------------------------
 
@@ -209,3 +208,9 @@ class _EngineTotals:
         )
         refused.add_metric([], engine.stats.refused if engine is not None else 0)
         yield refused
+
+
+def _remove_listener(listeners: list[_Listener], listener: _Listener) -> None:
+    """Take `listener` off an engine's list if it is there (a second unbind is harmless)."""
+    if listener in listeners:
+        listeners.remove(listener)

@@ -115,14 +115,17 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
+    def resolve_object(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return resolve_object(defs[ref.removeprefix("#/$defs/")])
+        return {k: resolve(v) for k, v in node.items()}
+
     def resolve(node: Any) -> Any:
         if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {k: resolve(v) for k, v in node.items()}
+            return resolve_object(node)
         if isinstance(node, list):
             return [resolve(v) for v in node]
         return node
 
-    return resolve(schema)
+    return resolve_object(schema)

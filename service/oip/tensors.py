@@ -24,8 +24,8 @@ INPUT_NAME = "input"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_DIGITS = "digits"
 OUTPUT_NAMES = (OUTPUT_PROBABILITIES, OUTPUT_DIGITS)
-_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "UINT8": np.dtype("u1")}
-_OUTPUT_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
+_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "UINT8": np.dtype("u1")}
+_OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 
 
 def parse_request(raw: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
