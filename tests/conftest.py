@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -14,6 +14,9 @@ from servers import free_port, serve_in_thread
 from service.app import create_app, load_models
 from service.config import Settings
 from service.state import LoadedModels
+
+if TYPE_CHECKING:
+    from service.language.model import LanguageModel
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +34,7 @@ def loaded_models(settings: Settings) -> LoadedModels:
 
 
 @pytest.fixture(scope="session")
-def language_model(loaded_models: LoadedModels):  # type: ignore[no-untyped-def]
+def language_model(loaded_models: LoadedModels) -> LanguageModel:
     assert loaded_models.language is not None
     return loaded_models.language
 
@@ -59,7 +62,9 @@ def output_dir() -> Path:
 
 @pytest.fixture
 def unused_port() -> int:
-    return free_port()
+    # mypy does not see servers (pytest puts tests/ on sys.path), so say what comes back.
+    port: int = free_port()
+    return port
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ one range per sampling field shared by the native routes and `/v1`. Each refusal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -114,7 +115,8 @@ BOUNDS = [
     ("repetition_penalty", 0.1, 1e-300, 10.5),
     ("timeout_s", 0.01, 1e-9, -1.0),
 ]
-ROUTES = {
+# Each route's smallest valid body with one field set to a value.
+ROUTES: dict[str, Callable[[str, float], dict[str, Any]]] = {
     "/generate": lambda field, value: {**GEN, field: value},
     "/v1/completions": lambda field, value: {**COMP, field: value},
     "/v1/chat/completions": lambda field, value: {**CHAT, field: value},

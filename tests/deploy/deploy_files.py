@@ -15,9 +15,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+
+# A parsed YAML or JSON document (a manifest, a kustomization, a rendered compose file).
+Doc = dict[str, Any]
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -39,8 +43,10 @@ def tool(name: str) -> str:
     return found
 
 
-def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, **kwargs)  # type: ignore[call-overload]
+def run(
+    args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, cwd=cwd, env=env)
 
 
 def settings_env_names() -> set[str]:
@@ -56,7 +62,7 @@ def setting_default(name: str) -> object:
     return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
-def load_yaml_docs(path: Path) -> list[dict]:
+def load_yaml_docs(path: Path) -> list[Doc]:
     with path.open() as fh:
         return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
 
@@ -241,7 +247,7 @@ def dockerignore_patterns() -> list[str]:
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
-def kustomize_resources(folder: Path, seen: set[Path] | None = None) -> list[tuple[Path, dict]]:
+def kustomize_resources(folder: Path, seen: set[Path] | None = None) -> list[tuple[Path, Doc]]:
     """The objects `kubectl apply -k folder` creates (no patches or generators are used here)."""
     seen = set() if seen is None else seen
     kfile = folder / "kustomization.yaml"
@@ -252,7 +258,7 @@ def kustomize_resources(folder: Path, seen: set[Path] | None = None) -> list[tup
     assert kust.get("kind") == "Kustomization", f"{kfile}: kind must be Kustomization"
     unsupported = set(kust) - {"apiVersion", "kind", "resources", "images", "namespace", "labels", "metadata"}
     assert not unsupported, f"{kfile}: {sorted(unsupported)} are not rendered by these checks; extend them first"
-    objects: list[tuple[Path, dict]] = []
+    objects: list[tuple[Path, Doc]] = []
     for entry in kust.get("resources", []):
         target = (folder / entry).resolve()
         assert target.exists(), f"{kfile}: resource {entry!r} does not exist"
@@ -267,5 +273,5 @@ def manifest_files() -> list[Path]:
     return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
 
 
-def by_kind(objects: list[tuple[Path, dict]], kind: str) -> list[dict]:
+def by_kind(objects: list[tuple[Path, Doc]], kind: str) -> list[Doc]:
     return [doc for _, doc in objects if doc.get("kind") == kind]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deploy_files import (
@@ -43,13 +44,17 @@ def compose(*args: str, profiles: tuple[str, ...] = ()) -> subprocess.CompletedP
     command = [tool("docker-compose"), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE)]
     for profile in profiles:
         command += ["--profile", profile]
-    return run(command + list(args), cwd=REPO, env=env)
+    # mypy does not see deploy_files (pytest puts tests/deploy on sys.path), so say what comes back.
+    result: subprocess.CompletedProcess[str] = run(command + list(args), cwd=REPO, env=env)
+    return result
 
 
-def rendered(profiles: tuple[str, ...] = ("replicas", "gpu")) -> dict:
+def rendered(profiles: tuple[str, ...] = ("replicas", "gpu")) -> dict[str, Any]:
     result = compose("config", "--format", "json", profiles=profiles)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    model = json.loads(result.stdout)
+    assert isinstance(model, dict), result.stdout[:300]
+    return model
 
 
 @pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p) or "default")
@@ -136,21 +141,22 @@ def test_environment_names_are_real_settings() -> None:
 # --- nginx ------------------------------------------------------------------------------------
 
 
-def nginx_config() -> list[dict]:
+def nginx_config() -> list[dict[str, Any]]:
     import crossplane
 
     payload = crossplane.parse(str(NGINX_CONF), check_ctx=True, check_args=True, single=True)
     assert payload["status"] == "ok", payload["errors"]
     (config,) = payload["config"]
     assert not config["errors"], config["errors"]
-    return config["parsed"]
+    parsed: list[dict[str, Any]] = config["parsed"]
+    return parsed
 
 
-def find(block: list[dict], name: str) -> list[dict]:
+def find(block: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [d for d in block if d["directive"] == name]
 
 
-def one(block: list[dict], name: str) -> dict:
+def one(block: list[dict[str, Any]], name: str) -> dict[str, Any]:
     found = find(block, name)
     assert len(found) == 1, f"expected one `{name}`, found {len(found)}"
     return found[0]
@@ -200,4 +206,4 @@ def test_nginx_is_streaming_friendly() -> None:
     size = one(server["block"], "client_max_body_size")["args"][0]
     units = {"k": 1024, "m": 1024**2, "g": 1024**3}
     limit = int(size[:-1]) * units[size[-1].lower()] if size[-1].lower() in units else int(size)
-    assert limit >= int(setting_default("max_body_bytes")), "nginx must not refuse what the service accepts"  # type: ignore[call-overload]
+    assert limit >= int(setting_default("max_body_bytes")), "nginx must not refuse what the service accepts"

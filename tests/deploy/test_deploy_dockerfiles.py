@@ -27,7 +27,8 @@ VARIANTS = sorted(DOCKERFILES)
 
 @pytest.fixture(params=VARIANTS)
 def variant(request: pytest.FixtureRequest) -> str:
-    return request.param
+    name: str = request.param
+    return name
 
 
 def test_both_dockerfiles_exist() -> None:

@@ -119,7 +119,7 @@ def test_bake_model_knows_every_precision_setting() -> None:
 
 
 def test_stop_timeout_outlasts_the_shutdown_grace() -> None:
-    grace = float(setting_default("shutdown_grace_s"))  # type: ignore[arg-type]
+    grace = float(setting_default("shutdown_grace_s"))
     texts = {
         "docker/Dockerfile": DOCKERFILES["cpu"].read_text(),
         "docker/Dockerfile.cuda": DOCKERFILES["cuda"].read_text(),

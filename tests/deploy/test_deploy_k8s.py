@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deploy_files import (
@@ -36,7 +37,7 @@ def kubernetes_versions() -> list[str]:
     return sorted({OLDEST_KUBERNETES, latest_version()})
 
 
-def validate(doc: dict, version: str) -> None:
+def validate(doc: dict[str, Any], version: str) -> None:
     import kubernetes_validate
 
     kubernetes_validate.validate(doc, version, strict=True)
@@ -44,19 +45,24 @@ def validate(doc: dict, version: str) -> None:
 
 @pytest.fixture(params=sorted(K8S_VARIANTS))
 def variant(request: pytest.FixtureRequest) -> str:
-    return request.param
+    name: str = request.param
+    return name
 
 
-def objects(variant: str) -> list[tuple[Path, dict]]:
-    return kustomize_resources(K8S_VARIANTS[variant])
+def objects(variant: str) -> list[tuple[Path, dict[str, Any]]]:
+    # mypy does not see deploy_files (pytest puts tests/deploy on sys.path), so say what comes back.
+    found: list[tuple[Path, dict[str, Any]]] = kustomize_resources(K8S_VARIANTS[variant])
+    return found
 
 
-def deployment(variant: str) -> dict:
+def deployment(variant: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = by_kind(objects(variant), "Deployment")
     return found
 
 
-def container(variant: str) -> dict:
+def container(variant: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = deployment(variant)["spec"]["template"]["spec"]["containers"]
     return found
 

@@ -17,7 +17,9 @@ from service.state import LoadedModels
 
 @pytest.fixture(scope="session")
 def fuzz_settings() -> Settings:
-    return _fuzz_settings()
+    # mypy does not see fuzz_limits (pytest puts tests/fuzz on sys.path), so say what comes back.
+    settings: Settings = _fuzz_settings()
+    return settings
 
 
 @pytest.fixture(scope="session")

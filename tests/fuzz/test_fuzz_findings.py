@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 import requests
@@ -18,7 +19,8 @@ def http(fuzz_app: FastAPI) -> Iterator[requests.Session]:
     """The fuzzed app through schemathesis' in-process client (the same lifespan the fuzzing uses)."""
     from schemathesis.python import asgi
 
-    with asgi.get_client(fuzz_app) as session:
+    # cast: schemathesis types ASGI scopes and messages as dict, FastAPI (like the ASGI spec) as MutableMapping.
+    with asgi.get_client(cast(asgi.ASGIApp, fuzz_app)) as session:
         yield session
 
 
@@ -37,7 +39,7 @@ TINY_TEMPERATURES = [5e-324, 1e-300, 1e-45]
     ids=["generate", "generate-stream", "completions", "chat"],
 )
 def test_tiny_sampling_temperature_is_greedy_not_a_500(
-    http: requests.Session, path: str, body: dict[str, object], temperature: float
+    http: requests.Session, path: str, body: dict[str, Any], temperature: float
 ) -> None:
     """Fixed: sampling divided raw logits by the temperature, so a tiny one gave inf - inf = NaN
     probabilities and torch.multinomial raised (500). The limit of temperature -> 0 is greedy."""
@@ -50,16 +52,16 @@ def test_tiny_sampling_temperature_is_greedy_not_a_500(
     assert sampled.status_code == 200, sampled.text
     assert greedy.status_code == 200, greedy.text
     if not body.get("stream"):
-        text = (
-            (lambda r: r["text"])
-            if path == "/generate"
-            else (
-                (lambda r: r["choices"][0]["text"])
-                if path == "/v1/completions"
-                else (lambda r: r["choices"][0]["message"]["content"])
-            )
-        )
-        assert text(sampled.json()) == text(greedy.json())
+        assert _generated_text(path, sampled.json()) == _generated_text(path, greedy.json())
+
+
+def _generated_text(path: str, answer: dict[str, Any]) -> object:
+    """The generated text, wherever the route at `path` puts it in its answer."""
+    if path == "/generate":
+        return answer["text"]
+    if path == "/v1/completions":
+        return answer["choices"][0]["text"]
+    return answer["choices"][0]["message"]["content"]
 
 
 def _png(side: int = 28) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -87,12 +87,13 @@ def served_names(fuzz_app: FastAPI) -> dict[str, str]:
     """Path parameter values that name what the app serves."""
     from schemathesis.python import asgi
 
-    with asgi.get_client(fuzz_app) as http:
+    # cast: schemathesis types ASGI scopes and messages as dict, FastAPI (like the ASGI spec) as MutableMapping.
+    with asgi.get_client(cast(asgi.ASGIApp, fuzz_app)) as http:
         model_id = http.get("/v1/models").json()["data"][0]["id"]
     return {"model_id": model_id, "model_name": MODEL_NAME, "model_version": MODEL_VERSION}
 
 
-def open_finding(case: schemathesis.Case) -> str | None:
+def open_finding(case: schemathesis.Case[Any]) -> str | None:
     """Inputs of a fuzz finding not fixed yet (each pinned by a strict xfail in test_fuzz_findings.py),
     left out of generation so the fuzzing keeps guarding everything else. Delete an entry with its fix."""
     del case  # every finding so far is fixed
@@ -150,7 +151,7 @@ def test_openapi_operation(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    def fuzz(case: schemathesis.Case) -> None:
+    def fuzz(case: schemathesis.Case[Any]) -> None:
         response = case.call_and_validate(checks=checks, timeout=60)
         statuses.append(response.status_code)
 

@@ -9,6 +9,7 @@ ink's centre of mass lands on MNIST's centre.
 from __future__ import annotations
 
 import io
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -17,10 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from service.digits.exceptions import DigitInputError
 from service.digits.preprocess import (
     CENTRE,
     SIDE,
-    DigitInputError,
     centre_by_mass,
     decode_base64,
     image_bytes_to_array,
@@ -32,7 +33,16 @@ from service.digits.preprocess import (
 PROPERTY_SETTINGS = settings(
     max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-LIMITS = {"max_bytes": 256 * 1024, "max_pixels": 1_000_000}
+
+
+class DecodeLimits(TypedDict):
+    """The keyword limits of `image_bytes_to_array`, passed as `**LIMITS`."""
+
+    max_bytes: int
+    max_pixels: int
+
+
+LIMITS: DecodeLimits = {"max_bytes": 256 * 1024, "max_pixels": 1_000_000}
 
 # Every mode Pillow's decoders hand over, and more. Not "La" (premultiplied LA): no accepted format decodes
 # to it, and Pillow cannot convert it to RGBA, so normalise_mode's `convert("RGBA")` would raise ValueError.

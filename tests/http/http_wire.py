@@ -43,7 +43,7 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
 def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """Everything the server sends until it closes (or resets) the connection, within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    chunks = []
+    chunks: list[bytes] = []
     while time.monotonic() < deadline:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
@@ -97,5 +97,6 @@ def assert_error_shape(answer: Answer, status: int) -> dict[str, Any]:
     assert answer.headers.get("content-type") == "application/json", answer.headers
     assert answer.headers.get("connection") == "close", answer.headers
     error = answer.json()["error"]
+    assert isinstance(error, dict), error
     assert set(error) >= {"message", "type", "param", "code"} and error["code"] == status, error
     return error

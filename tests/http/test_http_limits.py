@@ -11,6 +11,7 @@ import socket
 import statistics
 import threading
 import time
+from typing import TypedDict
 
 import httpx
 import pytest
@@ -20,6 +21,14 @@ from http_wire import assert_error_shape, connect, exchange, parse, read_one_res
 pytestmark = pytest.mark.slow
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+class _SlowConnection(TypedDict):
+    """One connection of the slow-header test: when it opened, how much of the head it sent, what came back."""
+
+    opened: float
+    sent: int
+    got: bytes
 
 
 def _poll_health(base: str, stop: threading.Event, latencies: list[float], statuses: list[int], until: float) -> None:
@@ -57,7 +66,7 @@ def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_an
     poller.start()
 
     selector = selectors.DefaultSelector()
-    open_conns: dict[socket.socket, dict] = {}
+    open_conns: dict[socket.socket, _SlowConnection] = {}
     lifetimes: list[float] = []
     answers: list[bytes] = []
 
@@ -92,17 +101,18 @@ def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_an
                             pass
                 rss_max = max(rss_max, guarded_server.rss_kib())
             for key, _ in selector.select(timeout=max(0.0, min(next_tick, hard_stop) - time.monotonic())):
-                sock = key.fileobj  # type: ignore[assignment]
+                readable = key.fileobj
+                assert isinstance(readable, socket.socket)  # only sockets are registered
                 try:
-                    chunk = sock.recv(65536)  # type: ignore[union-attr]
+                    chunk = readable.recv(65536)
                 except BlockingIOError:
                     continue
                 except (ConnectionResetError, BrokenPipeError):
                     chunk = b""
                 if chunk:
-                    open_conns[sock]["got"] += chunk  # type: ignore[index]
+                    open_conns[readable]["got"] += chunk
                     continue
-                closed(sock)  # type: ignore[arg-type]
+                closed(readable)
                 if time.monotonic() < until - 1:
                     open_one()  # keep 100 slow connections going for the whole 20 s
         still_open = len(open_conns)

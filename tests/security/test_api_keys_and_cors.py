@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -47,12 +50,12 @@ MODEL_ROUTES = [
 
 
 @pytest.fixture(scope="module")
-async def secured_app(make_app, settings: Settings) -> FastAPI:  # type: ignore[no-untyped-def]
+async def secured_app(make_app: Callable[[Settings], Awaitable[FastAPI]], settings: Settings) -> FastAPI:
     return await make_app(settings.model_copy(update={"api_keys": KEYS, "cors_origins": [ALLOWED_ORIGIN]}))
 
 
 @pytest.fixture(scope="module")
-async def secured(secured_app: FastAPI):  # type: ignore[no-untyped-def]
+async def secured(secured_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=secured_app), base_url="http://test", timeout=120
     ) as http:
@@ -135,8 +138,9 @@ async def test_info_masks_the_keys(secured: httpx.AsyncClient) -> None:
 
 async def test_openai_client_with_and_without_key(secured_app: FastAPI) -> None:
     openai = pytest.importorskip("openai")
+    openai_httpx: types.ModuleType
     try:
-        import httpx2 as openai_httpx  # type: ignore[import-not-found]
+        import httpx2 as openai_httpx
     except ImportError:  # pragma: no cover
         openai_httpx = httpx
     http = openai_httpx.AsyncClient(

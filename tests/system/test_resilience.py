@@ -8,20 +8,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from service.app import begin_draining, create_app
 from service.config import Settings
+from service.state import LoadedModels
 
 LONG = {"prompt": "Tell me a long story:", "max_new_tokens": 400, "ignore_eos": True}
 
 
 @asynccontextmanager
-async def small_app(loaded_models, **overrides) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:  # type: ignore[no-untyped-def]
+async def small_app(loaded_models: LoadedModels, **overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
     """An app with its own engine (over the session's loaded model) and the given settings."""
     app = create_app(Settings(**overrides), models=loaded_models)
     async with (
@@ -31,14 +34,14 @@ async def small_app(loaded_models, **overrides) -> AsyncIterator[tuple[httpx.Asy
         yield client, app
 
 
-async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
 
 
-async def test_full_queue_answers_429_at_once_and_admitted_requests_are_unaffected(loaded_models) -> None:  # type: ignore[no-untyped-def]
+async def test_full_queue_answers_429_at_once_and_admitted_requests_are_unaffected(loaded_models: LoadedModels) -> None:
     async with small_app(loaded_models, max_batch_size=1, max_running_requests=1, max_waiting_requests=1) as (
         client,
         app,
@@ -59,7 +62,7 @@ async def test_full_queue_answers_429_at_once_and_admitted_requests_are_unaffect
         assert second.status_code == 200 and second.json()["usage"]["completion_tokens"] == 4
 
 
-async def test_time_limit_ends_a_generation_and_504s_one_that_never_started(loaded_models) -> None:  # type: ignore[no-untyped-def]
+async def test_time_limit_ends_a_generation_and_504s_one_that_never_started(loaded_models: LoadedModels) -> None:
     async with small_app(loaded_models, max_batch_size=1, max_running_requests=1) as (client, app):
         engine = app.state.models.engine
         occupier = asyncio.create_task(client.post("/generate", json={**LONG, "max_new_tokens": 60}))
@@ -75,7 +78,7 @@ async def test_time_limit_ends_a_generation_and_504s_one_that_never_started(load
         assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "timeout_s"
 
 
-async def test_draining_turns_unready_and_refuses_new_work_but_finishes_admitted(loaded_models) -> None:  # type: ignore[no-untyped-def]
+async def test_draining_turns_unready_and_refuses_new_work_but_finishes_admitted(loaded_models: LoadedModels) -> None:
     async with small_app(loaded_models) as (client, app):
         engine = app.state.models.engine
         admitted = asyncio.create_task(client.post("/generate", json={**LONG, "max_new_tokens": 20}))
