@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 
 from service.config import Settings
+from service.digits.reference import ReferenceDigitsCache
 from service.observability.metrics import ServiceMetrics
 from service.state import LoadedModels
 
@@ -28,6 +29,7 @@ class AppState:
     models: LoadedModels = field(default_factory=LoadedModels)  # what the lifespan serves; empty until it starts
     ready: bool = False  # True from the end of start-up until draining begins
     started_at: float = field(default_factory=time.time)  # Unix time the app was built (`created` of /v1/models)
+    digit_references: ReferenceDigitsCache = field(default_factory=ReferenceDigitsCache)  # built on the first explain
 
 
 def state_of(app: Starlette) -> AppState:

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         default=None, description="Digit model file (.npz arrays, see `make train-digits`). Empty = the packaged default; trained at start-up if missing."
     )
     digits_max_batch: int = Field(default=64, ge=1, description="Most digits in one /classify-digit batch.")
+    digits_max_explain_batch: int = Field(
+        default=8, ge=1, description="Most digits one /classify-digit request may `explain` (each explanation is ~85 KB of JSON)."
+    )
     digits_max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest encoded image accepted (bytes).")
     digits_max_image_pixels: int = Field(default=16_000_000, ge=1, description="Largest decoded image accepted (width × height); guards against decompression bombs.")
 

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from service.app_state import AppState, state_of
 from service.config import Settings
 from service.digits.model import DigitClassifier
+from service.digits.reference import ReferenceDigitsCache
 from service.errors import ModelNotReady
 from service.language.engine import GenerationEngine
 from service.language.model import LanguageModel
@@ -66,6 +67,10 @@ async def get_digit_classifier(request: Request) -> DigitClassifier:
     return classifier
 
 
+async def get_digit_references(request: Request) -> ReferenceDigitsCache:
+    return app_state(request).digit_references
+
+
 AppStateDep = Annotated[AppState, Depends(get_app_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
@@ -73,3 +78,4 @@ ModelsDep = Annotated[LoadedModels, Depends(get_models)]
 LanguageModelDep = Annotated[LanguageModel, Depends(get_language_model)]
 EngineDep = Annotated[GenerationEngine, Depends(get_engine)]
 DigitClassifierDep = Annotated[DigitClassifier, Depends(get_digit_classifier)]
+DigitReferencesDep = Annotated[ReferenceDigitsCache, Depends(get_digit_references)]

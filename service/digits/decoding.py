@@ -12,18 +12,20 @@ import json
 from pydantic import ValidationError
 
 from service.digits.exceptions import DigitInputError, DigitRequestInvalid
-from service.digits.jobs import ClassifyJob, DigitInput, check_batch_size
+from service.digits.jobs import ClassifyJob, DigitInput, check_batch_size, check_explain_batch_size
 from service.digits.schemas import ClassifyDigitRequest
 
-MULTIPART_FIELDS = frozenset({"file", "include_prepared"})
+MULTIPART_FIELDS = frozenset({"file", "include_prepared", "explain"})
 FormField = tuple[str, bytes | str]
 """One multipart part: its field name, and its content (bytes for a file upload, text for a plain field)."""
 
 _TRUE_FLAGS = ("1", "true", "yes", "on")
 
 
-def job_from_json(body: bytes, max_batch: int) -> ClassifyJob:
-    """Parse and validate a JSON body (pixel arrays, base64 images, or their batch forms)."""
+def job_from_json(body: bytes, max_batch: int, max_explain_batch: int | None = None) -> ClassifyJob:
+    """Parse and validate a JSON body (pixel arrays, base64 images, or their batch forms).
+
+    `explain` on more than `max_explain_batch` inputs is refused (None: bounded by `max_batch` only)."""
     try:
         # json.loads, then the schema: a lone surrogate (`"\ud800"`) then reaches the schema's Unicode rule,
         # which names the field, as on every other route (pydantic's own JSON parser refuses it as bad JSON).
@@ -42,15 +44,16 @@ def job_from_json(body: bytes, max_batch: int) -> ClassifyJob:
         raise DigitRequestInvalid(
             [{**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors(include_url=False)]
         ) from None
-    return request.to_job(max_batch)
+    return request.to_job(max_batch, max_explain_batch)
 
 
-def job_from_form(fields: list[FormField], max_batch: int) -> ClassifyJob:
-    """One or more `file` parts (a batch when several, results in order) and an optional `include_prepared` flag."""
+def job_from_form(fields: list[FormField], max_batch: int, max_explain_batch: int | None = None) -> ClassifyJob:
+    """One or more `file` parts (a batch when several, results in order) and optional `include_prepared` and
+    `explain` flags (`explain` on more than `max_explain_batch` files is refused; None: no bound but `max_batch`)."""
     unknown = sorted({name for name, _ in fields} - MULTIPART_FIELDS)
     if unknown:
         raise DigitInputError(
-            f"unexpected form field(s) {unknown}: send `file` (one or more) and optionally `include_prepared`",
+            f"unexpected form field(s) {unknown}: send `file` (one or more) and optionally `include_prepared`, `explain`",
             param=unknown[0],
         )
     parts = [value for name, value in fields if name == "file"]
@@ -65,7 +68,16 @@ def job_from_form(fields: list[FormField], max_batch: int) -> ClassifyJob:
                 f"{param} must be a file upload (e.g. curl -F file=@digit.png), not a text field", param=param
             )
         inputs.append(DigitInput(part, param))
-    flags = [value for name, value in fields if name == "include_prepared"]
-    flag = flags[-1] if flags else "false"  # the last one given, as a form's `get` answers
-    include_prepared = isinstance(flag, str) and flag.strip().lower() in _TRUE_FLAGS
-    return ClassifyJob(inputs, batch=len(parts) > 1, include_prepared=include_prepared)
+    explain = _flag(fields, "explain")
+    if explain and max_explain_batch is not None:
+        check_explain_batch_size("file", len(parts), max_explain_batch)
+    return ClassifyJob(
+        inputs, batch=len(parts) > 1, include_prepared=_flag(fields, "include_prepared"), explain=explain
+    )
+
+
+def _flag(fields: list[FormField], name: str) -> bool:
+    """A true/false text field: the last one given, as a form's `get` answers; absent is false."""
+    flags = [value for field, value in fields if field == name]
+    flag = flags[-1] if flags else "false"
+    return isinstance(flag, str) and flag.strip().lower() in _TRUE_FLAGS
