@@ -144,13 +144,12 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     from service.digits.router import router as digits_router
     from service.inspect.router import router as inspect_router
     from service.language.router import router as language_router
-    from service.system.router import router as system_router
-    from service.web.docs import router as docs_router
-    from service.web.router import router as web_router
-
     from service.observability.router import router as metrics_router
     from service.oip.router import router as oip_router
     from service.openai.router import router as openai_router
+    from service.system.router import router as system_router
+    from service.web.docs import router as docs_router
+    from service.web.router import router as web_router
 
     app.include_router(system_router)
     app.include_router(metrics_router)

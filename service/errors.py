@@ -103,7 +103,9 @@ def _validation_status(request: Request) -> int:
     return 400 if _is_openai_route(request) or _is_oip_route(request) else 422
 
 
-def _error_response(request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(
+    request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The shared shape, except under `/v2`, where the Open Inference Protocol fixes it as `{"error": "<message>"}`."""
     if _is_oip_route(request):
         body = {"error": body["error"]["message"]}
@@ -117,7 +119,8 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     """`messages.0.content`: the body's path, without the request part and without the tags pydantic
     puts in for union members (`pixels.list[float].0` is `pixels.0` to a client)."""
     parts = [
-        str(p) for p in loc
+        str(p)
+        for p in loc
         if p not in ("body", "query", "path", "header")
         and not (isinstance(p, str) and ("[" in p or "(" in p or p in _UNION_TAGS))
     ]
@@ -151,19 +154,26 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 422 and (_is_openai_route(request) or _is_oip_route(request)):
             status = 400
         return _error_response(
-            request, error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param), status, exc.headers
+            request,
+            error_body(exc.message, error_type=exc.error_type, code=status, param=exc.param),
+            status,
+            exc.headers,
         )
 
     @app.exception_handler(InvalidRequest)
     async def _invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
         """The model side's refusal: the same body as `InvalidInput`, naming the field the client sent."""
         status = _validation_status(request)
-        return _error_response(request, error_body(exc.message, error_type="invalid_request_error", code=status, param=exc.field), status)
+        return _error_response(
+            request, error_body(exc.message, error_type="invalid_request_error", code=status, param=exc.field), status
+        )
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         """The client left (or its body deadline passed) mid-body: nobody reads this answer, but it is not a 500."""
-        body = error_body("client disconnected before the body was complete", error_type="invalid_request_error", code=400)
+        body = error_body(
+            "client disconnected before the body was complete", error_type="invalid_request_error", code=400
+        )
         return _error_response(request, body, 400)
 
     @app.exception_handler(EngineOverloaded)
@@ -186,7 +196,9 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param, details = _describe_validation_error(exc)
         status = _validation_status(request)
         return _error_response(
-            request, error_body(message, error_type="invalid_request_error", code=status, param=param, details=details), status
+            request,
+            error_body(message, error_type="invalid_request_error", code=status, param=param, details=details),
+            status,
         )
 
     @app.exception_handler(DigitRequestInvalid)
@@ -197,8 +209,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DigitInputError)
     async def _digit_input(request: Request, exc: DigitInputError) -> JSONResponse:
         """An input the digit model cannot classify: 422 naming the field, or 413 for an image over the limits."""
-        status, error_type = (413, "payload_too_large") if exc.too_large else (_validation_status(request), "invalid_request_error")
-        return _error_response(request, error_body(exc.message, error_type=error_type, code=status, param=exc.param), status)
+        status, error_type = (
+            (413, "payload_too_large") if exc.too_large else (_validation_status(request), "invalid_request_error")
+        )
+        return _error_response(
+            request, error_body(exc.message, error_type=error_type, code=status, param=exc.param), status
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -208,20 +224,25 @@ def install_error_handlers(app: FastAPI) -> None:
             status = _validation_status(request)
             body = error_body(
                 "body: cannot be decoded as JSON (not UTF-8, nested too deeply, or a number of over 4,300 digits)",
-                error_type="invalid_request_error", code=status, param="body",
+                error_type="invalid_request_error",
+                code=status,
+                param="body",
             )
             return _error_response(request, body, status)
-        error_type = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
-        )
+        error_type = {
+            401: "authentication_error",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         return _error_response(
-            request, error_body(str(exc.detail), error_type=error_type, code=exc.status_code), exc.status_code,
+            request,
+            error_body(str(exc.detail), error_type=error_type, code=exc.status_code),
+            exc.status_code,
             getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal server error", error_type="server_error", code=500), status_code=500
-        )
+        return JSONResponse(error_body("internal server error", error_type="server_error", code=500), status_code=500)

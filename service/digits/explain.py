@@ -54,7 +54,9 @@ class DigitExplanation:
     logit: float  # the predicted class's logit
     output_bias: float  # the output layer's bias for that class
     top_units: list[UnitContribution]
-    unit_contributions: np.ndarray  # (units,): every first-hidden-layer unit's contribution, by unit (empty without a hidden layer)
+    unit_contributions: (
+        np.ndarray
+    )  # (units,): every first-hidden-layer unit's contribution, by unit (empty without a hidden layer)
 
 
 def _activation_and_derivative(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +122,9 @@ def explain_digit(model: DigitClassifier, image: np.ndarray, *, top_units: int =
     )
 
 
-def _back_to_first_hidden(weights: list[np.ndarray], derivatives: list[np.ndarray], grad_logits: np.ndarray) -> np.ndarray:
+def _back_to_first_hidden(
+    weights: list[np.ndarray], derivatives: list[np.ndarray], grad_logits: np.ndarray
+) -> np.ndarray:
     """d (grad_logits . logits) / d a1, the first hidden layer's activations."""
     if not derivatives:
         return weights[-1] @ grad_logits
@@ -143,7 +147,9 @@ class NeighbourIndex:
     Built once (4,000 x 256 float64, 8 MB, for the shipped model; about 0.1 s) and only read afterwards, so
     requests on any thread may share it."""
 
-    def __init__(self, model: DigitClassifier, images: np.ndarray, labels: np.ndarray, indices: np.ndarray | None = None) -> None:
+    def __init__(
+        self, model: DigitClassifier, images: np.ndarray, labels: np.ndarray, indices: np.ndarray | None = None
+    ) -> None:
         self.images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.indices = np.arange(len(self.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -156,12 +162,19 @@ class NeighbourIndex:
 
     def nearest(self, image: np.ndarray, count: int = 5) -> list[Neighbour]:
         """The `count` reference digits closest to `image` (ties: lower position first)."""
-        query = hidden_features(self._model, np.asarray(image, dtype=np.float32).reshape(1, N_INPUTS))[0].astype(np.float64)
+        query = hidden_features(self._model, np.asarray(image, dtype=np.float32).reshape(1, N_INPUTS))[0].astype(
+            np.float64
+        )
         squared = self._norms - 2.0 * (self._features @ query) + float(query @ query)
         distances = np.sqrt(np.maximum(squared, 0.0))
         order = np.argsort(distances, kind="stable")[: max(0, count)]
         return [
-            Neighbour(index=int(self.indices[i]), label=int(self.labels[i]), distance=float(distances[i]), image=self.images[i])
+            Neighbour(
+                index=int(self.indices[i]),
+                label=int(self.labels[i]),
+                distance=float(distances[i]),
+                image=self.images[i],
+            )
             for i in order
         ]
 

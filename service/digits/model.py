@@ -55,7 +55,9 @@ class BlasLimiter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._controller: Any = None  # threadpoolctl's ThreadpoolController, made on first use (it scans loaded libraries)
+        self._controller: Any = (
+            None  # threadpoolctl's ThreadpoolController, made on first use (it scans loaded libraries)
+        )
 
     @contextmanager
     def one_thread(self) -> Iterator[None]:
@@ -113,7 +115,7 @@ class DigitClassifier:
         """(n, 28, 28) or (n, 784) values in 0..1 -> (n, 10) probabilities (float64, rows sum to 1)."""
         x = np.asarray(images, dtype=np.float32).reshape(-1, N_INPUTS)
         with self.blas.one_thread():
-            for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
                 x = _activate(self.activation, x @ w + b)
             logits = (x @ self.weights[-1] + self.biases[-1]).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
@@ -137,7 +139,7 @@ class DigitClassifier:
 
     @property
     def n_parameters(self) -> int:
-        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases)))
+        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases, strict=True)))
 
     def describe(self) -> dict[str, Any]:
         """What `/info` shows as `digit_model`: file, training set, held-out accuracy and sizes."""
@@ -170,7 +172,7 @@ class DigitClassifier:
             "n_layers": np.array(len(self.weights)),
             "meta_json": np.array(json.dumps(self.meta, sort_keys=True)),
         }
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             arrays[f"W{i}"] = w
             arrays[f"b{i}"] = b
         tmp = path.with_name(path.name + ".tmp")
@@ -193,7 +195,9 @@ class DigitClassifier:
                     )
                 version = int(npz["format_version"])
                 if version != FORMAT_VERSION:
-                    raise DigitModelError(f"digit model file {path} has format version {version}; this service reads {FORMAT_VERSION}")
+                    raise DigitModelError(
+                        f"digit model file {path} has format version {version}; this service reads {FORMAT_VERSION}"
+                    )
                 n_layers = int(npz["n_layers"])
                 weights = [npz[f"W{i}"] for i in range(n_layers)]
                 biases = [npz[f"b{i}"] for i in range(n_layers)]
@@ -218,9 +222,11 @@ def _check_layers(weights: list[np.ndarray], biases: list[np.ndarray], activatio
     if activation not in _ACTIVATIONS:
         raise DigitModelError(f"digit model {where}: unknown activation {activation!r}")
     if not weights or len(weights) != len(biases):
-        raise DigitModelError(f"digit model {where}: expected matching weight and bias arrays, got {len(weights)} and {len(biases)}")
+        raise DigitModelError(
+            f"digit model {where}: expected matching weight and bias arrays, got {len(weights)} and {len(biases)}"
+        )
     expected_in = N_INPUTS
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if w.ndim != 2 or w.shape[0] != expected_in or b.shape != (w.shape[1],):
             raise DigitModelError(
                 f"digit model {where}: layer {i} has weights {list(w.shape)} and bias {list(b.shape)}; "
@@ -230,7 +236,9 @@ def _check_layers(weights: list[np.ndarray], biases: list[np.ndarray], activatio
             raise DigitModelError(f"digit model {where}: layer {i} holds non-numeric or non-finite values")
         expected_in = w.shape[1]
     if expected_in != N_CLASSES:
-        raise DigitModelError(f"digit model {where}: the last layer has {expected_in} outputs; expected {N_CLASSES} digits")
+        raise DigitModelError(
+            f"digit model {where}: the last layer has {expected_in} outputs; expected {N_CLASSES} digits"
+        )
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:

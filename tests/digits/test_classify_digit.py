@@ -29,27 +29,40 @@ async def _classify(client: httpx.AsyncClient, **kwargs: Any) -> int:
     return _check_prediction(response.json())
 
 
-async def test_every_input_form_gives_the_same_answer(digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]) -> None:
+async def test_every_input_form_gives_the_same_answer(
+    digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]
+) -> None:
     for arr, label in samples:
         pixels_255 = to_uint8(arr).astype(int)
         png = mnist_png(arr)
         answers = {
             "pixels (784, 0..255)": await _classify(digits_client, json={"pixels": pixels_255.ravel().tolist()}),
             "pixels (28x28, 0..255)": await _classify(digits_client, json={"pixels": pixels_255.tolist()}),
-            "pixels (0..1)": await _classify(digits_client, json={"pixels": arr.round(4).tolist(), "value_range": "0-1"}),
+            "pixels (0..1)": await _classify(
+                digits_client, json={"pixels": arr.round(4).tolist(), "value_range": "0-1"}
+            ),
             "pixels prepared": await _classify(digits_client, json={"pixels": pixels_255.tolist(), "prepare": True}),
             "image (base64 PNG)": await _classify(digits_client, json={"image": b64(png)}),
             "image (data URL)": await _classify(digits_client, json={"image": "data:image/png;base64," + b64(png)}),
             "file (multipart)": await _classify(digits_client, files={"file": ("digit.png", png, "image/png")}),
             "drawing (large PNG)": await _classify(digits_client, json={"image": b64(encode(drawing_on_paper(arr)))}),
             "drawing (JPEG file)": await _classify(
-                digits_client, files={"file": ("photo.jpg", encode(drawing_on_paper(arr).convert("RGB"), "JPEG", quality=85), "image/jpeg")}
+                digits_client,
+                files={
+                    "file": (
+                        "photo.jpg",
+                        encode(drawing_on_paper(arr).convert("RGB"), "JPEG", quality=85),
+                        "image/jpeg",
+                    )
+                },
             ),
         }
         assert set(answers.values()) == {label}, (label, answers)
 
 
-async def test_pixel_forms_give_identical_probabilities(digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]) -> None:
+async def test_pixel_forms_give_identical_probabilities(
+    digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]
+) -> None:
     arr = to_uint8(samples[3][0]).astype(int)
     flat = (await digits_client.post(URL, json={"pixels": arr.ravel().tolist()})).json()
     rows = (await digits_client.post(URL, json={"pixels": arr.tolist()})).json()
@@ -70,14 +83,16 @@ async def test_large_off_centre_black_on_white_png_is_classified_as_its_label(
         response = await digits_client.post(URL, json={"images": images[start : start + 50]})
         assert response.status_code == 200, response.text
         digits = [_check_prediction(r) for r in response.json()["results"]]
-        correct += sum(int(d == y[i]) for d, i in zip(digits, picks[start : start + 50]))
+        correct += sum(int(d == y[i]) for d, i in zip(digits, picks[start : start + 50], strict=True))
     assert correct / len(picks) >= 0.95, f"{correct}/{len(picks)} drawings classified as their label"
     # And one explicitly: the first held-out "7", drawn far off centre.
     seven = int(np.nonzero(y == 7)[0][0])
     assert await _classify(digits_client, json={"image": b64(encode(drawing_on_paper(x[seven], at=(40, 300))))}) == 7
 
 
-async def test_transparent_canvas_with_dark_strokes(digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]) -> None:
+async def test_transparent_canvas_with_dark_strokes(
+    digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]
+) -> None:
     """A browser canvas never filled with white: transparent background, opaque black strokes."""
     arr, label = samples[2]
     alpha = Image.fromarray(to_uint8(arr), mode="L").resize((280, 280), Image.Resampling.BICUBIC)
@@ -101,19 +116,27 @@ async def test_batches_keep_order(digits_client: httpx.AsyncClient, samples: lis
     assert [_check_prediction(r) for r in response.json()["results"]] == order
 
 
-async def test_batch_of_one_is_still_a_batch(digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]) -> None:
+async def test_batch_of_one_is_still_a_batch(
+    digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]
+) -> None:
     response = await digits_client.post(URL, json={"images": [b64(mnist_png(samples[4][0]))]})
     assert [r["digit"] for r in response.json()["results"]] == [4]
 
 
-async def test_include_prepared_returns_what_the_model_saw(digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]) -> None:
+async def test_include_prepared_returns_what_the_model_saw(
+    digits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]
+) -> None:
     arr, _ = samples[0]
-    body = (await digits_client.post(URL, json={"image": b64(encode(drawing_on_paper(arr))), "include_prepared": True})).json()
+    body = (
+        await digits_client.post(URL, json={"image": b64(encode(drawing_on_paper(arr))), "include_prepared": True})
+    ).json()
     prepared = np.array(body["prepared"])
     assert prepared.shape == (28, 28) and prepared.min() >= 0 and prepared.max() == 255
     plain = (await digits_client.post(URL, json={"pixels": to_uint8(arr).tolist()})).json()
     assert "prepared" not in plain
-    upload = await digits_client.post(URL, files={"file": ("d.png", mnist_png(arr), "image/png")}, data={"include_prepared": "true"})
+    upload = await digits_client.post(
+        URL, files={"file": ("d.png", mnist_png(arr), "image/png")}, data={"include_prepared": "true"}
+    )
     assert np.array(upload.json()["prepared"]).shape == (28, 28)
 
 
@@ -199,7 +222,9 @@ async def test_bad_multipart_uploads(digits_client: httpx.AsyncClient) -> None:
         if param:
             assert response.json()["error"]["param"] == param
     # Multipart with no parts at all.
-    response = await digits_client.post(URL, files={"file": ("a.png", b"", "image/png")}, data={"include_prepared": "1"})
+    response = await digits_client.post(
+        URL, files={"file": ("a.png", b"", "image/png")}, data={"include_prepared": "1"}
+    )
     assert response.status_code == 422
 
 
@@ -218,7 +243,9 @@ async def test_decompression_bomb_is_refused_before_decoding(digits_client: http
     assert response.json()["error"]["param"] == "image"
 
 
-async def test_limits_from_settings(small_limits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]) -> None:
+async def test_limits_from_settings(
+    small_limits_client: httpx.AsyncClient, samples: list[tuple[np.ndarray, int]]
+) -> None:
     """digits_max_image_bytes=3000, digits_max_image_pixels=100x100, digits_max_batch=4."""
     client = small_limits_client
     big_bytes = _noisy_png(90)  # 8 KB of noise, 8,100 pixels: too many bytes
@@ -262,7 +289,9 @@ async def test_docs_show_json_and_multipart_bodies(digits_client: httpx.AsyncCli
     operation = spec["paths"][URL]["post"]
     content = operation["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
-    assert {"pixels", "pixels_batch", "image", "images", "value_range"} <= set(content["application/json"]["schema"]["properties"])
+    assert {"pixels", "pixels_batch", "image", "images", "value_range"} <= set(
+        content["application/json"]["schema"]["properties"]
+    )
     assert "file" in content["multipart/form-data"]["schema"]["properties"]
     for example in content["application/json"]["examples"].values():  # the examples in /docs actually work
         response = await digits_client.post(URL, json=example["value"])
@@ -277,7 +306,10 @@ async def test_api_key_is_required_when_configured(samples: list[tuple[np.ndarra
 
     app = create_app(Settings(load_language_model=False, digits_model_path=DEFAULT_MODEL_PATH, api_keys=["s3cret"]))
     body = {"pixels": to_uint8(samples[5][0]).tolist()}
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
         response = await client.post(URL, json=body)
         assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
         response = await client.post(URL, json=body, headers={"Authorization": "Bearer s3cret"})

@@ -4,6 +4,7 @@ brute-force distances for the neighbours."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -19,14 +20,20 @@ def _probability(model: DigitClassifier, x: np.ndarray, digit: int) -> float:
     a = x.astype(np.float64).reshape(1, 784)
     for w, b in zip(model.weights[:-1], model.biases[:-1], strict=True):
         z = a @ w.astype(np.float64) + b
-        a = {"relu": np.maximum(z, 0), "tanh": np.tanh(z), "logistic": 1 / (1 + np.exp(-z)), "identity": z}[model.activation]
+        a = {"relu": np.maximum(z, 0), "tanh": np.tanh(z), "logistic": 1 / (1 + np.exp(-z)), "identity": z}[
+            model.activation
+        ]
     logits = (a @ model.weights[-1].astype(np.float64) + model.biases[-1])[0]
     e = np.exp(logits - logits.max())
     return float(e[digit] / e.sum())
 
 
 def _finite_difference(
-    model: DigitClassifier, x: np.ndarray, digit: int, eps: float = 1e-6, of: Callable[[DigitClassifier, np.ndarray, int], float] = _probability
+    model: DigitClassifier,
+    x: np.ndarray,
+    digit: int,
+    eps: float = 1e-6,
+    of: Callable[[DigitClassifier, np.ndarray, int], float] = _probability,
 ) -> np.ndarray:
     flat = x.astype(np.float64).reshape(784)
     grad = np.zeros(784)
@@ -49,7 +56,7 @@ def uncertain_digit(classifier: DigitClassifier, heldout: tuple[np.ndarray, np.n
 def _random_mlp(activation: str, hidden: list[int], seed: int) -> DigitClassifier:
     rng = np.random.default_rng(seed)
     sizes = [784, *hidden, 10]
-    weights = [rng.normal(0, 1 / np.sqrt(n), size=(n, m)) for n, m in zip(sizes[:-1], sizes[1:], strict=True)]
+    weights = [rng.normal(0, 1 / np.sqrt(n), size=(n, m)) for n, m in itertools.pairwise(sizes)]
     biases = [rng.normal(0, 0.1, size=m) for m in sizes[1:]]
     return DigitClassifier(weights, biases, activation=activation)
 
@@ -61,7 +68,9 @@ def test_probabilities_are_the_models_own(classifier: DigitClassifier, samples: 
         np.testing.assert_allclose(explanation.probabilities, classifier.predict_proba(image)[0], atol=1e-5)
 
 
-def test_saliency_matches_finite_differences_on_the_shipped_model(classifier: DigitClassifier, uncertain_digit: np.ndarray) -> None:
+def test_saliency_matches_finite_differences_on_the_shipped_model(
+    classifier: DigitClassifier, uncertain_digit: np.ndarray
+) -> None:
     explanation = explain_digit(classifier, uncertain_digit)
     numeric = _finite_difference(classifier, uncertain_digit, explanation.digit)
     assert np.abs(numeric).max() > 1e-3  # a real signal, not two zero maps
@@ -75,7 +84,9 @@ def _raw_logit(model: DigitClassifier, x: np.ndarray, digit: int) -> float:
     return float((a @ model.weights[-1].astype(np.float64) + model.biases[-1])[0][digit])
 
 
-def test_logit_saliency_matches_finite_differences(classifier: DigitClassifier, samples: list[tuple[np.ndarray, int]]) -> None:
+def test_logit_saliency_matches_finite_differences(
+    classifier: DigitClassifier, samples: list[tuple[np.ndarray, int]]
+) -> None:
     image, digit = samples[3]  # a confident digit: its probability's gradient is ~0, its logit's is not
     explanation = explain_digit(classifier, image)
     numeric = _finite_difference(classifier, image, digit, eps=1e-5, of=_raw_logit)
@@ -89,11 +100,15 @@ def test_saliency_is_exact_for_other_activations_and_depths(activation: str, hid
     model = _random_mlp(activation, hidden, seed=len(hidden))
     image = np.random.default_rng(7).uniform(0, 1, size=(28, 28))
     explanation = explain_digit(model, image)
-    np.testing.assert_allclose(explanation.saliency, _finite_difference(model, image, explanation.digit), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(
+        explanation.saliency, _finite_difference(model, image, explanation.digit), rtol=1e-4, atol=1e-9
+    )
     assert [a.shape for a in explanation.hidden_activations] == [(n,) for n in hidden]
 
 
-def test_unit_contributions_add_up_to_the_logit(classifier: DigitClassifier, samples: list[tuple[np.ndarray, int]]) -> None:
+def test_unit_contributions_add_up_to_the_logit(
+    classifier: DigitClassifier, samples: list[tuple[np.ndarray, int]]
+) -> None:
     image, digit = samples[7]
     explanation = explain_digit(classifier, image, top_units=classifier.layer_sizes[1])
     total = sum(u.contribution for u in explanation.top_units) + explanation.output_bias
@@ -107,7 +122,9 @@ def test_unit_contributions_add_up_to_the_logit(classifier: DigitClassifier, sam
     assert top.contribution == pytest.approx(hidden[top.unit] * float(classifier.weights[1][top.unit, digit]))
 
 
-def test_neighbours_are_the_nearest_by_brute_force(classifier: DigitClassifier, mnist: tuple[np.ndarray, np.ndarray]) -> None:
+def test_neighbours_are_the_nearest_by_brute_force(
+    classifier: DigitClassifier, mnist: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = mnist
     index = NeighbourIndex(classifier, x[:600], y[:600])
     query = x[1000]

@@ -45,7 +45,9 @@ def test_recomputed_heldout_accuracy_is_at_least_97_percent(
     assert accuracy == pytest.approx(digits_metrics["heldout_accuracy"], abs=0.0015)
 
 
-def test_heldout_split_is_reproducible_and_disjoint_from_training(mnist: tuple[np.ndarray, np.ndarray], digits_metrics: dict[str, Any]) -> None:
+def test_heldout_split_is_reproducible_and_disjoint_from_training(
+    mnist: tuple[np.ndarray, np.ndarray], digits_metrics: dict[str, Any]
+) -> None:
     _, y = mnist
     split = digits_metrics["heldout_split"]
     train_idx, test_idx = heldout_split(y, 1000, split["random_state"])
@@ -127,7 +129,9 @@ def test_other_npz_is_refused(tmp_path: Path) -> None:
         load_digit_classifier(_settings(path))
 
 
-def test_missing_file_is_trained_at_startup_and_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_file_is_trained_at_startup_and_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # The real default takes about a minute; a tiny configuration exercises the same path in seconds.
     real_config = train_module.TrainConfig
     monkeypatch.setattr(train_module, "TrainConfig", lambda: real_config(hidden=(16,), epochs=2, augment_copies=0))

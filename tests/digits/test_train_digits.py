@@ -12,7 +12,9 @@ from service.cli import main as cli_main
 from service.digits.model import DigitClassifier, metrics_path_for
 
 
-def test_train_digits_writes_model_and_metrics_and_prints_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_digits_writes_model_and_metrics_and_prints_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "tiny.npz"
     # A deliberately tiny run (the shipped model uses the defaults: 256 hidden units, 30 epochs, 9 copies).
     code = cli_main(["train-digits", "--out", str(out), "--hidden", "16", "--epochs", "2", "--augment", "1", "--quiet"])
@@ -48,7 +50,9 @@ def test_served_forward_pass_matches_sklearn(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.predict_proba(x[:20]), clf.predict_proba(x[:20]), atol=1e-5)
 
 
-def test_full_without_network_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_without_network_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import urllib.error
 
     import sklearn.datasets
