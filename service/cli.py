@@ -57,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         http=guarded_protocol(HttpLimits.from_settings(settings)),
+        # uvicorn annotates this `int` but only hands it to `loop.call_later`, so fractional seconds work.
         timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
     )
     from service.server import DrainingServer

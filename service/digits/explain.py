@@ -126,9 +126,9 @@ def _back_to_first_hidden(
     weights: list[np.ndarray], derivatives: list[np.ndarray], grad_logits: np.ndarray
 ) -> np.ndarray:
     """d (grad_logits . logits) / d a1, the first hidden layer's activations."""
+    grad: np.ndarray = weights[-1] @ grad_logits  # d/d a_{L-1}
     if not derivatives:
-        return weights[-1] @ grad_logits
-    grad = weights[-1] @ grad_logits  # d/d a_{L-1}
+        return grad
     for layer in range(len(derivatives) - 1, 0, -1):
         grad = weights[layer] @ (grad * derivatives[layer])  # d/d a_{layer}
     return grad
@@ -136,9 +136,12 @@ def _back_to_first_hidden(
 
 def _back_to_input(weights: list[np.ndarray], derivatives: list[np.ndarray], grad_logits: np.ndarray) -> np.ndarray:
     """d (grad_logits . logits) / d x, the 784 inputs."""
+    grad: np.ndarray
     if not derivatives:
-        return weights[0] @ grad_logits
-    return weights[0] @ (_back_to_first_hidden(weights, derivatives, grad_logits) * derivatives[0])
+        grad = weights[0] @ grad_logits
+    else:
+        grad = weights[0] @ (_back_to_first_hidden(weights, derivatives, grad_logits) * derivatives[0])
+    return grad
 
 
 class NeighbourIndex:

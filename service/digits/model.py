@@ -78,12 +78,13 @@ class BlasLimiter:
 
 
 def _activate(name: str, x: np.ndarray) -> np.ndarray:
+    """Apply the hidden layers' activation; relu and tanh work in place on `x`."""
     if name == "relu":
-        return np.maximum(x, 0.0, out=x)
-    if name == "tanh":
-        return np.tanh(x, out=x)
-    if name == "logistic":
-        return 1.0 / (1.0 + np.exp(-x))
+        np.maximum(x, 0.0, out=x)
+    elif name == "tanh":
+        np.tanh(x, out=x)
+    elif name == "logistic":
+        return np.asarray(1.0 / (1.0 + np.exp(-x)))
     return x
 
 
@@ -120,7 +121,7 @@ class DigitClassifier:
             logits = (x @ self.weights[-1] + self.biases[-1]).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         """Classify a batch; results keep the input order."""
@@ -177,7 +178,7 @@ class DigitClassifier:
             arrays[f"b{i}"] = b
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, allow_pickle=False, **arrays)  # plain arrays only, as `load` reads them
         tmp.replace(path)
         self.path = path
 
@@ -243,6 +244,7 @@ def _check_layers(weights: list[np.ndarray], biases: list[np.ndarray], activatio
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return metrics if isinstance(metrics, dict) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import math
 import re
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.digits.exceptions import DigitInputError
 
@@ -117,7 +118,7 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "im
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DigitInputError(f"{param} has too many pixels to decode", param=param, too_large=True) from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise DigitInputError(f"{param} is not a PNG, JPEG, WebP, GIF or BMP image", param=param) from None
     except Exception as exc:  # Pillow raises many types for damaged files (OSError, SyntaxError, ValueError, ...)
         raise DigitInputError(
@@ -128,10 +129,8 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "im
 
 def normalise_mode(img: Image.Image) -> Image.Image:
     """Bring any decoded mode to one of L, LA, RGB, RGBA or F, so later steps (and `reduce`) handle it."""
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block should not lose the picture
         img = ImageOps.exif_transpose(img) or img  # phone photos carry their rotation in EXIF
-    except Exception:  # a broken EXIF block should not lose the picture
-        pass
     if img.mode in ("L", "LA", "RGB", "RGBA", "F"):
         return img
     if img.mode == "P":

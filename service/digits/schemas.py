@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonValue
 
 from service.digits.explain import IMAGE_SIDE
 from service.digits.jobs import (
@@ -27,9 +28,9 @@ VALUE_DIGITS = 6  # significant digits of activations, gradients, logits and dis
 WEIGHT_DIGITS = 4  # significant digits of weights (an image of them looks the same; the JSON is ~2.5x smaller)
 
 # A small "1": a vertical bar in the middle of the 28x28 field, as MNIST would store it.
-_EXAMPLE_ONE = (
-    [[0] * 28 for _ in range(4)] + [[0] * 13 + [255, 255] + [0] * 13 for _ in range(20)] + [[0] * 28 for _ in range(4)]
-)
+_EXAMPLE_ONE: list[JsonValue] = [
+    [255 if 4 <= row < 24 and col in (13, 14) else 0 for col in range(28)] for row in range(28)
+]
 # A held-out MNIST "7" as a 28x28 PNG (white on black); any size and polarity works.
 _EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA2klEQVR42tXSsU4CQRDG8Y/LNSaCxTUmhmBlT7SxukegMUbfwZjwAvAIJHS+jEFCTbBRGhKw0IqE0GH+c0sBykFGKhu22d357cxOMdIhrcJ6L4+jrP2hQifVS3/3UfJmADaF6e3Rrj6uEMDO1rH4B9ufqjyodLKnhTrA87GPwcys5lvDgObvNdrCkqTF0E9M3g0Gvp0/YXDj47VZsF4uEG+O5VZQFkIOcw3dXUnSxK86AWxedS2dAXYv98/LoqSo62MIkrKtYpuGvr73DcUrMDv9Ay9GkP7T9C0BM8hd4NMFRpAAAAAASUVORK5CYII="
 

@@ -121,7 +121,8 @@ def augment(images: np.ndarray, config: TrainConfig, rng: np.random.Generator) -
         shift = rng.uniform(-config.max_shift_px, config.max_shift_px, size=2)
         offset = centre - matrix @ centre - shift
         out[i] = ndimage.affine_transform(img, matrix, offset=offset, order=1, mode="constant", cval=0.0)
-    return np.clip(out, 0.0, 1.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def fit(

@@ -26,7 +26,8 @@ def digits_model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def digits_metrics(digits_model_path: Path) -> dict[str, Any]:
-    return json.loads(metrics_path_for(digits_model_path).read_text())
+    metrics: dict[str, Any] = json.loads(metrics_path_for(digits_model_path).read_text())
+    return metrics
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from PIL import Image
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(np.rint(arr * 255), 0, 255), dtype=np.uint8)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import httpx
 import numpy as np
@@ -144,12 +145,14 @@ async def test_include_prepared_returns_what_the_model_saw(
 
 
 def _blank_png(size: tuple[int, int] = (64, 64), colour: int = 255) -> bytes:
-    return encode(Image.new("L", size, colour))
+    png: bytes = encode(Image.new("L", size, colour))  # digit_images is on pytest's path, not mypy's
+    return png
 
 
 def _noisy_png(side: int) -> bytes:
     rng = np.random.default_rng(0)
-    return encode(Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode="L"))
+    png: bytes = encode(Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode="L"))
+    return png
 
 
 BAD_JSON: list[tuple[str, Any, str]] = [
@@ -208,8 +211,16 @@ async def test_unsupported_content_type_is_415(digits_client: httpx.AsyncClient)
     assert "multipart" in response.json()["error"]["message"]
 
 
+class _PostArgs(TypedDict, total=False):
+    """The body of one POST: a JSON document, or multipart files with optional text fields."""
+
+    json: Any
+    files: Mapping[str, tuple[str, bytes] | tuple[str, bytes, str]]
+    data: Mapping[str, str]
+
+
 async def test_bad_multipart_uploads(digits_client: httpx.AsyncClient) -> None:
-    cases = [
+    cases: list[tuple[_PostArgs, str | None]] = [
         ({"files": {"image": ("d.png", _blank_png(), "image/png")}}, "image"),  # wrong field name
         ({"data": {"file": "not a file"}, "files": {"other": ("x", b"x")}}, None),  # text `file`, unknown part
         ({"files": {"file": ("empty.png", b"", "image/png")}}, "file"),
@@ -253,13 +264,14 @@ async def test_limits_from_settings(
     too_many_pixels = encode(Image.new("L", (101, 100), 255))  # small file, 10,100 pixels
     assert len(too_many_pixels) < 3000
 
-    for kwargs, param in [
+    cases: list[tuple[_PostArgs, str]] = [
         ({"json": {"image": b64(big_bytes)}}, "image"),
         ({"json": {"images": [b64(mnist_png(samples[1][0])), b64(big_bytes)]}}, "images[1]"),
         ({"files": {"file": ("big.png", big_bytes, "image/png")}}, "file"),
         ({"json": {"image": b64(too_many_pixels)}}, "image"),
         ({"files": {"file": ("wide.png", too_many_pixels, "image/png")}}, "file"),
-    ]:
+    ]
+    for kwargs, param in cases:
         response = await client.post(URL, **kwargs)
         assert response.status_code == 413, (param, response.text)
         error = response.json()["error"]

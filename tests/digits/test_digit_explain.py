@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +51,8 @@ def uncertain_digit(classifier: DigitClassifier, heldout: tuple[np.ndarray, np.n
     """A held-out digit the model is unsure of (top probability 0.4..0.9): its probability is not saturated."""
     x, _ = heldout
     top = classifier.predict_proba(x).max(axis=1)
-    return x[int(np.nonzero((top > 0.4) & (top < 0.9))[0][0])]
+    digit: np.ndarray = x[int(np.nonzero((top > 0.4) & (top < 0.9))[0][0])]
+    return digit
 
 
 def _random_mlp(activation: str, hidden: list[int], seed: int) -> DigitClassifier:
@@ -140,10 +142,10 @@ def test_neighbours_are_the_nearest_by_brute_force(
 
 
 def test_the_shipped_models_reference_set_excludes_its_held_out_digits(
-    classifier: DigitClassifier, digits_metrics: dict[str, object], heldout: tuple[np.ndarray, np.ndarray]
+    classifier: DigitClassifier, digits_metrics: dict[str, Any], heldout: tuple[np.ndarray, np.ndarray]
 ) -> None:
     reference = build_reference_digits(classifier)
-    held = set(digits_metrics["heldout_split"]["indices"])  # type: ignore[index]
+    held = set(digits_metrics["heldout_split"]["indices"])
     assert len(reference.index) == 5000 - len(held)
     assert held.isdisjoint(int(i) for i in reference.index.indices)
     assert "held-out digits excluded" in reference.description
