@@ -1,4 +1,4 @@
-"""A/B of the HTTP server layer (issue 11, item 3): W2 and W4 of the service, and W4 of the empty app, per variant.
+"""A/B of the HTTP server layer: W2 and W4 of the service, and W4 of the empty app, per variant.
 
 Each service variant is a checkout of this repository (e.g. `git clone` of the commit before and after a
 change) served as `python -m service serve` from that folder with this venv. Every server runs for the
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     out = [
-        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — HTTP server A/B (issue 11, item 3)",
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — HTTP server A/B",
         "",
         f"Commit {commit}. Machine: nproc {os.cpu_count()}, {platform.processor() or platform.machine()}, load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start. Command: `bench/http_ab.py {' '.join(argv or sys.argv[1:])}`. "

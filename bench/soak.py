@@ -1,4 +1,4 @@
-"""Soak test (issue 7): a mixed workload against the real server over localhost for a set time.
+"""Soak test: a mixed workload against the real server over localhost for a set time.
 
     .venv/bin/python bench/soak.py                          # 600 s after a 60 s warm-up; appends to bench/RESULTS.md
     .venv/bin/python bench/soak.py --duration 30 --warmup 15  # smoke run: printed only (unless --save)

@@ -1,4 +1,4 @@
-"""Issue 11, item 7 (HTTP parts): HEAD on the probes, and request lines and Host headers the server must refuse.
+"""HEAD on the probes, and request lines and Host headers the server must refuse.
 
 Raw sockets against a real `python -m service serve` (tests/http/conftest.py), so what is tested is the bytes.
 """

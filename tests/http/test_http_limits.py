@@ -1,4 +1,4 @@
-"""Issue 11, item 3: request heads have a size limit and a deadline, bodies a deadline, connections a bound.
+"""Request heads have a size limit and a deadline, bodies a deadline, connections a bound.
 
 Over real HTTP: a `python -m service serve` subprocess (tests/http/conftest.py) and raw sockets.
 """

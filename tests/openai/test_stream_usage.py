@@ -1,4 +1,4 @@
-"""Usage in `/v1` streams, as OpenAI sends it (issue 11, item 8).
+"""Usage in `/v1` streams, as OpenAI sends it.
 
 With `stream_options.include_usage` every chunk carries `"usage": null` except the last, which has
 empty `choices` and the usage of the whole request; without it no chunk has a `usage` field at all.

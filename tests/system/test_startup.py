@@ -1,4 +1,4 @@
-"""Issue 11, items 10 and 11: start-up errors in one line, one rule for the address, and a serve-only install.
+"""Start-up errors in one line, one rule for the address, and a serve-only install.
 
 These run the real command lines (`python -m service …`, `make …`) in subprocesses, each bounded in time.
 `make -o install -o provision` skips the install and provisioning steps (done by `make test` already).
