@@ -1,4 +1,4 @@
-"""Load generator for the benchmark workloads W1–W4 of issue 4 (asyncio + httpx; wrk for W4).
+"""Load generator for the benchmark workloads W1–W4 (asyncio + httpx; wrk for W4).
 
 Used by `bench/run.py`, which starts each server in turn; also usable alone against a server that
 is already running on this machine:

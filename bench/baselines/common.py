@@ -49,7 +49,7 @@ GenerateFn = Callable[[LanguageModel, list[int], int, bool], tuple[list[int], fl
 
 
 def load_model() -> LanguageModel:
-    """The service's model, in float32 whatever GENAI_DTYPE says: issue 4's reference is per-request
+    """The service's model, in float32 whatever GENAI_DTYPE says: the reference is per-request
     `generate` in float32 (BENCH_BASELINE_DTYPE=bfloat16 measures the other)."""
     settings = Settings()
     dtype = os.environ.get("BENCH_BASELINE_DTYPE", "float32")
