@@ -25,7 +25,9 @@ def estimate_retry_after(remaining_tokens: list[int], step_seconds: float) -> in
     return max(1, min(60, math.ceil(max(0, nearest) * step_seconds)))
 
 
-def tokens_until_a_place_frees(running: Sequence[GenerationState], waiting: Iterable[GenerationState], max_batch: int) -> list[int]:
+def tokens_until_a_place_frees(
+    running: Sequence[GenerationState], waiting: Iterable[GenerationState], max_batch: int
+) -> list[int]:
     """Tokens each running generation has left; with nothing running yet (a burst from idle, its first
     batch still being prefilled), the lengths of the queue's head, the first of which will free a place."""
     remaining = [seq.remaining_tokens for seq in running]

@@ -48,8 +48,7 @@ class RunningBatch(Protocol):
         """Keep only these rows (ascending), dropping the others' caches."""
         ...
 
-    def clear(self) -> None:
-        ...
+    def clear(self) -> None: ...
 
     def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
         """Float32 logits [len(prompts), vocab] after each prompt, without touching the running rows."""
@@ -103,8 +102,8 @@ class DynamicCacheBatch:
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         device = self.lm.device
         return ids.to(device), mask.to(device), positions.to(device)
@@ -119,11 +118,12 @@ class DynamicCacheBatch:
     def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
         ids, mask, positions = self._left_padded(prompts)
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        return out.logits[:, -1, :].float()
+        return _last_position(out)
 
     def prompt_logits(self, ids: list[int]) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
-        return self.lm.model(input_ids=input_ids, use_cache=False).logits[0].float()
+        logits: torch.Tensor = self.lm.model(input_ids=input_ids, use_cache=False).logits
+        return logits[0].float()
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         from transformers import DynamicCache
@@ -133,9 +133,9 @@ class DynamicCacheBatch:
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, kv_cache=cache, use_cache=True)
         # Zero the padded slots so nothing but masked zeros ever sits in the cache.
         keep = mask[:, None, :, None].to(self.lm.dtype)
-        self._merge([(layer.keys * keep, layer.values * keep) for layer in cache.layers], mask)
+        self._merge([(_keys(layer) * keep, _values(layer) * keep) for layer in cache.layers], mask)
         self._lengths.extend(len(p) for p in prompts)
-        return out.logits[:, -1, :].float()
+        return _last_position(out)
 
     def _merge(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
         from transformers import DynamicCache
@@ -155,8 +155,15 @@ class DynamicCacheBatch:
             return torch.cat([t.new_zeros(pad_shape), t], dim=-2 if t.dim() == 4 else -1)
 
         merged = []
-        for (ok, ov), (nk, nv) in zip(((layer.keys, layer.values) for layer in self._cache.layers), layers):
-            merged.append((torch.cat([pad_left(ok, old_len), pad_left(nk, new_len)]), torch.cat([pad_left(ov, old_len), pad_left(nv, new_len)])))
+        for (ok, ov), (nk, nv) in zip(
+            ((layer.keys, layer.values) for layer in self._cache.layers), layers, strict=True
+        ):
+            merged.append(
+                (
+                    torch.cat([pad_left(ok, old_len), pad_left(nk, new_len)]),
+                    torch.cat([pad_left(ov, old_len), pad_left(nv, new_len)]),
+                )
+            )
         self._cache = DynamicCache(ddp_cache_data=merged)
         self._mask = torch.cat([pad_left(self._mask, old_len), pad_left(mask, new_len)])
 
@@ -171,7 +178,7 @@ class DynamicCacheBatch:
             input_ids=input_ids, attention_mask=self._mask, position_ids=positions, kv_cache=self._cache, use_cache=True
         )
         self._lengths = [n + 1 for n in self._lengths]
-        return out.logits[:, -1, :].float()
+        return _last_position(out)
 
     def keep(self, rows: list[int]) -> None:
         if len(rows) == len(self._lengths):
@@ -201,3 +208,21 @@ class DynamicCacheBatch:
 
     def accept(self, kept: list[int]) -> None:
         raise NotImplementedError("transformers' DynamicCache cannot take back rejected draft tokens")
+
+
+def _last_position(out: Any) -> torch.Tensor:
+    """Float32 logits at each row's last position from a transformers forward's output: [rows, vocab]."""
+    logits: torch.Tensor = out.logits
+    return logits[:, -1, :].float()
+
+
+def _keys(layer: Any) -> torch.Tensor:
+    """A `DynamicCache` layer's keys: [rows, kv_heads, length, head_dim] (transformers types layers as a
+    union that includes kinds without keys; a causal LM's dynamic cache has only full-attention layers)."""
+    keys: torch.Tensor = layer.keys
+    return keys
+
+
+def _values(layer: Any) -> torch.Tensor:
+    values: torch.Tensor = layer.values
+    return values

@@ -31,7 +31,7 @@ class TextAssembler:
         self.stopped = False
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
     def _advance(self) -> None:
         """Move newly complete characters from the pending tokens into `_decoded`."""

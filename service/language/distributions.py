@@ -42,10 +42,14 @@ def serve_distributions(
         _answer(batch, chunk, vocab_size, token_text)
 
 
-def _answer(batch: RunningBatch, requests: list[DistributionRequest], vocab_size: int, token_text: token_choice.TokenText) -> None:
+def _answer(
+    batch: RunningBatch, requests: list[DistributionRequest], vocab_size: int, token_text: token_choice.TokenText
+) -> None:
     logits = batch.last_logits([r.prompt_ids for r in requests])[:, :vocab_size]  # [len(requests), vocab]
     for row, req in enumerate(requests):
-        answer = token_choice.distribution(logits[row], req.temperature, req.top_k, req.prompt_ids, token_text, req.explain_with)
+        answer = token_choice.distribution(
+            logits[row], req.temperature, req.top_k, req.prompt_ids, token_text, req.explain_with
+        )
         if not req.future.done():
             req.future.set_result(answer)
 

@@ -19,6 +19,7 @@ import threading
 import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ _BLOCK = 256  # it grows in multiples of this
 
 def _oneDNN_available() -> bool:
     return bool(
-        torch.backends.mkldnn.is_available()
+        torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
@@ -54,7 +55,9 @@ class Linear:
                 got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
                 want = F.linear(probe, self.weight)
                 tolerance = 1e-3 if self.weight.dtype == torch.float32 else 5e-2
-                if got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance):
+                if got.shape == want.shape and torch.allclose(
+                    got.float(), want.float(), rtol=tolerance, atol=tolerance
+                ):
                     self._packed, self.weight = packed, None
             except (RuntimeError, NotImplementedError):  # an old or unusual build: the plain product is correct too
                 self._packed = None
@@ -69,14 +72,15 @@ class Linear:
             return F.linear(x, self.weight)
         shape = x.shape
         out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self._packed, None, "none", [], "")
-        return out.view(*shape[:-1], self.out_features)
+        result: torch.Tensor = out.view(*shape[:-1], self.out_features)
+        return result
 
 
 class LlamaDecoder:
     """The weights of a Llama-family model, laid out for the lean forward pass. Read-only once built,
     so engines over the same loaded model (several apps in one process, as in the tests) share one."""
 
-    _shared: weakref.WeakValueDictionary[int, LlamaDecoder] = weakref.WeakValueDictionary()
+    _shared: ClassVar[weakref.WeakValueDictionary[int, LlamaDecoder]] = weakref.WeakValueDictionary()
     _shared_lock = threading.Lock()
 
     @classmethod
@@ -178,7 +182,9 @@ class LlamaDecoder:
 
         # Additive mask [n*kv_heads, group*S, span]: query (b, s) sees keys at positions <= positions[b, s].
         visible = torch.arange(span, device=ids.device)[None, None, :] <= positions[:, :, None]  # [n, S, span]
-        mask = torch.zeros(visible.shape, dtype=self.cache_dtype, device=ids.device).masked_fill_(~visible, float("-inf"))
+        mask = torch.zeros(visible.shape, dtype=self.cache_dtype, device=ids.device).masked_fill_(
+            ~visible, float("-inf")
+        )
         mask = mask[:, None, None].expand(n, kv_heads, group, s, span).reshape(n * kv_heads, group * s, span)
 
         rows = torch.arange(n, device=ids.device)[:, None]
@@ -190,7 +196,11 @@ class LlamaDecoder:
             rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
             qk = qk * cos + rotated * sin
             q = qk[:, :, :heads].to(self.cache_dtype)
-            kv_new = torch.cat([qk[:, :, heads:], qkv[:, :, heads + kv_heads :]], dim=2).view(n, s, 2, kv_heads, dim).to(self.cache_dtype)
+            kv_new = (
+                torch.cat([qk[:, :, heads:], qkv[:, :, heads + kv_heads :]], dim=2)
+                .view(n, s, 2, kv_heads, dim)
+                .to(self.cache_dtype)
+            )
             layer_cache = cache[i]  # [2, n, kv_heads, capacity, dim]
             layer_cache[:, rows, :, positions] = kv_new
             keys = layer_cache[0, :, :, :span].reshape(n * kv_heads, span, dim)  # a view: rows are strided alike
@@ -236,9 +246,16 @@ class LlamaDecoder:
             q = qk[0, :, :heads].to(self.cache_dtype).transpose(0, 1)  # [heads, S, dim]
             # Query head j reads key/value head j // group (transformers' repeat_kv): [heads, S, dim] each.
             keys = qk[0, :, heads:].to(self.cache_dtype).transpose(0, 1).repeat_interleave(heads // kv_heads, dim=0)
-            values = qkv[0, :, heads + kv_heads :].to(self.cache_dtype).transpose(0, 1).repeat_interleave(heads // kv_heads, dim=0)
+            values = (
+                qkv[0, :, heads + kv_heads :]
+                .to(self.cache_dtype)
+                .transpose(0, 1)
+                .repeat_interleave(heads // kv_heads, dim=0)
+            )
             scores = torch.baddbmm(mask.expand(heads, s, s), q, keys.transpose(1, 2), alpha=self.scale)  # [heads, S, S]
-            probs = torch.softmax(scores.float(), dim=-1)  # [heads, S query, S key]: rows sum to 1, zero above the diagonal
+            probs = torch.softmax(
+                scores.float(), dim=-1
+            )  # [heads, S query, S key]: rows sum to 1, zero above the diagonal
             if i in attention_layers:
                 attentions[i] = probs
             attended = torch.bmm(probs.to(self.cache_dtype), values)  # [heads, S, dim]
@@ -259,7 +276,9 @@ class LlamaDecoder:
 class DecoderTrace:
     """What `LlamaDecoder.trace` keeps of one pass over S tokens."""
 
-    hidden: list[torch.Tensor]  # layers + 1 of [S, hidden]: the embeddings, then each layer's output (before the final norm)
+    hidden: list[
+        torch.Tensor
+    ]  # layers + 1 of [S, hidden]: the embeddings, then each layer's output (before the final norm)
     attentions: dict[int, torch.Tensor]  # layer -> [heads, S query, S key], float32, for the layers asked
 
 
@@ -351,11 +370,13 @@ class SlotBatch:
             ids[row, : len(fed)] = torch.tensor(fed, dtype=torch.long)
         # Padding sits past a row's drafts: what it writes there lies beyond the row's length after `accept`,
         # and is overwritten before any later query can see it.
-        positions = torch.tensor(self._lengths, dtype=torch.long)[:, None] + torch.arange(width, dtype=torch.long)[None, :]
+        positions = (
+            torch.tensor(self._lengths, dtype=torch.long)[:, None] + torch.arange(width, dtype=torch.long)[None, :]
+        )
         return self.decoder.forward(ids.to(device), positions.to(device), cache[:, :, :n], None)
 
     def accept(self, kept: list[int]) -> None:
-        self._lengths = [length + count for length, count in zip(self._lengths, kept)]
+        self._lengths = [length + count for length, count in zip(self._lengths, kept, strict=True)]
 
     def keep(self, rows: list[int]) -> None:
         if rows == list(range(len(self._lengths))):
@@ -396,4 +417,3 @@ class SlotBatch:
     def prompt_logits(self, ids: list[int]) -> torch.Tensor:
         tokens, positions, _ = self._right_padded([ids])
         return self.decoder.forward(tokens, positions, self.decoder.new_cache(1, len(ids)), None)[0]
-

@@ -92,7 +92,9 @@ class LanguageModel:
             if self._explainer is None and self._explainer_refusal is None:
                 try:
                     if self._rust_tokenizer is None:
-                        raise TokenizerNotExplainable("explain needs a fast tokenizer (a tokenizer.json); this model's is a Python one")
+                        raise TokenizerNotExplainable(
+                            "explain needs a fast tokenizer (a tokenizer.json); this model's is a Python one"
+                        )
                     self._explainer = BpeExplainer(self._rust_text_tokenizer)
                 except TokenizerNotExplainable as exc:
                     self._explainer_refusal = exc.message
@@ -110,7 +112,10 @@ class LanguageModel:
             ids, offsets = encoding.ids, encoding.offsets
         else:
             mapping = self.tokenizer(
-                text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_attention_mask=False,
+                text,
+                add_special_tokens=add_special_tokens,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
                 split_special_tokens=not parse_special,
             )
             ids, offsets = list(mapping["input_ids"]), [(int(a), int(b)) for a, b in mapping["offset_mapping"]]
@@ -118,15 +123,19 @@ class LanguageModel:
 
     def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
         if self._rust_tokenizer is not None:
-            return self._rust_for(parse_special).encode(text, add_special_tokens=add_special_tokens).ids
+            ids: list[int] = self._rust_for(parse_special).encode(text, add_special_tokens=add_special_tokens).ids
+            return ids
         return list(
             self.tokenizer(
-                text, add_special_tokens=add_special_tokens, return_attention_mask=False, split_special_tokens=not parse_special
+                text,
+                add_special_tokens=add_special_tokens,
+                return_attention_mask=False,
+                split_special_tokens=not parse_special,
             )["input_ids"]
         )
 
     def detokenize(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
 
     def token_text(self, token_id: int) -> str:
         """The text one token stands for on its own (a lone byte of a multi-byte character shows as U+FFFD).
@@ -162,7 +171,9 @@ class LanguageModel:
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if not self.has_chat_template:
             raise ValueError(f"the model {self.model_id!r} has no chat template; send `prompt` instead of `messages`")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return str(
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -191,7 +202,7 @@ def _byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +286,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
     folder, filename = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it non-optional; unquantized models have None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -304,7 +315,9 @@ def resolve_model_source(lm_model: str, cache_dir: Path, revision: str | None = 
     if not lm_model:
         gguf = embedded_gguf_path()
         folder = convert_gguf(gguf, cache_dir)
-        return ModelSource(EMBEDDED_MODEL_NAME, str(folder), f"embedded {gguf.name} ({EMBEDDED_WHEEL}=={_wheel_version()})")
+        return ModelSource(
+            EMBEDDED_MODEL_NAME, str(folder), f"embedded {gguf.name} ({EMBEDDED_WHEEL}=={_wheel_version()})"
+        )
     path = Path(lm_model).expanduser()
     if lm_model.endswith(".gguf"):
         if not path.is_file():
@@ -312,7 +325,9 @@ def resolve_model_source(lm_model: str, cache_dir: Path, revision: str | None = 
         return ModelSource(path.stem, str(convert_gguf(path, cache_dir)), f"GGUF file {path}")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"GENAI_LM_MODEL={lm_model!r} is a folder without config.json: not a Hugging Face model folder")
+            raise ModelLoadError(
+                f"GENAI_LM_MODEL={lm_model!r} is a folder without config.json: not a Hugging Face model folder"
+            )
         return ModelSource(path.name, str(path), f"local folder {path}")
     return ModelSource(lm_model, lm_model, f"Hugging Face hub id {lm_model}", revision)
 
@@ -347,8 +362,8 @@ def load_language_model(
         model = AutoModelForCausalLM.from_pretrained(source.path_or_id, revision=source.revision, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure_message(source.model_id, exc)) from exc
-    model.to(torch_device)
-    model.eval()
+    model.to(torch_device)  # type: ignore[arg-type]  # transformers' wrapper of Module.to is typed for its own arguments
+    model.eval()  # type: ignore[no-untyped-call]  # unannotated in transformers
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids: set[int] = set()
@@ -375,6 +390,10 @@ def load_language_model(
     )
     log.info(
         "language model %s loaded from %s on %s (%s) in %.2f s",
-        loaded.model_id, loaded.source, torch_device, torch_dtype, loaded.load_seconds,
+        loaded.model_id,
+        loaded.source,
+        torch_device,
+        torch_dtype,
+        loaded.load_seconds,
     )
     return loaded
