@@ -150,8 +150,10 @@ def likeliest_first(probs: torch.Tensor, n: int) -> torch.Tensor:
     return candidates[order][:n]
 
 
-# A first look at this many tokens finds most draws; only a flat distribution needs the whole vocabulary sorted.
+# A first look at this many tokens finds most draws, each next look at 16 times as many; only a flat
+# distribution needs the whole vocabulary sorted (a 49,152-token sort is ~5 ms on one core, a top-64 0.1 ms).
 _DRAW_PREFIX = 64
+_DRAW_GROWTH = 16
 
 
 def inverse_cdf(probs: torch.Tensor, u: float) -> tuple[int, int]:
@@ -167,7 +169,7 @@ def inverse_cdf(probs: torch.Tensor, u: float) -> tuple[int, int]:
             return int(ids[rank]), rank
         if n >= probs.shape[-1] or len(ids) < n:  # every token with probability was looked at
             return int(ids[-1]), len(ids) - 1
-        n = probs.shape[-1]
+        n = min(n * _DRAW_GROWTH, probs.shape[-1])
 
 
 @dataclass(frozen=True)
