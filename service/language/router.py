@@ -13,7 +13,15 @@ from sse_starlette import ServerSentEvent
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.errors import GenerationError, InvalidInput
-from service.language.events import Candidate, ErrorEvent, FinishEvent, GenerationFailed, TokenEvent
+from service.language.events import (
+    Candidate,
+    ErrorEvent,
+    FinishEvent,
+    GenerationFailed,
+    StageSummary,
+    TokenEvent,
+    TokenExplanation,
+)
 from service.language.model import LanguageModel
 from service.language.schemas import (
     DetokenizeRequest,
@@ -22,7 +30,10 @@ from service.language.schemas import (
     GenerateResponse,
     NextTokenRequest,
     NextTokenResponse,
+    SamplerDraw,
+    SamplerStage,
     StepDetail,
+    StepExplanation,
     Timing,
     TokenCandidate,
     TokenizeExplanation,
@@ -88,6 +99,20 @@ def _candidate(c: Candidate) -> TokenCandidate:
     return TokenCandidate(id=c.id, token=c.token, probability=c.probability, logprob=c.logprob)
 
 
+def _stage(stage: StageSummary) -> SamplerStage:
+    return SamplerStage(name=stage.name, kept=stage.kept, removed_mass=stage.removed_mass, top=[_candidate(c) for c in stage.top])
+
+
+def _explanation(e: TokenExplanation) -> StepExplanation:
+    return StepExplanation(
+        entropy=e.entropy,
+        surprisal=e.surprisal,
+        margin=e.margin,
+        stages=[_stage(s) for s in e.stages],
+        draw=SamplerDraw(greedy=e.draw.greedy, u=e.draw.u, rank=e.draw.rank),
+    )
+
+
 @router.post(
     "/next-token-probs",
     response_model=NextTokenResponse,
@@ -101,12 +126,13 @@ async def next_token_probs(
     ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
     note_prompt(body.prompt)
     add_usage(prompt_tokens=len(ids))
-    distribution = await engine.next_token_distribution(ids, params.top_k, params.temperature)
+    distribution = await engine.next_token_distribution(ids, params.top_k, params.temperature, params.sampler())
     return NextTokenResponse(
         candidates=[_candidate(c) for c in distribution.candidates],
         prompt_tokens=distribution.prompt_tokens,
         temperature=params.temperature,
         model=lm.model_id,
+        stages=[_stage(s) for s in distribution.stages] if distribution.stages is not None else None,
     )
 
 
@@ -118,6 +144,7 @@ def _step(event: TokenEvent) -> StepDetail:
         probability=event.probability,
         logprob=event.logprob,
         alternatives=[_candidate(c) for c in event.alternatives] if event.alternatives is not None else None,
+        explain=_explanation(event.explain) if event.explain is not None else None,
     )
 
 
@@ -162,7 +189,7 @@ async def generate(
             events = await first_event_checked(request, handle.events(), handle.cancel)
         except ClientDisconnected:
             return Response(status_code=499)
-        return event_stream_response(_stream_events(events, handle.cancel, body.top_alternatives > 0, lm.model_id), settings)
+        return event_stream_response(_stream_events(events, handle.cancel, params.top_alternatives > 0, lm.model_id), settings)
     try:
         tokens, finish = await cancel_on_disconnect(request, handle.result())
     except ClientDisconnected:
@@ -177,8 +204,9 @@ async def generate(
         finish_reason=finish.finish_reason,
         usage=_usage(finish),
         timing=_timing(finish),
-        steps=[_step(t) for t in tokens] if body.top_alternatives > 0 else None,
+        steps=[_step(t) for t in tokens] if params.top_alternatives > 0 or params.explain else None,
         model=lm.model_id,
+        perplexity=finish.perplexity,
     )
 
 
@@ -200,10 +228,12 @@ async def _stream_events(
                 }
                 if with_alternatives and event.alternatives is not None:
                     data["alternatives"] = [_candidate(c).model_dump() for c in event.alternatives]
+                if event.explain is not None:
+                    data["explain"] = _explanation(event.explain).model_dump()
                 yield ServerSentEvent(data=json.dumps(data), event="token")
             elif isinstance(event, FinishEvent):
                 add_usage(completion_tokens=event.completion_tokens)
-                done = {
+                done: dict[str, Any] = {
                     "text": event.text,
                     "ids": event.ids,
                     "finish_reason": event.finish_reason,
@@ -211,6 +241,8 @@ async def _stream_events(
                     "timing": _timing(event).model_dump(),
                     "model": model_id,
                 }
+                if event.perplexity is not None:
+                    done["perplexity"] = event.perplexity
                 yield ServerSentEvent(data=json.dumps(done), event="done")
             elif isinstance(event, ErrorEvent):
                 yield ServerSentEvent(data=json.dumps({"error": {"message": event.message, "type": "generation_error"}}), event="error")

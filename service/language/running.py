@@ -4,7 +4,8 @@ Row b of the `RunningBatch` (its KV caches) is `rows[b]`. `admit` prefills new p
 appends their rows; `step` advances every row by one token in one batched forward pass, or, while few
 plain-greedy rows run, by several: prompt-lookup drafts checked in the same pass, kept while greedy agrees
 with them. Each new token is streamed to its request; finished rows are dropped from the batch (`keep`).
-Everything here runs on the engine thread.
+A row that asked for `explain` is chosen by its own chooser, which also says how (sampler_explain.py),
+drafts or not; the others do no such work. Everything here runs on the engine thread.
 """
 
 from __future__ import annotations

@@ -128,8 +128,105 @@ class TokenCandidate(BaseModel):
     logprob: float = Field(examples=[-0.2581])
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class SamplerStage(BaseModel):
+    """One step of the sampler and the distribution after it (service/language/sampler_explain.py)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "top_p",
+                    "kept": 2,
+                    "removed_mass": 0.1352,
+                    "top": [
+                        {"id": 7042, "token": " Paris", "probability": 0.9229, "logprob": -0.0802},
+                        {"id": 260, "token": " the", "probability": 0.0771, "logprob": -2.5627},
+                    ],
+                }
+            ]
+        }
+    )
+
+    name: Literal["model", "repetition_penalty", "temperature", "top_k", "top_p"] = Field(
+        description=(
+            "The step, in the order the sampler applies them: `model` (softmax of the raw logits), then "
+            "`repetition_penalty`, `temperature`, `top_k`, `top_p`; only those the request turns on."
+        ),
+        examples=["top_p"],
+    )
+    kept: int = Field(description="Tokens with nonzero probability after this step.", examples=[2])
+    removed_mass: float = Field(
+        ge=0,
+        le=1,
+        description=(
+            "Probability mass this step took away: the total variation distance from the step before, "
+            "sum over tokens of max(0, before - after). For a cut (`top_k`, `top_p`) it is exactly the mass "
+            "of the tokens cut (the rest is renormalized); for a reshaping step (`repetition_penalty`, "
+            "`temperature`) the mass moved from the tokens that lost some to the others. 0 for `model`."
+        ),
+        examples=[0.1352],
+    )
+    top: list[TokenCandidate] = Field(
+        description=(
+            "Its likeliest tokens with nonzero probability (at most `top_alternatives`; on /next-token-probs "
+            "`top_k`) and their probability after this step, likeliest first, ties by lower id: the order a draw walks."
+        )
+    )
+
+
+class SamplerDraw(BaseModel):
+    greedy: bool = Field(description="Greedy: the last stage's most likely token (ties: the lower id), no random number.")
+    u: float | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description=(
+            "Sampled: the uniform number in [0, 1) drawn from the request's seeded generator. The token is the "
+            "first of the last stage's tokens, likeliest first, whose running total of probability exceeds `u`."
+        ),
+        examples=[0.5231],
+    )
+    rank: int = Field(description="The token's place in the last stage, likeliest first (0 = the most likely).", examples=[0])
+
+
+class StepExplanation(BaseModel):
+    """Why a step's token was chosen: the model's distribution, each sampler step, and the draw."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entropy": 1.3812,
+                    "surprisal": 0.2581,
+                    "margin": 0.7080,
+                    "stages": [
+                        {"name": "model", "kept": 49152, "removed_mass": 0.0, "top": [{"id": 7042, "token": " Paris", "probability": 0.7725, "logprob": -0.2581}]}
+                    ],
+                    "draw": {"greedy": True, "rank": 0},
+                }
+            ]
+        }
+    )
+
+    entropy: float = Field(description="Entropy, in nats, of the model's full distribution (softmax of the raw logits, temperature 1).", examples=[1.3812])
+    surprisal: float = Field(description="-log p of the chosen token under the model's distribution, in nats.", examples=[0.2581])
+    margin: float = Field(description="The probability of the model's likeliest token minus that of the second.", examples=[0.708])
+    stages: list[SamplerStage] = Field(description="The distribution after each sampler step, in order; the last is the one the token was drawn from.")
+    draw: SamplerDraw
+
+
 class NextTokenRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The capital of France is", "top_k": 5}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"prompt": "The capital of France is", "top_k": 5},
+                {"prompt": "The capital of France is", "top_k": 5, "explain": True, "temperature": 0.7, "sample_top_k": 50, "top_p": 0.9},
+            ]
+        }
+    )
 
     prompt: str = Field(min_length=1, description="The text whose continuation is asked for.")
     top_k: int = Field(default=10, ge=1, description="How many candidates to return (at most GENAI_MAX_TOP_K, default 100).")
@@ -138,9 +235,32 @@ class NextTokenRequest(RequestModel):
     )
     add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens.")
     parse_special: ParseSpecial = True
+    explain: bool = Field(
+        default=False,
+        description=(
+            "Also return `stages`: the distribution after each step /generate's sampler would apply to this next "
+            "token with these settings (`temperature`, `sample_top_k`, `top_p`, `repetition_penalty` over the "
+            "prompt's tokens), each with its `top_k` likeliest tokens (then at most GENAI_MAX_TOP_ALTERNATIVES)."
+        ),
+    )
+    sample_top_k: TopK = Field(
+        default=0,
+        description="With `explain`: /generate's `top_k` filter (0 = off), named apart because `top_k` here counts the candidates listed.",
+    )
+    top_p: TopP = Field(default=1.0, description="With `explain`: /generate's `top_p` filter (1 = off).")
+    repetition_penalty: RepetitionPenalty = Field(default=1.0, description="With `explain`: /generate's repetition penalty over the prompt's tokens (1 = off).")
 
     def to_distribution_params(self, limits: SamplingLimits) -> DistributionParams:
-        return limits.check_distribution(DistributionParams(top_k=self.top_k, temperature=1.0 if self.temperature is None else self.temperature))
+        return limits.check_distribution(
+            DistributionParams(
+                top_k=self.top_k,
+                temperature=1.0 if self.temperature is None else self.temperature,
+                explain=self.explain,
+                sample_top_k=self.sample_top_k,
+                top_p=self.top_p,
+                repetition_penalty=self.repetition_penalty,
+            )
+        )
 
 
 class NextTokenResponse(BaseModel):
@@ -148,6 +268,11 @@ class NextTokenResponse(BaseModel):
     prompt_tokens: int = Field(examples=[5])
     temperature: float = Field(examples=[1.0])
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
+    stages: list[SamplerStage] | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `explain`: the distribution after each sampler step, in order (`model` first), as /generate's sampler would shape this token.",
+    )
 
 
 class ChatMessage(RequestModel):
@@ -163,6 +288,7 @@ class GenerateRequest(RequestModel):
                 {"prompt": "Once upon a time", "max_new_tokens": 20, "do_sample": True, "temperature": 0.8, "top_p": 0.95, "seed": 42},
                 {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_new_tokens": 30},
                 {"prompt": "The capital of France is", "max_new_tokens": 3, "top_alternatives": 3},
+                {"prompt": "Once upon a time", "max_new_tokens": 4, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "seed": 7, "explain": True},
             ]
         },
     )
@@ -178,7 +304,20 @@ class GenerateRequest(RequestModel):
     seed: Seed | None = None
     stop: StopStrings = None
     ignore_eos: bool = Field(default=False, description="Keep generating past the end-of-sequence token (exact lengths for benchmarks).")
-    top_alternatives: int = Field(default=0, ge=0, description="Per step, also return the k most likely tokens with their probabilities (at most GENAI_MAX_TOP_ALTERNATIVES).")
+    top_alternatives: int = Field(
+        default=0,
+        ge=0,
+        description="Per step, also return the k most likely tokens with their probabilities (at most GENAI_MAX_TOP_ALTERNATIVES); with `explain`, also each stage's count (0 there means 5).",
+    )
+    explain: bool = Field(
+        default=False,
+        description=(
+            "Show why each token was chosen: every step gets `explain` (the model's entropy, the token's surprisal, "
+            "the margin of the two likeliest, the distribution after each sampler step, and the draw) and the answer "
+            "(or the stream's `done` event) the `perplexity` of the generated tokens. Costs a full-vocabulary softmax "
+            "and a few top-k per step and stage; off, nothing."
+        ),
+    )
     stream: bool = Field(default=False, description="Answer as Server-Sent Events, one event per token.")
     timeout_s: TimeoutSeconds | None = None
     add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens (ignored for messages).")
@@ -203,8 +342,9 @@ class GenerateRequest(RequestModel):
                 seed=self.seed,
                 stop=tuple(self.stop or ()),
                 ignore_eos=self.ignore_eos,
-                top_alternatives=self.top_alternatives,
+                top_alternatives=self.top_alternatives or (min(5, limits.max_top_alternatives) if self.explain else 0),
                 timeout_s=self.timeout_s,
+                explain=self.explain,
             )
         )
 
@@ -216,6 +356,7 @@ class StepDetail(BaseModel):
     probability: float
     logprob: float
     alternatives: list[TokenCandidate] | None = Field(default=None, description="The most likely tokens at this step (present when `top_alternatives` > 0).")
+    explain: StepExplanation | None = Field(default=None, exclude_if=_absent, description="Why this token was chosen (present with `explain`).")
 
 
 class Timing(BaseModel):
@@ -231,5 +372,13 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["length", "stop", "eos", "time_limit", "cancelled"] = Field(examples=["length"])
     usage: Usage
     timing: Timing
-    steps: list[StepDetail] | None = Field(default=None, description="Per generated token: its probability and the alternatives (when `top_alternatives` > 0).")
+    steps: list[StepDetail] | None = Field(
+        default=None, description="Per generated token: its probability and the alternatives (when `top_alternatives` > 0 or `explain`)."
+    )
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
+    perplexity: float | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `explain`: exp of the mean surprisal of the generated tokens under the model's distribution (1 = no surprise at all).",
+        examples=[1.84],
+    )

@@ -3,7 +3,8 @@ what requests hear (`Candidate`, `Distribution`), beside the per-row choosing in
 
 Every tensor here is float32 and already cut to the tokenizer's vocabulary (`vocab`). Log-probabilities
 of generated tokens and their alternatives are the model's own (log-softmax of the raw logits); a
-next-token distribution is at the temperature its request asked for (`temperature_scaled`).
+next-token distribution is at the temperature its request asked for (`temperature_scaled`). Explained
+choices and stages come from the chooser's own steps (`sampler_steps`), summarized by sampler_explain.py.
 """
 
 from __future__ import annotations

@@ -23,10 +23,23 @@ FieldNames = Mapping[str, str]
 
 @dataclass(frozen=True)
 class DistributionParams:
-    """What `/next-token-probs` asks of the engine: the candidates to return and the softmax temperature."""
+    """What `/next-token-probs` asks of the engine: the candidates to return and the softmax temperature;
+    with `explain`, also the sampler's stages under these settings (`sample_top_k` is /generate's `top_k`)."""
 
     top_k: int
     temperature: float
+    explain: bool = False
+    sample_top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def sampler(self) -> SamplingParams | None:
+        """The sampling settings whose stages to show, or None when not asked."""
+        if not self.explain:
+            return None
+        return SamplingParams(
+            do_sample=True, temperature=self.temperature, top_k=self.sample_top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,16 @@ class SamplingLimits:
         field = (names or {}).get("top_k", "top_k")
         if params.top_k > self.max_top_k:
             raise InvalidRequest(field, f"{field} = {params.top_k} exceeds the limit of {self.max_top_k} (GENAI_MAX_TOP_K)")
+        if params.explain and params.top_k > self.max_top_alternatives:
+            raise InvalidRequest(
+                field,
+                f"with explain, {field} = {params.top_k} candidates per stage exceeds the limit of {self.max_top_alternatives} (GENAI_MAX_TOP_ALTERNATIVES)",
+            )
+        if not params.explain:
+            for key, value, default in (("sample_top_k", params.sample_top_k, 0), ("top_p", params.top_p, 1.0), ("repetition_penalty", params.repetition_penalty, 1.0)):
+                if value != default:
+                    name = (names or {}).get(key, key)
+                    raise InvalidRequest(name, f"{name} only shapes the sampler's stages: ask for them with explain: true")
         return params
 
 
