@@ -22,6 +22,11 @@ def _post(base: str, path: str, body: dict[str, Any]) -> Any:
         return json.load(response)
 
 
+def _get(base: str, path: str) -> Any:
+    with urllib.request.urlopen(base + path, timeout=60) as response:
+        return json.load(response)
+
+
 async def _shot(page: Any, directory: Path, name: str, selector: str) -> Path:
     path = directory / f"{name}.png"
     await page.locator(selector).scroll_into_view_if_needed()
@@ -81,6 +86,99 @@ async def test_bpe_view_on_a_phone(phone_page: Any, live_server: str, screenshot
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
     await _shot(phone_page, screenshot_dir, "bpe-merges-phone", "#bpe")
+
+
+# --- sampler stages -----------------------------------------------------------------------------
+
+
+async def _sampler_shows(page: Any, live_server: str, *, temperature: float, top_k: int, top_p: float, penalty: float) -> list[dict[str, Any]]:
+    """Wait until the chart shows these settings; return the API's stages for them."""
+    await page.wait_for_function(
+        """([t, k, p, r]) => { const el = document.getElementById('smp-chart');
+            return el.dataset.temperature === t && el.dataset.sampleTopK === k && el.dataset.topP === p
+                && el.dataset.repetitionPenalty === r && el.getAttribute('aria-busy') === 'false'; }""",
+        arg=[str(temperature) if temperature != int(temperature) else str(int(temperature)), str(top_k),
+             str(top_p) if top_p != int(top_p) else str(int(top_p)), str(penalty) if penalty != int(penalty) else str(int(penalty))],
+    )
+    prompt = await page.input_value("#smp-prompt")
+    body = {"prompt": prompt, "top_k": 20, "explain": True, "temperature": temperature, "sample_top_k": top_k, "top_p": top_p, "repetition_penalty": penalty}
+    stages: list[dict[str, Any]] = _post(live_server, "/next-token-probs", body)["stages"]
+    return stages
+
+
+async def _bars(page: Any) -> tuple[list[str], list[str], list[float]]:
+    """(kept tokens, cut tokens, kept probabilities) of the chart as shown."""
+    kept = await page.locator('#smp-chart .stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => e.dataset.token)")
+    cut = await page.locator('#smp-chart .stage-bar[data-kept="false"]').evaluate_all("els => els.map(e => e.dataset.token)")
+    probabilities = await page.locator('#smp-chart .stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => Number(e.dataset.probability))")
+    return kept, cut, probabilities
+
+
+async def _slide(page: Any, selector: str, value: float) -> None:
+    """Move a range input as a drag would: its value changes, then an input event."""
+    await page.locator(selector).evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', { bubbles: true })); }", value)
+
+
+async def test_sampler_bars_and_cut_offs_follow_the_sliders(page: Any, live_server: str, screenshot_dir: Path) -> None:
+    # the defaults turn every step off: the model's own distribution, 20 bars, none cut
+    stages = await _sampler_shows(page, live_server, temperature=1, top_k=0, top_p=1, penalty=1)
+    assert [s["name"] for s in stages] == ["model"]
+    kept, cut, probabilities = await _bars(page)
+    assert kept == [t["token"] for t in stages[0]["top"]] and len(kept) == 20
+    assert cut == [] and await page.locator("#smp-chart .stage-cutoff").count() == 0
+    assert probabilities == pytest.approx([t["probability"] for t in stages[0]["top"]], abs=1e-9)
+
+    # top-k to 3 from the keyboard: three bars inside the cut-off, the other 17 greyed below it
+    await page.locator("#smp-topk").focus()
+    for _ in range(3):
+        await page.keyboard.press("ArrowRight")
+    assert await page.locator("#smp-topk-value").inner_text() == "3"
+    stages = await _sampler_shows(page, live_server, temperature=1, top_k=3, top_p=1, penalty=1)
+    assert [s["name"] for s in stages] == ["model", "top_k"]
+    kept, cut, probabilities = await _bars(page)
+    assert kept == [t["token"] for t in stages[-1]["top"]] and len(kept) == 3
+    assert probabilities == pytest.approx([t["probability"] for t in stages[-1]["top"]], abs=1e-9)
+    assert abs(sum(probabilities) - 1) < 1e-6  # the kept three scaled up to 100 %
+    assert cut == [t["token"] for t in stages[0]["top"][3:]]
+    rows = await page.locator("#smp-chart .stage-bars > li").evaluate_all("els => els.map(e => e.className)")
+    assert rows.index("stage-cutoff") == 3  # the line sits right after the kept bars
+    assert await page.locator('#smp-chart .stage-bar[data-kept="false"]').first.evaluate("el => Number(getComputedStyle(el).opacity)") < 1
+    assert "3 kept" in await page.locator('#smp-chart .stage-step[data-stage="top_k"]').inner_text()
+
+    # every step on: the chart opens on the last (the distribution drawn from), each earlier one a click away
+    await _slide(page, "#smp-temp", 0.6)
+    await _slide(page, "#smp-topk", 10)
+    await _slide(page, "#smp-topp", 0.5)
+    await _slide(page, "#smp-rep", 1.3)
+    stages = await _sampler_shows(page, live_server, temperature=0.6, top_k=10, top_p=0.5, penalty=1.3)
+    assert [s["name"] for s in stages] == ["model", "repetition_penalty", "temperature", "top_k", "top_p"]
+    assert await page.locator("#smp-chart .stage-step").evaluate_all("els => els.map(e => e.dataset.stage)") == [s["name"] for s in stages]
+    assert await page.locator('#smp-chart .stage-step[aria-pressed="true"]').get_attribute("data-stage") == "top_p"
+    kept, cut, _ = await _bars(page)
+    assert kept == [t["token"] for t in stages[-1]["top"]] and len(kept) == stages[-1]["kept"] < 10
+    assert "top-p" in await page.locator("#smp-info").inner_text()
+    await page.mouse.move(0, 0)
+    await _shot(page, screenshot_dir, "sampler", "#sampler")
+    await page.locator('#smp-chart .stage-step[data-stage="temperature"]').click()
+    kept, cut, probabilities = await _bars(page)
+    assert kept == [t["token"] for t in stages[2]["top"]] and cut == []
+    assert probabilities == pytest.approx([t["probability"] for t in stages[2]["top"]], abs=1e-9)
+
+    # Reset turns them all off again
+    await page.click("#smp-reset")
+    await _sampler_shows(page, live_server, temperature=1, top_k=0, top_p=1, penalty=1)
+    assert await page.locator("#smp-chart .stage-step").count() == 1
+
+
+async def test_sampler_on_a_phone(phone_page: Any, live_server: str, screenshot_dir: Path) -> None:
+    await _sampler_shows(phone_page, live_server, temperature=1, top_k=0, top_p=1, penalty=1)
+    await _slide(phone_page, "#smp-topp", 0.6)
+    stages = await _sampler_shows(phone_page, live_server, temperature=1, top_k=0, top_p=0.6, penalty=1)
+    kept, _, _ = await _bars(phone_page)
+    assert kept == [t["token"] for t in stages[-1]["top"]]
+    overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    await _shot(phone_page, screenshot_dir, "sampler-phone", "#sampler")
 
 
 # --- logit lens ----------------------------------------------------------------------------------
@@ -282,3 +380,4 @@ async def test_continuation_tree_children_and_expanding(page: Any, live_server: 
     await page.press("#tree-branching", "Tab")
     await page.wait_for_function("() => document.getElementById('tree-view').dataset.branching === '2'")
     assert await page.locator("#tree-view .tree-node").count() == 2 + 4 + 8
+

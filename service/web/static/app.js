@@ -43,6 +43,7 @@
         $("footer-info").textContent = `genai-service ${versions["genai-service"] || ""}` + (lmName ? ` · language model ${lmName}` : "");
       }
       if (info && info.limits) {
+        document.dispatchEvent(new CustomEvent("playground:limits", { detail: info.limits }));
         if (info.limits.max_top_k) $("nt-topk").max = info.limits.max_top_k;
         if (info.limits.max_new_tokens) $("gen-max").max = info.limits.max_new_tokens;
       }
