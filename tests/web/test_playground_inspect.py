@@ -181,6 +181,119 @@ async def test_sampler_on_a_phone(phone_page: Any, live_server: str, screenshot_
     await _shot(phone_page, screenshot_dir, "sampler-phone", "#sampler")
 
 
+# --- generation, tinted and explained ------------------------------------------------------------
+
+
+def _sse(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
+
+
+async def _generate(page: Any, prompt: str, *, temperature: str, max_tokens: str, seed: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate from the page; return the token events and the done event the page itself received."""
+    await page.fill("#gen-prompt", prompt)
+    await page.fill("#gen-temp", temperature)
+    await page.fill("#gen-topp", "0.9")
+    await page.fill("#gen-max", max_tokens)
+    await page.fill("#gen-seed", seed)
+    async with page.expect_response(lambda r: r.url.endswith("/generate")) as answer:
+        await page.click("#gen-start")
+    response = await answer.value
+    await page.wait_for_function("() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)")
+    assert (await page.locator("#gen-status").inner_text()).startswith("Done (")
+    request = json.loads(response.request.post_data)
+    assert request["explain"] is True and request["stream"] is True
+    events = _sse(await response.text())
+    tokens = [data for name, data in events if name == "token"]
+    done = next(data for name, data in events if name == "done")
+    return tokens, done
+
+
+async def test_generation_is_tinted_by_surprisal_or_entropy_and_explains_each_token(page: Any, screenshot_dir: Path) -> None:
+    import math
+
+    tokens, done = await _generate(page, "Once upon a time, in a small village by the sea,", temperature="0.9", max_tokens="24", seed="11")
+    spans = page.locator("#gen-output .gen-token")
+    assert await spans.count() == len(tokens) > 0
+    # surprisal first: each token carries its own, and the tint follows it (green expected, red surprising)
+    assert await page.locator("#gen-output").get_attribute("data-tint") == "surprisal"
+    values = await spans.evaluate_all("els => els.map(e => Number(e.dataset.value))")
+    assert values == pytest.approx([t["explain"]["surprisal"] for t in tokens], abs=1e-12)
+    colours = await spans.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    low, high = values.index(min(values)), values.index(max(values))
+    if values[high] - values[low] > 1:
+        assert colours[low] != colours[high]
+    assert "surprisal" in await page.locator("#gen-legend-title").inner_text()
+    # the request's perplexity, which is exp of the mean surprisal
+    perplexity = float(await page.locator("#gen-perplexity").get_attribute("data-value"))
+    assert perplexity == pytest.approx(done["perplexity"], rel=1e-12)
+    assert perplexity == pytest.approx(math.exp(sum(t["explain"]["surprisal"] for t in tokens) / len(tokens)), rel=1e-6)
+    assert f"{done['perplexity']:.2f}" in await page.locator("#gen-perplexity").inner_text()
+
+    # entropy: another reading of the same tokens
+    await page.check("#gen-tint-entropy")
+    assert await page.locator("#gen-output").get_attribute("data-tint") == "entropy"
+    values = await spans.evaluate_all("els => els.map(e => Number(e.dataset.value))")
+    assert values == pytest.approx([t["explain"]["entropy"] for t in tokens], abs=1e-12)
+    assert "entropy" in await page.locator("#gen-legend-title").inner_text()
+
+    # hovering shows the numbers, a click shows the stages, the last one the token was drawn from
+    step = tokens[3]
+    assert f"surprisal {step['explain']['surprisal']:.2f} nats" in await spans.nth(3).get_attribute("title")
+    await spans.nth(3).click()
+    stages = page.locator("#gen-stages")
+    await stages.wait_for(state="visible")
+    names = [s["name"] for s in step["explain"]["stages"]]
+    assert names == ["model", "temperature", "top_p"]
+    assert await stages.locator(".stage-step").evaluate_all("els => els.map(e => e.dataset.stage)") == names
+    kept = await stages.locator('.stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => e.dataset.token)")
+    assert kept == [t["token"] for t in step["explain"]["stages"][-1]["top"]]
+    draw = step["explain"]["draw"]
+    if draw["rank"] < len(kept):  # the drawn token is marked; drawn from further down, the list says so
+        assert await stages.locator(".stage-bar.chosen").first.get_attribute("data-id") == str(step["id"])
+        assert kept[draw["rank"]] == step["token"]
+    else:
+        assert f"the one drawn (rank {draw['rank']})" in await stages.locator(".stage-more.chosen").inner_text()
+    assert f"u = {step['explain']['draw']['u']:.3f}" in await stages.locator(".stage-summary").inner_text()
+    assert await page.locator("#gen-inspector .bar-row").count() == 5  # the alternatives stay as they were
+    await page.mouse.move(0, 0)
+    await _shot(page, screenshot_dir, "generation-explained", "#generate")
+
+    # the keyboard steps through the tokens
+    await page.locator("#gen-output").focus()
+    await page.keyboard.press("ArrowRight")
+    assert await stages.get_attribute("data-index") == str(tokens[4]["index"])
+    await page.keyboard.press("Home")
+    assert await stages.get_attribute("data-index") == str(tokens[0]["index"])
+
+    # greedy: one stage, and the draw says so
+    tokens, _ = await _generate(page, "The capital of France is", temperature="0", max_tokens="3")
+    await spans.first.click()
+    assert await stages.locator(".stage-step").count() == len(tokens[0]["explain"]["stages"])
+    assert tokens[0]["explain"]["draw"]["greedy"] is True
+    assert "Greedy" in await stages.locator(".stage-summary").inner_text()
+
+
+async def test_generation_explained_on_a_phone(phone_page: Any, screenshot_dir: Path) -> None:
+    tokens, _ = await _generate(phone_page, "Once upon a time,", temperature="0.8", max_tokens="16", seed="3")
+    await phone_page.locator("#gen-output .gen-token").nth(1).tap()
+    await phone_page.locator("#gen-stages").wait_for(state="visible")
+    kept = await phone_page.locator('#gen-stages .stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => e.dataset.token)")
+    assert kept == [t["token"] for t in tokens[1]["explain"]["stages"][-1]["top"]]
+    overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    await _shot(phone_page, screenshot_dir, "generation-explained-phone", "#generate")
+
+
 # --- logit lens ----------------------------------------------------------------------------------
 
 

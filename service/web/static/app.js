@@ -3,15 +3,15 @@
 //   POST /classify-digit      {"image": "<base64 PNG>"}                 -> the digit and ten probabilities
 //   POST /tokenize            {"text": "..."}                           -> ids, tokens, offsets, count
 //   POST /next-token-probs    {"prompt": "...", "top_k": 10}            -> candidates with probabilities
-//   POST /generate            {"prompt": "...", "stream": true, ...}    -> Server-Sent Events: token*, then done | error
 //
-// Errors always come back as {"error": {"message", "type", "param", "code"}}; `api()` turns them into
-// ApiError, and each panel shows the message. No library, no build step.
+// The other panels have a file each (generation.js, bpe.js, sampler.js, lens.js, attention.js, tree.js),
+// all on the helpers of common.js. Errors always come back as {"error": {"message", "type",
+// "param", "code"}}; `api()` turns them into ApiError, and each panel shows the message. No library, no build step.
 "use strict";
 
 (() => {
   const {
-    $, ApiError, KEY_STORAGE, authHeaders, describeError, api, streamEvents, debounce, latestOnly, busyWhile, showError, pct, visibleToken, barRow,
+    $, ApiError, KEY_STORAGE, authHeaders, api, debounce, latestOnly, busyWhile, showError, pct, visibleToken, barRow,
   } = window.Playground;
 
   // ---------------------------------------------------------------------------------------
@@ -434,193 +434,6 @@
   }
 
   // ---------------------------------------------------------------------------------------
-  // Generation (streamed)
-  // ---------------------------------------------------------------------------------------
-
-  function setupGeneration() {
-    const form = $("gen-form");
-    const prompt = $("gen-prompt");
-    const temp = $("gen-temp");
-    const topp = $("gen-topp");
-    const maxTokens = $("gen-max");
-    const seed = $("gen-seed");
-    const chat = $("gen-chat");
-    const start = $("gen-start");
-    const stop = $("gen-stop");
-    const output = $("gen-output");
-    const status = $("gen-status");
-    const inspector = $("gen-inspector");
-    const errorEl = $("gen-error");
-    let controller = null;
-    let selected = null;
-
-    const setStatus = (state, text) => {
-      status.dataset.state = state;
-      status.textContent = text;
-    };
-
-    /** Red (unlikely) through amber to green (likely). */
-    const tint = (p) => `hsl(${Math.round(Math.max(0, Math.min(1, p)) * 130)} 80% 80%)`;
-
-    function inspect(span, step) {
-      if (selected) selected.classList.remove("selected");
-      selected = span;
-      span.classList.add("selected");
-      inspector.textContent = "";
-      const title = document.createElement("h3");
-      title.textContent = `Step ${step.index + 1}: picked ${JSON.stringify(step.token)} with probability ${pct(step.probability)}`;
-      inspector.append(title);
-      const alternatives = step.alternatives || [];
-      alternatives.forEach((a) => {
-        const label = document.createElement("span");
-        visibleToken(a.token, label);
-        inspector.append(barRow(label, a.probability, { top: a.id === step.id }));
-      });
-      if (!alternatives.length) inspector.append("No alternatives for this step.");
-      inspector.hidden = false;
-    }
-
-    function tokenSpan(step) {
-      const span = document.createElement("span");
-      span.className = "gen-token" + (step.special ? " special" : "");
-      const text = step.text !== undefined && step.text !== null ? step.text : step.token;
-      // Newlines are shown as ↵ (then the line break itself), so that they can be seen and hovered.
-      text.split(/(\n)/).forEach((part) => {
-        if (part === "\n") {
-          const mark = document.createElement("span");
-          mark.className = "nl";
-          mark.textContent = "↵";
-          span.append(mark, "\n");
-        } else if (part) {
-          span.append(part);
-        }
-      });
-      span.style.backgroundColor = tint(step.probability);
-      const alts = (step.alternatives || []).map((a) => `${JSON.stringify(a.token)} ${pct(a.probability)}`).join("\n");
-      span.title = `${JSON.stringify(step.token)} · probability ${pct(step.probability)}` + (alts ? `\nalternatives:\n${alts}` : "");
-      span.addEventListener("click", () => inspect(span, step));
-      return span;
-    }
-
-    function readNumber(input, name, { integer = false, optional = false } = {}) {
-      const raw = input.value.trim();
-      if (raw === "") {
-        if (optional) return undefined;
-        throw new ApiError(`${name}: enter a number`, 0, null);
-      }
-      const value = Number(raw);
-      if (!Number.isFinite(value) || (integer && !Number.isInteger(value))) {
-        throw new ApiError(`${name}: “${raw}” is not ${integer ? "a whole number" : "a number"}`, 0, null);
-      }
-      return value;
-    }
-
-    async function generate() {
-      if (controller) return;
-      showError(errorEl, null);
-      let body;
-      try {
-        const temperature = readNumber(temp, "Temperature");
-        body = {
-          max_new_tokens: readNumber(maxTokens, "Max tokens", { integer: true }),
-          temperature,
-          top_p: readNumber(topp, "Top p"),
-          do_sample: temperature > 0,
-          top_alternatives: 5,
-          stream: true,
-        };
-        const s = readNumber(seed, "Seed", { integer: true, optional: true });
-        if (s !== undefined) body.seed = s;
-        if (!prompt.value) throw new ApiError("Prompt: type something for the model to continue.", 0, null);
-        if (chat.checked) body.messages = [{ role: "user", content: prompt.value }];
-        else body.prompt = prompt.value;
-      } catch (err) {
-        showError(errorEl, err);
-        return;
-      }
-
-      output.textContent = "";
-      inspector.hidden = true;
-      selected = null;
-      if (!chat.checked) {
-        const p = document.createElement("span");
-        p.className = "prompt";
-        p.textContent = prompt.value;
-        output.append(p);
-      }
-      controller = new AbortController();
-      start.disabled = true;
-      stop.disabled = false;
-      let count = 0;
-      const began = performance.now();
-      setStatus("running", "Generating…");
-      try {
-        let finished = false;
-        await streamEvents(
-          "/generate",
-          body,
-          (event, data) => {
-            if (event === "token") {
-              count += 1;
-              output.append(tokenSpan(data));
-              output.scrollTop = output.scrollHeight;
-              const secs = (performance.now() - began) / 1000;
-              setStatus("running", `Generating… ${count} token${count === 1 ? "" : "s"} · ${(count / Math.max(secs, 1e-3)).toFixed(1)} tokens/s`);
-            } else if (event === "done") {
-              finished = true;
-              const t = data.timing || {};
-              const speed = t.tokens_per_second ? ` · ${t.tokens_per_second.toFixed(1)} tokens/s` : "";
-              const total = t.total_seconds !== undefined ? ` in ${t.total_seconds.toFixed(2)} s` : "";
-              const n = data.usage ? data.usage.completion_tokens : count;
-              setStatus("done", `Done (${data.finish_reason}): ${n} token${n === 1 ? "" : "s"}${total}${speed}`);
-            } else if (event === "error") {
-              finished = true;
-              const message = describeError(500, data, "generation failed");
-              setStatus("error", "Failed.");
-              showError(errorEl, new ApiError(message, 500, data));
-            }
-          },
-          { signal: controller.signal },
-        );
-        if (!finished) setStatus("stopped", `The stream ended early after ${count} tokens.`);
-      } catch (err) {
-        if (err.name === "AbortError") {
-          setStatus("stopped", `Stopped after ${count} token${count === 1 ? "" : "s"}.`);
-        } else {
-          setStatus("error", "Failed.");
-          showError(errorEl, err);
-        }
-      } finally {
-        controller = null;
-        start.disabled = false;
-        stop.disabled = true;
-      }
-    }
-
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      generate();
-    });
-    prompt.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
-        event.preventDefault();
-        generate();
-      }
-    });
-    stop.addEventListener("click", () => {
-      if (controller) controller.abort(); // closing the connection makes the server cancel the generation
-      start.focus();
-    });
-    $("gen-clear").addEventListener("click", () => {
-      if (controller) controller.abort();
-      output.innerHTML = '<span class="placeholder">The generated text appears here.</span>';
-      inspector.hidden = true;
-      showError(errorEl, null);
-      setStatus("idle", "Ready.");
-    });
-  }
-
-  // ---------------------------------------------------------------------------------------
 
   function setupApiKey() {
     const input = $("api-key-input");
@@ -645,6 +458,5 @@
     setupDigits();
     setupTokenizer();
     setupNextToken();
-    setupGeneration();
   });
 })();
