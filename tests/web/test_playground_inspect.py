@@ -494,3 +494,105 @@ async def test_continuation_tree_children_and_expanding(page: Any, live_server: 
     await page.wait_for_function("() => document.getElementById('tree-view').dataset.branching === '2'")
     assert await page.locator("#tree-view .tree-node").count() == 2 + 4 + 8
 
+
+# --- why that digit ------------------------------------------------------------------------------
+
+
+async def _explained(page: Any, live_server: str, label: int) -> dict[str, Any]:
+    """Wait until the panel explains the pad's final picture; return the API's explanation of that picture."""
+    await page.wait_for_function(
+        """() => { const b = document.getElementById('why-body');
+            return !b.hidden && b.getAttribute('aria-busy') === 'false'
+                && document.querySelector('.digit-result').getAttribute('aria-busy') === 'false'; }""",
+    )
+    assert await page.locator("#why-body").get_attribute("data-digit") == str(label)
+    assert await page.locator("#digit-prediction").inner_text() == str(label)
+    png = await page.evaluate("() => document.getElementById('digit-canvas').toDataURL('image/png').split(',')[1]")
+    explanation: dict[str, Any] = _post(live_server, "/classify-digit", {"image": png, "explain": True})["explain"]
+    return explanation
+
+
+async def _saliency_pixel(page: Any, x: int, y: int) -> list[int]:
+    rgb: list[int] = await page.evaluate(
+        "([x, y]) => [...document.getElementById('why-saliency').getContext('2d').getImageData(x, y, 1, 1).data].slice(0, 3)", [x, y]
+    )
+    return rgb
+
+
+def _strongest(rows: list[list[float]]) -> tuple[int, int, float]:
+    value, x, y = max((abs(v), x, y) for y, row in enumerate(rows) for x, v in enumerate(row))
+    return x, y, rows[y][x]
+
+
+async def test_digit_why_shows_saliency_units_and_neighbours(page: Any, live_server: str, screenshot_dir: Path) -> None:
+    from test_playground import _draw, _heldout_digits
+
+    assert await page.locator("#why-body").is_hidden()
+    index, label, image = _heldout_digits([3])[0]
+    await page.locator("#digit-canvas").scroll_into_view_if_needed()
+    await _draw(page, image)
+    expected = await _explained(page, live_server, label)
+    assert expected["digit"] == label
+
+    # the nearest training digits, nearest first, with their labels
+    neighbours = page.locator("#why-neighbours .why-neighbour")
+    assert await neighbours.evaluate_all("els => els.map(e => [Number(e.dataset.index), Number(e.dataset.label)])") == [
+        [n["index"], n["label"]] for n in expected["neighbours"]
+    ]
+    assert [t.split()[0] for t in await neighbours.all_inner_texts()] == [str(n["label"]) for n in expected["neighbours"]]
+    # the units that added most, largest first, and what they add
+    units = page.locator("#why-units .why-unit")
+    assert await units.evaluate_all("els => els.map(e => Number(e.dataset.unit))") == [u["unit"] for u in expected["top_units"]]
+    assert await units.evaluate_all("els => els.map(e => Number(e.dataset.contribution))") == pytest.approx(
+        [u["contribution"] for u in expected["top_units"]], abs=1e-9
+    )
+    assert f"the logit {expected['logit']:.2f}" in await page.locator("#why-units-sum").inner_text()
+
+    # the saliency: the strongest gradient's pixel takes its sign's colour (orange raises, blue lowers)
+    x, y, value = _strongest(expected["logit_saliency"])
+    r, _, b = await _saliency_pixel(page, x, y)
+    assert (r > b) == (value > 0), (x, y, value, r, b)
+    await page.select_option("#why-saliency-kind", "probability")
+    assert await page.locator("#why-saliency").get_attribute("data-kind") == "probability"
+    x, y, value = _strongest(expected["saliency"])
+    r, _, b = await _saliency_pixel(page, x, y)
+    assert (r > b) == (value > 0), (x, y, value, r, b)
+    await page.select_option("#why-saliency-kind", "logit")
+
+    # every unit's weights on demand, the top units outlined among them
+    weights = _get(live_server, "/inspect/digits/weights")
+    await page.click("#why-all summary")
+    await page.wait_for_function("(n) => document.querySelectorAll('#why-all-units .why-unit').length === n", arg=len(weights["units"]))
+    outlined = await page.locator("#why-all-units .why-unit.top").evaluate_all("els => els.map(e => Number(e.dataset.unit))")
+    assert sorted(outlined) == sorted(u["unit"] for u in expected["top_units"])
+    await page.click("#why-all summary")
+    await page.mouse.move(0, 0)
+    await _shot(page, screenshot_dir, "digit-why", "#digit-why")
+
+    # Clear on the pad clears the explanation
+    await page.click("#digit-clear")
+    await page.locator("#why-body").wait_for(state="hidden")
+
+
+async def test_digit_why_on_a_phone(phone_page: Any, live_server: str, screenshot_dir: Path) -> None:
+    from test_playground import _heldout_digits, _ink_strokes
+
+    index, label, image = _heldout_digits([6])[0]
+    page = phone_page
+    await page.locator("#digit-canvas").scroll_into_view_if_needed()
+    box = await page.locator("#digit-canvas").bounding_box()
+    scale = box["width"] / 28
+    cdp = await page.context.new_cdp_session(page)
+    for row, first, last in _ink_strokes(image):  # drawn with a finger, as on a phone
+        y = box["y"] + row * scale
+        xs = [first + (last - first) * t / 4 for t in range(5)]
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": box["x"] + xs[0] * scale, "y": y}]})
+        for x in xs[1:]:
+            await cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": box["x"] + x * scale, "y": y}]})
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expected = await _explained(phone_page, live_server, label)
+    labels = await phone_page.locator("#why-neighbours .why-neighbour").evaluate_all("els => els.map(e => Number(e.dataset.label))")
+    assert labels == [n["label"] for n in expected["neighbours"]]
+    overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    await _shot(phone_page, screenshot_dir, "digit-why-phone", "#digit-why")

@@ -4,8 +4,8 @@
 //   POST /tokenize            {"text": "..."}                           -> ids, tokens, offsets, count
 //   POST /next-token-probs    {"prompt": "...", "top_k": 10}            -> candidates with probabilities
 //
-// The other panels have a file each (generation.js, bpe.js, sampler.js, lens.js, attention.js, tree.js),
-// all on the helpers of common.js. Errors always come back as {"error": {"message", "type",
+// The other panels have a file each (generation.js, bpe.js, sampler.js, lens.js, attention.js, tree.js,
+// digit-why.js), all on the helpers of common.js. Errors always come back as {"error": {"message", "type",
 // "param", "code"}}; `api()` turns them into ApiError, and each panel shows the message. No library, no build step.
 "use strict";
 
@@ -109,6 +109,7 @@
       placeholder.hidden = false;
       resetResult();
       showError(errorEl, null);
+      document.dispatchEvent(new Event("playground:digit-cleared"));
     }
 
     /** Pull the probabilities out of the answer (one image in, one prediction out). */
@@ -154,8 +155,11 @@
     const send = latestOnly(async (signal, base64Png) => {
       const answer = await api("/classify-digit", { image: base64Png, include_prepared: true }, { signal });
       if (signal.aborted) return;
-      showPrediction(readPrediction(answer));
+      const predicted = readPrediction(answer);
+      showPrediction(predicted);
       showError(errorEl, null);
+      // the "Why that digit" panel (digit-why.js) explains the same picture
+      document.dispatchEvent(new CustomEvent("playground:digit-classified", { detail: { image: base64Png, digit: predicted.digit } }));
     });
 
     // aria-busy on the result while a prediction is due or on its way (tests and screen readers wait on it).

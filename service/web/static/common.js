@@ -126,6 +126,7 @@
       clearTimeout(timer);
       fn(...args);
     };
+    debounced.cancel = () => clearTimeout(timer);
     return debounced;
   }
 
