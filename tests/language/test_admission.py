@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import serve_in_thread
 from fastapi import FastAPI
+from servers import serve_in_thread
 
 from service.config import Settings
 from service.language.admission import estimate_retry_after
@@ -31,7 +31,9 @@ GENERATE = {"prompt": "Once upon a time", "max_new_tokens": 24, "ignore_eos": Tr
 @pytest.fixture(scope="module")
 async def bounded_app(make_app: Callable[[Settings], Awaitable[FastAPI]]) -> FastAPI:
     return await make_app(
-        Settings(dtype="float32", max_batch_size=MAX_BATCH, max_running_requests=MAX_BATCH, max_waiting_requests=MAX_WAITING)
+        Settings(
+            dtype="float32", max_batch_size=MAX_BATCH, max_running_requests=MAX_BATCH, max_waiting_requests=MAX_WAITING
+        )
     )
 
 
@@ -52,13 +54,17 @@ def _engine(app: FastAPI) -> Any:
     return app.state.models.engine
 
 
-async def _timed(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[int, float, httpx.Headers, dict[str, Any]]:
+async def _timed(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> tuple[int, float, httpx.Headers, dict[str, Any]]:
     started = time.perf_counter()
     response = await client.post(path, json=body)
     return response.status_code, time.perf_counter() - started, response.headers, response.json()
 
 
-async def _burst(client: httpx.AsyncClient, requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, float, httpx.Headers, dict[str, Any]]]:
+async def _burst(
+    client: httpx.AsyncClient, requests: list[tuple[str, dict[str, Any]]]
+) -> list[tuple[int, float, httpx.Headers, dict[str, Any]]]:
     return await asyncio.gather(*(_timed(client, path, body) for path, body in requests))
 
 
@@ -69,7 +75,9 @@ async def _idle(app: FastAPI) -> None:
         await asyncio.sleep(0.05)
 
 
-def _check(results: list[tuple[int, float, httpx.Headers, dict[str, Any]]], app: FastAPI) -> tuple[list[float], list[float]]:
+def _check(
+    results: list[tuple[int, float, httpx.Headers, dict[str, Any]]], app: FastAPI
+) -> tuple[list[float], list[float]]:
     statuses = [status for status, *_ in results]
     assert set(statuses) <= {200, 429}, sorted(set(statuses))  # no 5xx, no 504: nothing waited past its time
     refused = [(elapsed, headers, body) for status, elapsed, headers, body in results if status == 429]
@@ -128,11 +136,15 @@ async def test_a_burst_on_a_full_bound_is_refused_on_every_route(http: httpx.Asy
     assert _engine(bounded_app).held_count == 0
 
 
-async def test_cancelled_and_finished_requests_give_their_place_back(http: httpx.AsyncClient, bounded_app: FastAPI) -> None:
+async def test_cancelled_and_finished_requests_give_their_place_back(
+    http: httpx.AsyncClient, bounded_app: FastAPI
+) -> None:
     """A client that leaves mid-generation and one that is served both free their place: after many of each the engine holds nothing."""
     await _idle(bounded_app)
     for _ in range(3):
-        tasks = [asyncio.create_task(http.post("/generate", json={**GENERATE, "max_new_tokens": 64})) for _ in range(BOUND)]
+        tasks = [
+            asyncio.create_task(http.post("/generate", json={**GENERATE, "max_new_tokens": 64})) for _ in range(BOUND)
+        ]
         await asyncio.sleep(0.3)
         for task in tasks[: BOUND // 2]:
             task.cancel()

@@ -4,6 +4,7 @@ tokenizer and for a byte-level BPE tokenizer the test trains; every merge is one
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def test_each_step_is_one_of_the_tokenizers_merges(language_model: Any) -> None:
         assert merges[merge.rank] == (merge.left, merge.right)
         assert merge.merged == merge.left + merge.right
         # the merge applied is the best-ranked pair present before it
-        present = [merges.index(p) for p in zip(symbols, symbols[1:]) if p in merges]
+        present = [merges.index(p) for p in pairwise(symbols) if p in merges]
         assert merge.rank == min(present)
         symbols = merge.symbols
     assert symbols == piece.tokens

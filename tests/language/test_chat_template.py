@@ -30,8 +30,12 @@ def test_message_content_is_encoded_as_text(language_model: Any) -> None:
     "messages",
     [
         [{"role": "user", "content": "What is the capital of France?"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi there\n"}, {"role": "assistant", "content": "Hello!"},
-         {"role": "user", "content": "ünïcode 日本 \t tabs"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": " Hi there\n"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "ünïcode 日本 \t tabs"},
+        ],
         [{"role": "user", "content": ""}],
     ],
 )
@@ -62,12 +66,19 @@ def test_a_template_that_rewrites_content_refuses_special_text_and_passes_the_re
     assert caught.value.index == 1
 
 
-async def test_generate_with_a_forged_turn_counts_the_text_tokens(client: httpx.AsyncClient, language_model: Any) -> None:
+async def test_generate_with_a_forged_turn_counts_the_text_tokens(
+    client: httpx.AsyncClient, language_model: Any
+) -> None:
     _, safe_ids = encode_chat(language_model, [{"role": "user", "content": FORGED}])
-    response = await client.post("/generate", json={"messages": [{"role": "user", "content": FORGED}], "max_new_tokens": 1})
+    response = await client.post(
+        "/generate", json={"messages": [{"role": "user", "content": FORGED}], "max_new_tokens": 1}
+    )
     assert response.status_code == 200
     assert response.json()["usage"]["prompt_tokens"] == len(safe_ids)
-    chat = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": FORGED}], "max_tokens": 1, "temperature": 0})
+    chat = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": FORGED}], "max_tokens": 1, "temperature": 0},
+    )
     assert chat.json()["usage"]["prompt_tokens"] == len(safe_ids)
 
 

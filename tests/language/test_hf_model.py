@@ -11,15 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from tiny_models import SENTENCES, save_tiny_gpt2, serve_folder
 
 from service.config import Settings
 from service.language.model import ModelLoadError, load_language_model, resolve_model_source
-from tiny_models import SENTENCES, save_tiny_gpt2, serve_folder
 
 
 @pytest.fixture(scope="module")
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+    # tiny_models sits beside the tests, outside the checker's import path: its return type is restated here
+    folder: Path = save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +50,18 @@ async def test_tiny_model_greedy_equals_its_generate(tiny_client: httpx.AsyncCli
     responses = await asyncio.gather(
         *(tiny_client.post("/generate", json={"prompt": p, "max_new_tokens": 10, "ignore_eos": True}) for p in prompts)
     )
-    for prompt, response in zip(prompts, responses):
+    for prompt, response in zip(prompts, responses, strict=True):
         ids = torch.tensor([tokenizer(prompt)["input_ids"]])
         with torch.inference_mode():
-            expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+            expected = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=10,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
         body = response.json()
-        assert body["ids"][: expected.shape[1] - ids.shape[1]] == expected[0, ids.shape[1]:].tolist()
+        assert body["ids"][: expected.shape[1] - ids.shape[1]] == expected[0, ids.shape[1] :].tolist()
     probs = (await tiny_client.post("/next-token-probs", json={"prompt": "Hello", "top_k": 5})).json()
     assert len(probs["candidates"]) == 5
 
@@ -83,15 +91,20 @@ def test_a_gguf_path_resolves_to_the_cached_conversion(settings: Settings) -> No
 
 
 def test_missing_local_paths_give_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no such .gguf file"):
+    with pytest.raises(ModelLoadError, match=r"no such \.gguf file"):
         load_language_model(str(tmp_path / "nope.gguf"), cache_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="without config.json"):
+    with pytest.raises(ModelLoadError, match=r"without config\.json"):
         load_language_model(str(tmp_path / "empty"), cache_dir=tmp_path)
 
 
 def test_unreachable_hub_model_fails_start_up_with_advice_not_a_traceback(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GENAI_LM_MODEL": "no-such-org/no-such-model", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "GENAI_LM_MODEL": "no-such-org/no-such-model",
+        "HF_HUB_OFFLINE": "1",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "service", "serve", "--port", "1"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -26,7 +26,9 @@ async def strict_client(app, loaded_models) -> AsyncIterator[httpx.AsyncClient]:
 async def test_prompt_over_the_token_limit_is_refused(strict_client: httpx.AsyncClient) -> None:
     long_prompt = "one two three four five six seven eight nine ten"
     for path in ("/generate", "/next-token-probs"):
-        response = await strict_client.post(path, json={"prompt": long_prompt, **({"top_k": 3} if "next" in path else {})})
+        response = await strict_client.post(
+            path, json={"prompt": long_prompt, **({"top_k": 3} if "next" in path else {})}
+        )
         assert response.status_code == 422
         error = response.json()["error"]
         assert error["param"] == "prompt" and "limit is 8" in error["message"]
@@ -51,7 +53,7 @@ async def test_oversized_body_gets_413_before_parsing(strict_client: httpx.Async
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "payload_too_large"
 
-    async def chunks():  # no Content-Length: the limit still holds while the body streams in
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit still holds while the body streams in
         for _ in range(10):
             yield b"x" * 1000
 

@@ -14,8 +14,14 @@ from service.language.model import LanguageModel, cpu_has_native_bf16, load_lang
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
-    "The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at",
-    "The chemical symbol for gold is", "Two plus two equals", "Roses are red, violets are", "import numpy as",
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "Water boils at",
+    "The chemical symbol for gold is",
+    "Two plus two equals",
+    "Roses are red, violets are",
+    "import numpy as",
 ]
 
 
@@ -24,7 +30,8 @@ def test_auto_is_bfloat16_on_cuda_and_on_cpus_with_native_bfloat16() -> None:
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
-    flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        flags = cpuinfo.read()
     assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
@@ -45,7 +52,9 @@ def next_token_probabilities(engine: GenerationEngine, lm: LanguageModel, prompt
         engine.shutdown()
 
 
-def test_bfloat16_next_tokens_stay_close_to_float32(settings: Settings, language_model: LanguageModel, bf16_model: LanguageModel) -> None:
+def test_bfloat16_next_tokens_stay_close_to_float32(
+    settings: Settings, language_model: LanguageModel, bf16_model: LanguageModel
+) -> None:
     exact = next_token_probabilities(GenerationEngine(language_model, settings), language_model, PROMPTS)
     fast = next_token_probabilities(GenerationEngine(bf16_model, settings), bf16_model, PROMPTS)
     assert language_model.dtype == torch.float32 and bf16_model.dtype == torch.bfloat16
@@ -60,7 +69,9 @@ def test_bfloat16_engine_generates_batched(settings: Settings, bf16_model: Langu
     engine = GenerationEngine(bf16_model, settings)
 
     async def generate_all() -> list[list[int]]:
-        handles = [engine.submit(bf16_model.encode(p), SamplingParams(max_new_tokens=12, ignore_eos=True)) for p in PROMPTS]
+        handles = [
+            engine.submit(bf16_model.encode(p), SamplingParams(max_new_tokens=12, ignore_eos=True)) for p in PROMPTS
+        ]
         return [finish.ids for _, finish in await asyncio.gather(*(h.result() for h in handles))]
 
     engine.start()

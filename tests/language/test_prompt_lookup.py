@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -13,6 +14,9 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.language.prompt_lookup import draft_from_context
+
+if TYPE_CHECKING:
+    from service.language.model import LanguageModel
 
 REPETITIVE = "Monday, Tuesday, Wednesday, Thursday, Friday. Monday, Tuesday, Wednesday,"
 
@@ -27,7 +31,9 @@ def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_the_last_toke
 
 
 @pytest.fixture(scope="module")
-async def plain_client(make_app: Callable[[Settings], Awaitable[FastAPI]], settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def plain_client(
+    make_app: Callable[[Settings], Awaitable[FastAPI]], settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
     """The same model with prompt lookup off: one token per step."""
     app = await make_app(settings.model_copy(update={"prompt_lookup_tokens": 0}))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://plain", timeout=120) as http:
@@ -35,7 +41,7 @@ async def plain_client(make_app: Callable[[Settings], Awaitable[FastAPI]], setti
 
 
 async def test_drafted_greedy_output_equals_one_token_steps_and_model_generate(
-    client: httpx.AsyncClient, plain_client: httpx.AsyncClient, language_model  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient, plain_client: httpx.AsyncClient, language_model: LanguageModel
 ) -> None:
     assert Settings().prompt_lookup_tokens > 0  # on by default
     before = (await client.get("/info")).json()["engine"]
@@ -49,9 +55,14 @@ async def test_drafted_greedy_output_equals_one_token_steps_and_model_generate(
     ids = torch.tensor([language_model.encode(REPETITIVE)])
     with torch.inference_mode():
         expected = language_model.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=language_model.tokenizer.pad_token_id
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=40,
+            min_new_tokens=40,
+            do_sample=False,
+            pad_token_id=language_model.tokenizer.pad_token_id,
         )
-    assert drafted["ids"] == expected[0, ids.shape[1]:].tolist()
+    assert drafted["ids"] == expected[0, ids.shape[1] :].tolist()
     assert drafted["text"] == plain["text"]
 
 
@@ -59,7 +70,11 @@ async def test_lengths_stops_and_alternatives_hold_when_several_tokens_come_in_o
     client: httpx.AsyncClient, plain_client: httpx.AsyncClient
 ) -> None:
     for max_new_tokens in (1, 2, 3, 7):
-        body = (await client.post("/generate", json={"prompt": REPETITIVE, "max_new_tokens": max_new_tokens, "ignore_eos": True})).json()
+        body = (
+            await client.post(
+                "/generate", json={"prompt": REPETITIVE, "max_new_tokens": max_new_tokens, "ignore_eos": True}
+            )
+        ).json()
         assert len(body["ids"]) == max_new_tokens and body["finish_reason"] == "length"
     request = {"prompt": REPETITIVE, "max_new_tokens": 40, "stop": ["Friday"], "top_alternatives": 2}
     drafted = (await client.post("/generate", json=request)).json()
@@ -67,7 +82,7 @@ async def test_lengths_stops_and_alternatives_hold_when_several_tokens_come_in_o
     assert drafted["finish_reason"] == plain["finish_reason"] == "stop"
     assert drafted["text"] == plain["text"] and "Friday" not in drafted["text"]
     assert [step["id"] for step in drafted["steps"]] == drafted["ids"] == plain["ids"]
-    for mine, theirs in zip(drafted["steps"], plain["steps"]):
+    for mine, theirs in zip(drafted["steps"], plain["steps"], strict=True):
         assert [a["id"] for a in mine["alternatives"]] == [a["id"] for a in theirs["alternatives"]]
         assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-4)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from service.language.model import LanguageModel
 
 TEXTS = [
     "Hello, world!",
@@ -22,12 +27,12 @@ async def test_tokenize_then_detokenize_gives_back_the_text(client: httpx.AsyncC
     assert restored.json()["text"] == text
 
 
-async def test_tokens_and_offsets_describe_the_text(client: httpx.AsyncClient, language_model) -> None:  # type: ignore[no-untyped-def]
+async def test_tokens_and_offsets_describe_the_text(client: httpx.AsyncClient, language_model: LanguageModel) -> None:
     text = "The capital of France is Paris."
     body = (await client.post("/tokenize", json={"text": text})).json()
     assert body["ids"] == language_model.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert "".join(body["tokens"]) == text
-    for token, (start, end) in zip(body["tokens"], body["offsets"]):
+    for token, (start, end) in zip(body["tokens"], body["offsets"], strict=True):
         assert text[start:end].strip() == token.strip()
     assert body["offsets"][-1][1] == len(text)
 
@@ -37,7 +42,7 @@ async def test_empty_text_has_no_tokens(client: httpx.AsyncClient) -> None:
     assert body["count"] == 0 and body["ids"] == []
 
 
-async def test_ids_outside_the_vocabulary_are_refused(client: httpx.AsyncClient, language_model) -> None:  # type: ignore[no-untyped-def]
+async def test_ids_outside_the_vocabulary_are_refused(client: httpx.AsyncClient, language_model: LanguageModel) -> None:
     for bad in ([language_model.vocab_size], [-1], [5, 10**12]):
         response = await client.post("/detokenize", json={"ids": bad})
         assert response.status_code == 422, bad
@@ -55,7 +60,7 @@ async def test_tokenize_rejects_wrong_types_and_unknown_fields(client: httpx.Asy
 @pytest.mark.parametrize("add_special_tokens", [False, True])
 @pytest.mark.parametrize("text", TEXTS)
 async def test_ids_and_offsets_are_transformers_own(
-    client: httpx.AsyncClient, language_model, text: str, add_special_tokens: bool  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient, language_model: LanguageModel, text: str, add_special_tokens: bool
 ) -> None:
     """The service calls the `tokenizers` object directly; it must give what transformers' tokenizer gives."""
     body = (await client.post("/tokenize", json={"text": text, "add_special_tokens": add_special_tokens})).json()

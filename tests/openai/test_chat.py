@@ -5,12 +5,15 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionTokenLogprob
 
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-async def test_chat_matches_native_generate(aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str) -> None:
-    chat = await aclient.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+async def test_chat_matches_native_generate(
+    aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str
+) -> None:
+    chat = await aclient.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=8, temperature=0)
     native = (await client.post("/generate", json={"messages": MESSAGES, "max_new_tokens": 8})).json()
     choice = chat.choices[0]
     assert choice.message.role == "assistant"
@@ -24,7 +27,12 @@ async def test_chat_matches_native_generate(aclient: openai.AsyncOpenAI, client:
 
 async def test_chat_logprobs(aclient: openai.AsyncOpenAI, model_id: str) -> None:
     chat = await aclient.chat.completions.create(
-        model=model_id, messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
+        model=model_id,
+        messages=MESSAGES,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
     )
     choice = chat.choices[0]
     assert choice.logprobs is not None and choice.logprobs.content is not None
@@ -39,9 +47,13 @@ async def test_chat_logprobs(aclient: openai.AsyncOpenAI, model_id: str) -> None
 
 
 async def test_chat_stream_with_usage(aclient: openai.AsyncOpenAI, model_id: str) -> None:
-    whole = await aclient.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=6, temperature=0)  # type: ignore[arg-type]
+    whole = await aclient.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=6, temperature=0)
     stream = await aclient.chat.completions.create(
-        model=model_id, messages=MESSAGES, max_tokens=6, temperature=0, stream=True,  # type: ignore[arg-type]
+        model=model_id,
+        messages=MESSAGES,
+        max_tokens=6,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [chunk async for chunk in stream]
@@ -53,15 +65,23 @@ async def test_chat_stream_with_usage(aclient: openai.AsyncOpenAI, model_id: str
     assert all(c.usage is None for c in chunks[:-1])  # as OpenAI: only the last, usage-only chunk has it
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 6
-    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens  # type: ignore[union-attr]
+    assert whole.usage is not None
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
 async def test_chat_stream_logprobs_and_stop(aclient: openai.AsyncOpenAI, model_id: str) -> None:
     stream = await aclient.chat.completions.create(
-        model=model_id, messages=MESSAGES, max_tokens=8, temperature=0, stream=True, logprobs=True, top_logprobs=1,  # type: ignore[arg-type]
+        model=model_id,
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        logprobs=True,
+        top_logprobs=1,
         stop=["Paris"],
     )
-    tokens, text, reason = [], "", None
+    tokens: list[ChatCompletionTokenLogprob] = []
+    text, reason = "", None
     async for chunk in stream:
         for choice in chunk.choices:
             text += choice.delta.content or ""
@@ -79,7 +99,7 @@ async def test_system_and_content_parts(aclient: openai.AsyncOpenAI, model_id: s
         messages=[
             {"role": "developer", "content": "Answer in one word."},
             {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
-        ],  # type: ignore[list-item]
+        ],
         max_completion_tokens=3,
         temperature=0,
     )
@@ -89,8 +109,10 @@ async def test_system_and_content_parts(aclient: openai.AsyncOpenAI, model_id: s
 
 def test_sync_chat_stream_over_http(sync_client: openai.OpenAI, model_id: str) -> None:
     parts = []
-    for chunk in sync_client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=4, temperature=0, stream=True):  # type: ignore[arg-type]
+    for chunk in sync_client.chat.completions.create(
+        model=model_id, messages=MESSAGES, max_tokens=4, temperature=0, stream=True
+    ):
         if chunk.choices:
             parts.append(chunk.choices[0].delta.content or "")
-    whole = sync_client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+    whole = sync_client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=4, temperature=0)
     assert "".join(parts) == whole.choices[0].message.content

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import httpx
 import openai
 import pytest
 
+if TYPE_CHECKING:
+    from service.language.model import LanguageModel
+
 PROMPT = "The capital of France is"
 
 
-async def test_models_list(aclient: openai.AsyncOpenAI, model_id: str, language_model) -> None:  # type: ignore[no-untyped-def]
+class _SeededCompletion(TypedDict):
+    """The arguments the seeded-sampling test passes to every create call, typed so they unpack into it."""
+
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float
+    seed: int
+
+
+async def test_models_list(aclient: openai.AsyncOpenAI, model_id: str, language_model: LanguageModel) -> None:
     models = await aclient.models.list()
     assert [m.id for m in models.data] == [model_id]
     assert models.data[0].object == "model"
@@ -17,7 +32,9 @@ async def test_models_list(aclient: openai.AsyncOpenAI, model_id: str, language_
     assert one.id == model_id
 
 
-async def test_greedy_completion_matches_native_generate(aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str) -> None:
+async def test_greedy_completion_matches_native_generate(
+    aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str
+) -> None:
     completion = await aclient.completions.create(model=model_id, prompt=PROMPT, max_tokens=6, temperature=0)
     native = (await client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 6})).json()
     choice = completion.choices[0]
@@ -30,14 +47,18 @@ async def test_greedy_completion_matches_native_generate(aclient: openai.AsyncOp
     assert completion.usage.total_tokens == 11
 
 
-async def test_logprobs_match_next_token_probs(aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str) -> None:
-    completion = await aclient.completions.create(model=model_id, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=3)
+async def test_logprobs_match_next_token_probs(
+    aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str
+) -> None:
+    completion = await aclient.completions.create(
+        model=model_id, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=3
+    )
     lp = completion.choices[0].logprobs
     assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset is not None
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 3
     assert "".join(lp.tokens) == completion.choices[0].text
     assert lp.text_offset == [0, len(lp.tokens[0]), len(lp.tokens[0]) + len(lp.tokens[1])]
-    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
         assert len(top) == 3
         assert chosen == pytest.approx(max(top.values()), abs=1e-6)  # greedy: the chosen token is the most likely
     direct = (await client.post("/next-token-probs", json={"prompt": PROMPT, "top_k": 3})).json()["candidates"]
@@ -48,7 +69,9 @@ async def test_logprobs_match_next_token_probs(aclient: openai.AsyncOpenAI, clie
 
 async def test_echo_scores_the_prompt(aclient: openai.AsyncOpenAI, client: httpx.AsyncClient, model_id: str) -> None:
     # lm-eval-harness style: echo + logprobs + max_tokens 0 gives the prompt's own token logprobs.
-    scored = await aclient.completions.create(model=model_id, prompt=PROMPT + " Paris", max_tokens=0, echo=True, logprobs=1)
+    scored = await aclient.completions.create(
+        model=model_id, prompt=PROMPT + " Paris", max_tokens=0, echo=True, logprobs=1
+    )
     lp = scored.choices[0].logprobs
     assert scored.choices[0].text == PROMPT + " Paris"
     assert lp is not None and lp.tokens == ["The", " capital", " of", " France", " is", " Paris"]
@@ -80,7 +103,9 @@ async def test_stream_equals_whole_and_ends_with_usage(aclient: openai.AsyncOpen
 
 
 async def test_stream_with_logprobs(aclient: openai.AsyncOpenAI, model_id: str) -> None:
-    stream = await aclient.completions.create(model=model_id, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2, stream=True)
+    stream = await aclient.completions.create(
+        model=model_id, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2, stream=True
+    )
     tokens = []
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].logprobs is not None and chunk.choices[0].logprobs.tokens:
@@ -90,7 +115,13 @@ async def test_stream_with_logprobs(aclient: openai.AsyncOpenAI, model_id: str) 
 
 
 async def test_raw_stream_is_openai_sse(client: httpx.AsyncClient) -> None:
-    body = {"prompt": PROMPT, "max_tokens": 2, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": 2,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     async with client.stream("POST", "/v1/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -103,7 +134,13 @@ async def test_raw_stream_is_openai_sse(client: httpx.AsyncClient) -> None:
 
 
 async def test_seeded_sampling_repeats_and_n_choices(aclient: openai.AsyncOpenAI, model_id: str) -> None:
-    kwargs = {"model": model_id, "prompt": "Once upon a time", "max_tokens": 6, "temperature": 1.0, "seed": 1234}
+    kwargs: _SeededCompletion = {
+        "model": model_id,
+        "prompt": "Once upon a time",
+        "max_tokens": 6,
+        "temperature": 1.0,
+        "seed": 1234,
+    }
     first = await aclient.completions.create(**kwargs)
     second = await aclient.completions.create(**kwargs)
     assert first.choices[0].text == second.choices[0].text
@@ -113,7 +150,9 @@ async def test_seeded_sampling_repeats_and_n_choices(aclient: openai.AsyncOpenAI
     assert several.usage is not None and several.usage.completion_tokens == 12 and several.usage.prompt_tokens == 4
 
 
-async def test_batch_of_prompts_and_token_ids(aclient: openai.AsyncOpenAI, model_id: str, language_model) -> None:  # type: ignore[no-untyped-def]
+async def test_batch_of_prompts_and_token_ids(
+    aclient: openai.AsyncOpenAI, model_id: str, language_model: LanguageModel
+) -> None:
     ids = language_model.encode(PROMPT)
     batch = await aclient.completions.create(model=model_id, prompt=[PROMPT, "2 + 2 ="], max_tokens=2, temperature=0)
     by_ids = await aclient.completions.create(model=model_id, prompt=ids, max_tokens=2, temperature=0)
@@ -122,7 +161,9 @@ async def test_batch_of_prompts_and_token_ids(aclient: openai.AsyncOpenAI, model
 
 
 async def test_streamed_choices_each_finish(aclient: openai.AsyncOpenAI, model_id: str) -> None:
-    stream = await aclient.completions.create(model=model_id, prompt=["a", "b"], max_tokens=2, temperature=0, stream=True)
+    stream = await aclient.completions.create(
+        model=model_id, prompt=["a", "b"], max_tokens=2, temperature=0, stream=True
+    )
     finished = {}
     async for chunk in stream:
         for choice in chunk.choices:
@@ -136,10 +177,14 @@ def test_sync_client_over_http(sync_client: openai.OpenAI, model_id: str) -> Non
     assert completion.choices[0].text.startswith(" Paris")
     streamed = "".join(
         chunk.choices[0].text
-        for chunk in sync_client.completions.create(model=model_id, prompt=PROMPT, max_tokens=3, temperature=0, stream=True)
+        for chunk in sync_client.completions.create(
+            model=model_id, prompt=PROMPT, max_tokens=3, temperature=0, stream=True
+        )
         if chunk.choices
     )
     assert streamed == completion.choices[0].text
     raw = sync_client.completions.with_raw_response.create(model=model_id, prompt=PROMPT, max_tokens=1, temperature=0)
     assert raw.headers.get("x-request-id")
-    assert raw.parse().usage.completion_tokens == 1
+    parsed = raw.parse()
+    assert parsed.usage is not None
+    assert parsed.usage.completion_tokens == 1

@@ -30,16 +30,21 @@ def _cancelled(app: FastAPI) -> float:
 async def test_closing_a_stream_cancels_the_generation(app: FastAPI, threaded_server: str, path: str) -> None:
     body = {**LONG, "stream": True}
     if path.endswith("chat/completions"):
-        body = {"messages": [{"role": "user", "content": "Tell me a long story."}], **{k: v for k, v in body.items() if k != "prompt"}}
+        body = {
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            **{k: v for k, v in body.items() if k != "prompt"},
+        }
     before = _cancelled(app)
-    async with httpx.AsyncClient(base_url=threaded_server, timeout=60) as http:
-        async with http.stream("POST", path, json=body) as response:
-            assert response.status_code == 200
-            chunks = 0
-            async for line in response.aiter_lines():
-                chunks += line.startswith("data: ")
-                if chunks >= 3:
-                    break  # leave mid-stream
+    async with (
+        httpx.AsyncClient(base_url=threaded_server, timeout=60) as http,
+        http.stream("POST", path, json=body) as response,
+    ):
+        assert response.status_code == 200
+        chunks = 0
+        async for line in response.aiter_lines():
+            chunks += line.startswith("data: ")
+            if chunks >= 3:
+                break  # leave mid-stream
     await _wait_for_cancellation(app, before)
 
 

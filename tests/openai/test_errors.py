@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -9,9 +11,9 @@ import pytest
 PROMPT = "Hello"
 
 
-def _assert_openai_error(response: httpx.Response, status: int, param: str | None) -> dict:
+def _assert_openai_error(response: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
     assert response.status_code == status, response.text
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert set(error) >= {"message", "type", "param", "code"}
     assert error["message"]
     if param is not None:
@@ -38,25 +40,47 @@ def _assert_openai_error(response: httpx.Response, status: int, param: str | Non
         ("/v1/completions", {}, "prompt"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, None),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, "response_format"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 25}, "top_logprobs"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 25},
+            "top_logprobs",
+        ),
     ],
 )
-async def test_invalid_requests_get_400(client: httpx.AsyncClient, path: str, body: dict, param: str | None) -> None:
+async def test_invalid_requests_get_400(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str | None
+) -> None:
     error = _assert_openai_error(await client.post(path, json=body), 400, param)
     assert error["type"] == "invalid_request_error"
 
 
 async def test_malformed_json_gets_400(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/completions", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/completions", content=b'{"prompt": ', headers={"content-type": "application/json"}
+    )
     _assert_openai_error(response, 400, "body")
 
 
 async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
-    error = _assert_openai_error(await client.post("/v1/completions", json={"model": "gpt-4o", "prompt": PROMPT}), 404, "model")
+    error = _assert_openai_error(
+        await client.post("/v1/completions", json={"model": "gpt-4o", "prompt": PROMPT}), 404, "model"
+    )
     assert "gpt-4o" in error["message"]
 
 
@@ -72,11 +96,24 @@ async def test_the_client_raises_typed_errors(aclient: openai.AsyncOpenAI, model
 
 
 async def test_explicit_nulls_mean_defaults(client: httpx.AsyncClient) -> None:
-    nulls = {"n": None, "stream": None, "logprobs": None, "top_logprobs": None, "stop": None, "seed": None, "user": None,
-             "tools": None, "response_format": None, "temperature": 0, "max_tokens": 1}
+    nulls = {
+        "n": None,
+        "stream": None,
+        "logprobs": None,
+        "top_logprobs": None,
+        "stop": None,
+        "seed": None,
+        "user": None,
+        "tools": None,
+        "response_format": None,
+        "temperature": 0,
+        "max_tokens": 1,
+    }
     chat = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], **nulls})
     assert chat.status_code == 200, chat.text
-    completion = await client.post("/v1/completions", json={"prompt": "Hi", "echo": None, "suffix": None, "best_of": None, **nulls})
+    completion = await client.post(
+        "/v1/completions", json={"prompt": "Hi", "echo": None, "suffix": None, "best_of": None, **nulls}
+    )
     assert completion.status_code == 200, completion.text
     assert completion.json()["choices"][0]["logprobs"] is None
 
@@ -85,8 +122,18 @@ async def test_explicit_nulls_mean_defaults(client: httpx.AsyncClient) -> None:
     ("path", "body", "field", "native"),
     [
         ("/v1/completions", {"prompt": PROMPT, "max_tokens": 100000}, "max_tokens", "max_new_tokens"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, "max_tokens", "max_new_tokens"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 100000}, "max_completion_tokens", "max_new_tokens"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000},
+            "max_tokens",
+            "max_new_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 100000},
+            "max_completion_tokens",
+            "max_new_tokens",
+        ),
         ("/v1/completions", {"prompt": PROMPT, "timeout_s": 100000}, "timeout_s", None),
     ],
 )

@@ -33,7 +33,14 @@ def _usage(usage: Any) -> tuple[int, int, int]:
 
 def _chat_model(base: str, model_id: str, **kwargs: Any):  # type: ignore[no-untyped-def]
     return langchain_openai.ChatOpenAI(
-        base_url=f"{base}/v1", api_key="x", model=model_id, temperature=0, max_tokens=MAX_TOKENS, max_retries=0, timeout=120, **kwargs
+        base_url=f"{base}/v1",
+        api_key="x",
+        model=model_id,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        max_retries=0,
+        timeout=120,
+        **kwargs,
     )
 
 
@@ -107,20 +114,30 @@ async def _chunks(client: httpx.AsyncClient, path: str, body: dict[str, Any]) ->
     return [json.loads(line) for line in lines[:-1]]
 
 
-_BODIES = {
+_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
     "completions": ("/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "temperature": 0}),
-    "completions n=2, two prompts": ("/v1/completions", {"prompt": [PROMPT, "Once upon a time"], "n": 2, "max_tokens": 4, "temperature": 0}),
+    "completions n=2, two prompts": (
+        "/v1/completions",
+        {"prompt": [PROMPT, "Once upon a time"], "n": 2, "max_tokens": 4, "temperature": 0},
+    ),
     "completions echo only": ("/v1/completions", {"prompt": PROMPT, "max_tokens": 0, "echo": True}),
-    "completions echo + tokens": ("/v1/completions", {"prompt": PROMPT, "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0}),
+    "completions echo + tokens": (
+        "/v1/completions",
+        {"prompt": PROMPT, "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0},
+    ),
     "chat": ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 5, "temperature": 0}),
-    "chat n=3": ("/v1/chat/completions", {"messages": MESSAGES, "n": 3, "max_tokens": 4, "temperature": 0.8, "seed": 7}),
+    "chat n=3": (
+        "/v1/chat/completions",
+        {"messages": MESSAGES, "n": 3, "max_tokens": 4, "temperature": 0.8, "seed": 7},
+    ),
 }
 
 
 async def _whole_usage(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, int]:
     response = await client.post(path, json=body)
     assert response.status_code == 200, response.text
-    return response.json()["usage"]
+    usage: dict[str, int] = response.json()["usage"]
+    return usage
 
 
 @pytest.mark.parametrize("case", list(_BODIES))
@@ -135,7 +152,9 @@ async def test_include_usage_null_on_every_chunk_but_the_last(client: httpx.Asyn
 
 @pytest.mark.parametrize("case", list(_BODIES))
 @pytest.mark.parametrize("options", [None, {"include_usage": False, "continuous_usage_stats": True}])
-async def test_no_usage_anywhere_without_include_usage(client: httpx.AsyncClient, case: str, options: dict[str, bool] | None) -> None:
+async def test_no_usage_anywhere_without_include_usage(
+    client: httpx.AsyncClient, case: str, options: dict[str, bool] | None
+) -> None:
     path, body = _BODIES[case]
     if options is not None:
         body = {**body, "stream_options": options}
@@ -150,7 +169,9 @@ async def test_no_usage_anywhere_without_include_usage(client: httpx.AsyncClient
 async def test_continuous_usage_stats_give_the_usage_so_far(client: httpx.AsyncClient, case: str) -> None:
     # vLLM's extension, with include_usage: every chunk carries the request's usage so far; the last is the total.
     path, body = _BODIES[case]
-    chunks = await _chunks(client, path, {**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    chunks = await _chunks(
+        client, path, {**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    )
     *rest, last = chunks
     whole = await _whole_usage(client, path, body)
     assert last["choices"] == [] and last["usage"] == whole
