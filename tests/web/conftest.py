@@ -172,7 +172,7 @@ async def _open_page(
 
     async def guard(route: Any) -> None:
         url = route.request.url
-        if url.startswith(live_server) or url.startswith("data:") or url.startswith("blob:"):
+        if url.startswith((live_server, "data:", "blob:")):
             await route.continue_()
         else:
             problems.external_requests.append(url)
@@ -208,7 +208,12 @@ def page(page_and_problems: tuple[Any, PageProblems]) -> Any:
 async def phone_page(browser: Any, live_server: str) -> AsyncIterator[Any]:
     """The playground on a phone-sized touch screen, in dark mode."""
     context, page, problems = await _open_page(
-        browser, live_server, {"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
+        browser,
+        live_server,
+        {"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
         color_scheme="dark",
     )
     try:
@@ -224,7 +229,9 @@ async def open_page(browser: Any) -> AsyncIterator[Any]:
     opened: list[tuple[Any, PageProblems]] = []
 
     async def _open(base_url: str, *, wait_ready: bool = True) -> tuple[Any, PageProblems]:
-        context, page, problems = await _open_page(browser, base_url, {"width": 1280, "height": 1000}, wait_ready=wait_ready)
+        context, page, problems = await _open_page(
+            browser, base_url, {"width": 1280, "height": 1000}, wait_ready=wait_ready
+        )
         opened.append((context, problems))
         return page, problems
 

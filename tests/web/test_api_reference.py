@@ -86,7 +86,9 @@ async def offline_page(browser: Any, live_server: str) -> AsyncIterator[Callable
         seen.assert_clean()
 
 
-async def test_swagger_ui_lists_the_operations_offline(offline_page: Any, live_server: str, screenshot_dir: Path) -> None:
+async def test_swagger_ui_lists_the_operations_offline(
+    offline_page: Any, live_server: str, screenshot_dir: Path
+) -> None:
     docs = await offline_page("/docs")
     page = docs.page
     await page.locator(".opblock-summary").first.wait_for()
@@ -115,11 +117,10 @@ async def test_swagger_ui_try_it_out_calls_the_service(offline_page: Any, live_s
 
 
 async def test_redoc_renders_the_reference_offline(offline_page: Any, live_server: str, screenshot_dir: Path) -> None:
-    import json
-    import urllib.request
+    import httpx
 
-    with urllib.request.urlopen(live_server + "/openapi.json", timeout=30) as response:
-        spec = json.load(response)
+    async with httpx.AsyncClient(timeout=30) as http:
+        spec = (await http.get(live_server + "/openapi.json")).json()
     redoc = await offline_page("/redoc", allowed_console_errors=(REDOC_LOGO_REFUSED,))
     page = redoc.page
     title = page.locator("h1", has_text="genai-service")
@@ -135,4 +136,3 @@ async def test_redoc_renders_the_reference_offline(offline_page: Any, live_serve
     paths = {urlsplit(url).path for url in redoc.served}
     assert {"/redoc", "/docs/assets/redoc.standalone.js", "/openapi.json"} <= paths
     assert await page.locator("img[alt='redocly logo']").count() == 0  # refused, so ReDoc dropped it
-

@@ -70,7 +70,13 @@ async def test_the_licences_of_the_served_releases_are_served_beside_them(client
 
 
 async def test_unknown_and_escaping_asset_paths_are_json_404s(client: httpx.AsyncClient) -> None:
-    for path in ("/docs/assets/nope.js", "/docs/assets/..%2Fdocs.py", "/docs/assets/%2e%2e%2f__init__.py", "/docs/assets/../router.py", "/docs/assets/core.py"):
+    for path in (
+        "/docs/assets/nope.js",
+        "/docs/assets/..%2Fdocs.py",
+        "/docs/assets/%2e%2e%2f__init__.py",
+        "/docs/assets/../router.py",
+        "/docs/assets/core.py",
+    ):
         r = await client.get(path)
         assert r.status_code == 404, path
         assert r.json()["error"]["type"] == "not_found"
@@ -86,11 +92,19 @@ async def test_the_oauth2_redirect_page(client: httpx.AsyncClient, app: FastAPI)
     assert "swaggerUIRedirectOauth2" in r.text
 
 
-async def test_the_reference_is_public_when_api_keys_are_set(settings: Settings, make_app: Callable[[Settings], Awaitable[FastAPI]]) -> None:
+async def test_the_reference_is_public_when_api_keys_are_set(
+    settings: Settings, make_app: Callable[[Settings], Awaitable[FastAPI]]
+) -> None:
     locked = await make_app(settings.model_copy(update={"api_keys": ["docs-test-key"]}))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=locked), base_url="http://locked") as http:
         assert (await http.get("/v1/models")).status_code == 401  # the model routes are locked...
-        for path in [*PAGES, "/docs/oauth2-redirect", "/openapi.json", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/redoc.standalone.js"]:
+        for path in [
+            *PAGES,
+            "/docs/oauth2-redirect",
+            "/openapi.json",
+            "/docs/assets/swagger-ui-bundle.js",
+            "/docs/assets/redoc.standalone.js",
+        ]:
             assert (await http.get(path)).status_code == 200, path  # ...the reference is not
 
 

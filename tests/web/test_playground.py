@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def _post(base: str, path: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
 
@@ -118,7 +120,7 @@ async def test_digit_pad_classifies_a_dropped_image(page: Any, screenshot_dir: P
     import numpy as np
     from PIL import Image
 
-    index, label, image = _heldout_digits([4])[0]
+    _, label, image = _heldout_digits([4])[0]
     paper = Image.fromarray((255 - image).astype(np.uint8), mode="L").resize((196, 196), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     paper.save(buffer, format="PNG")
@@ -164,7 +166,9 @@ async def test_tokenizer_shows_one_chip_per_token(page: Any, live_server: str, s
     assert await page.locator("#tok-count").inner_text() == str(expected["count"])
     # the id is on hover (title), and the chips spell the sentence back
     assert (await chips.nth(1).get_attribute("title")).startswith(f"id {expected['ids'][1]} ")
-    assert [await chips.nth(i).get_attribute("data-id") for i in range(await chips.count())] == [str(i) for i in expected["ids"]]
+    assert [await chips.nth(i).get_attribute("data-id") for i in range(await chips.count())] == [
+        str(i) for i in expected["ids"]
+    ]
     await page.check("#tok-show-ids")
     assert await page.locator("#tok-chips .chip-id").first.is_visible()
     await _shot(page, screenshot_dir, "tokenizer", "#tokenizer")
@@ -183,7 +187,9 @@ async def _candidates_for(page: Any, live_server: str, prompt: str, top_k: int) 
         arg=expected["prompt_tokens"],
     )
     assert await page.input_value("#nt-prompt") == prompt
-    shown = await page.locator("#nt-candidates .candidate").evaluate_all("els => els.map(e => e.dataset.token)")
+    shown: list[str] = await page.locator("#nt-candidates .candidate").evaluate_all(
+        "els => els.map(e => e.dataset.token)"
+    )
     assert len(shown) == top_k
     best, runner_up = expected["candidates"][0], expected["candidates"][1]
     if best["probability"] - runner_up["probability"] > 0.01:  # near-ties may swap between batch shapes
@@ -285,7 +291,9 @@ async def test_generation_runs_to_the_end(page: Any, screenshot_dir: Path) -> No
     await page.fill("#gen-temp", "0")
     await page.fill("#gen-max", "6")
     await page.press("#gen-prompt", "Control+Enter")
-    await page.wait_for_function("() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)")
+    await page.wait_for_function(
+        "() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)"
+    )
     status = await page.locator("#gen-status").inner_text()
     assert status.startswith("Done ("), status
     tokens = await page.locator("#gen-output .gen-token").count()
@@ -309,12 +317,14 @@ async def test_whole_page_on_desktop(page: Any, screenshot_dir: Path) -> None:
     )
     assert unlabelled == []
     # every panel in use: a drawn digit, a finished generation
-    index, label, image = _heldout_digits([2])[0]
+    _, label, image = _heldout_digits([2])[0]
     await _draw(page, image)
     await page.fill("#gen-temp", "0")
     await page.fill("#gen-max", "24")
     await page.click("#gen-start")
-    await page.wait_for_function("() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)")
+    await page.wait_for_function(
+        "() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)"
+    )
     await page.locator("#gen-output .gen-token").nth(3).click()
     await page.wait_for_function(
         "() => document.querySelector('.digit-result').getAttribute('aria-busy') === 'false'"
@@ -339,7 +349,7 @@ async def test_page_fits_a_phone_screen(phone_page: Any, screenshot_dir: Path) -
 async def test_digit_pad_takes_a_finger(phone_page: Any, screenshot_dir: Path) -> None:
     """Touch input (as from a finger on a phone) draws too: Chrome turns touches into pointer events."""
     page = phone_page
-    index, label, image = _heldout_digits([1])[0]
+    _, label, image = _heldout_digits([1])[0]
     await page.locator("#digit-canvas").scroll_into_view_if_needed()
     box = await page.locator("#digit-canvas").bounding_box()
     scale = box["width"] / 28
@@ -347,9 +357,13 @@ async def test_digit_pad_takes_a_finger(phone_page: Any, screenshot_dir: Path) -
     for row, first, last in _ink_strokes(image):
         y = box["y"] + row * scale
         xs = [first + (last - first) * t / 4 for t in range(5)]
-        await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": box["x"] + xs[0] * scale, "y": y}]})
+        await cdp.send(
+            "Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": box["x"] + xs[0] * scale, "y": y}]}
+        )
         for x in xs[1:]:
-            await cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": box["x"] + x * scale, "y": y}]})
+            await cdp.send(
+                "Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": box["x"] + x * scale, "y": y}]}
+            )
         await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     await page.wait_for_function(
         "() => document.querySelector('.digit-result').getAttribute('aria-busy') === 'false'"

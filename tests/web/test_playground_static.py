@@ -40,7 +40,9 @@ def test_the_page_loads_nothing_from_the_internet() -> None:
     assert {p.name for p in files} >= {"index.html", "app.js", "style.css"}
     for path in files:
         text = path.read_text(encoding="utf-8")
-        remote = [u for u in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", text) if "www.w3.org/2000/svg" not in u]
+        remote = [
+            u for u in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", text) if "www.w3.org/2000/svg" not in u
+        ]
         assert not remote, f"{path.name} refers to {remote}"
         assert "@import" not in text or path.suffix != ".css"
 
