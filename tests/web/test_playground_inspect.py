@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def _post(base: str, path: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
 
@@ -38,7 +40,8 @@ async def _shot(page: Any, directory: Path, name: str, selector: str) -> Path:
 async def _idle(page: Any, selector: str) -> None:
     """Wait until the view's container has an answer and none is on its way."""
     await page.wait_for_function(
-        "(s) => { const el = document.querySelector(s); return el && el.getAttribute('aria-busy') === 'false'; }", arg=selector
+        "(s) => { const el = document.querySelector(s); return el && el.getAttribute('aria-busy') === 'false'; }",
+        arg=selector,
     )
 
 
@@ -46,7 +49,7 @@ async def _idle(page: Any, selector: str) -> None:
 
 
 async def _bpe_steps_for(page: Any, live_server: str, text: str) -> dict[str, Any]:
-    expected = _post(live_server, "/tokenize", {"text": text, "explain": True})
+    expected: dict[str, Any] = _post(live_server, "/tokenize", {"text": text, "explain": True})
     merges = sum(len(p["merges"]) for p in expected["explain"]["pieces"])
     await page.fill("#bpe-text", text)
     await page.wait_for_function(
@@ -61,14 +64,19 @@ async def _bpe_steps_for(page: Any, live_server: str, text: str) -> dict[str, An
         # one row per merge, in order, each with its rank and the symbols after it
         steps = shown.locator(".bpe-step.merge")
         assert await steps.count() == len(piece["merges"])
-        assert await steps.evaluate_all("els => els.map(e => Number(e.dataset.rank))") == [m["rank"] for m in piece["merges"]]
+        assert await steps.evaluate_all("els => els.map(e => Number(e.dataset.rank))") == [
+            m["rank"] for m in piece["merges"]
+        ]
         for j, merge in enumerate(piece["merges"]):
             symbols = await steps.nth(j).locator(".bpe-symbol").all_inner_texts()
             assert symbols == merge["symbols"]
             assert merge["merged"] in await steps.nth(j).locator(".bpe-symbol.merged").all_inner_texts()
         if not piece["special"]:
             assert await shown.locator(".bpe-step").first.locator(".bpe-symbol").all_inner_texts() == piece["initial"]
-        assert await shown.locator(".bpe-result .bpe-symbol").evaluate_all("els => els.map(e => Number(e.dataset.id))") == piece["ids"]
+        assert (
+            await shown.locator(".bpe-result .bpe-symbol").evaluate_all("els => els.map(e => Number(e.dataset.id))")
+            == piece["ids"]
+        )
     return expected
 
 
@@ -91,32 +99,54 @@ async def test_bpe_view_on_a_phone(phone_page: Any, live_server: str, screenshot
 # --- sampler stages -----------------------------------------------------------------------------
 
 
-async def _sampler_shows(page: Any, live_server: str, *, temperature: float, top_k: int, top_p: float, penalty: float) -> list[dict[str, Any]]:
+async def _sampler_shows(
+    page: Any, live_server: str, *, temperature: float, top_k: int, top_p: float, penalty: float
+) -> list[dict[str, Any]]:
     """Wait until the chart shows these settings; return the API's stages for them."""
     await page.wait_for_function(
         """([t, k, p, r]) => { const el = document.getElementById('smp-chart');
             return el.dataset.temperature === t && el.dataset.sampleTopK === k && el.dataset.topP === p
                 && el.dataset.repetitionPenalty === r && el.getAttribute('aria-busy') === 'false'; }""",
-        arg=[str(temperature) if temperature != int(temperature) else str(int(temperature)), str(top_k),
-             str(top_p) if top_p != int(top_p) else str(int(top_p)), str(penalty) if penalty != int(penalty) else str(int(penalty))],
+        arg=[
+            str(temperature) if temperature != int(temperature) else str(int(temperature)),
+            str(top_k),
+            str(top_p) if top_p != int(top_p) else str(int(top_p)),
+            str(penalty) if penalty != int(penalty) else str(int(penalty)),
+        ],
     )
     prompt = await page.input_value("#smp-prompt")
-    body = {"prompt": prompt, "top_k": 20, "explain": True, "temperature": temperature, "sample_top_k": top_k, "top_p": top_p, "repetition_penalty": penalty}
+    body = {
+        "prompt": prompt,
+        "top_k": 20,
+        "explain": True,
+        "temperature": temperature,
+        "sample_top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": penalty,
+    }
     stages: list[dict[str, Any]] = _post(live_server, "/next-token-probs", body)["stages"]
     return stages
 
 
 async def _bars(page: Any) -> tuple[list[str], list[str], list[float]]:
     """(kept tokens, cut tokens, kept probabilities) of the chart as shown."""
-    kept = await page.locator('#smp-chart .stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => e.dataset.token)")
-    cut = await page.locator('#smp-chart .stage-bar[data-kept="false"]').evaluate_all("els => els.map(e => e.dataset.token)")
-    probabilities = await page.locator('#smp-chart .stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => Number(e.dataset.probability))")
+    kept = await page.locator('#smp-chart .stage-bar[data-kept="true"]').evaluate_all(
+        "els => els.map(e => e.dataset.token)"
+    )
+    cut = await page.locator('#smp-chart .stage-bar[data-kept="false"]').evaluate_all(
+        "els => els.map(e => e.dataset.token)"
+    )
+    probabilities = await page.locator('#smp-chart .stage-bar[data-kept="true"]').evaluate_all(
+        "els => els.map(e => Number(e.dataset.probability))"
+    )
     return kept, cut, probabilities
 
 
 async def _slide(page: Any, selector: str, value: float) -> None:
     """Move a range input as a drag would: its value changes, then an input event."""
-    await page.locator(selector).evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', { bubbles: true })); }", value)
+    await page.locator(selector).evaluate(
+        "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', { bubbles: true })); }", value
+    )
 
 
 async def test_sampler_bars_and_cut_offs_follow_the_sliders(page: Any, live_server: str, screenshot_dir: Path) -> None:
@@ -142,7 +172,12 @@ async def test_sampler_bars_and_cut_offs_follow_the_sliders(page: Any, live_serv
     assert cut == [t["token"] for t in stages[0]["top"][3:]]
     rows = await page.locator("#smp-chart .stage-bars > li").evaluate_all("els => els.map(e => e.className)")
     assert rows.index("stage-cutoff") == 3  # the line sits right after the kept bars
-    assert await page.locator('#smp-chart .stage-bar[data-kept="false"]').first.evaluate("el => Number(getComputedStyle(el).opacity)") < 1
+    assert (
+        await page.locator('#smp-chart .stage-bar[data-kept="false"]').first.evaluate(
+            "el => Number(getComputedStyle(el).opacity)"
+        )
+        < 1
+    )
     assert "3 kept" in await page.locator('#smp-chart .stage-step[data-stage="top_k"]').inner_text()
 
     # every step on: the chart opens on the last (the distribution drawn from), each earlier one a click away
@@ -152,7 +187,9 @@ async def test_sampler_bars_and_cut_offs_follow_the_sliders(page: Any, live_serv
     await _slide(page, "#smp-rep", 1.3)
     stages = await _sampler_shows(page, live_server, temperature=0.6, top_k=10, top_p=0.5, penalty=1.3)
     assert [s["name"] for s in stages] == ["model", "repetition_penalty", "temperature", "top_k", "top_p"]
-    assert await page.locator("#smp-chart .stage-step").evaluate_all("els => els.map(e => e.dataset.stage)") == [s["name"] for s in stages]
+    assert await page.locator("#smp-chart .stage-step").evaluate_all("els => els.map(e => e.dataset.stage)") == [
+        s["name"] for s in stages
+    ]
     assert await page.locator('#smp-chart .stage-step[aria-pressed="true"]').get_attribute("data-stage") == "top_p"
     kept, cut, _ = await _bars(page)
     assert kept == [t["token"] for t in stages[-1]["top"]] and len(kept) == stages[-1]["kept"] < 10
@@ -198,7 +235,9 @@ def _sse(text: str) -> list[tuple[str, Any]]:
     return events
 
 
-async def _generate(page: Any, prompt: str, *, temperature: str, max_tokens: str, seed: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def _generate(
+    page: Any, prompt: str, *, temperature: str, max_tokens: str, seed: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate from the page; return the token events and the done event the page itself received."""
     await page.fill("#gen-prompt", prompt)
     await page.fill("#gen-temp", temperature)
@@ -208,7 +247,9 @@ async def _generate(page: Any, prompt: str, *, temperature: str, max_tokens: str
     async with page.expect_response(lambda r: r.url.endswith("/generate")) as answer:
         await page.click("#gen-start")
     response = await answer.value
-    await page.wait_for_function("() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)")
+    await page.wait_for_function(
+        "() => ['done', 'error'].includes(document.getElementById('gen-status').dataset.state)"
+    )
     assert (await page.locator("#gen-status").inner_text()).startswith("Done (")
     request = json.loads(response.request.post_data)
     assert request["explain"] is True and request["stream"] is True
@@ -218,10 +259,14 @@ async def _generate(page: Any, prompt: str, *, temperature: str, max_tokens: str
     return tokens, done
 
 
-async def test_generation_is_tinted_by_surprisal_or_entropy_and_explains_each_token(page: Any, screenshot_dir: Path) -> None:
+async def test_generation_is_tinted_by_surprisal_or_entropy_and_explains_each_token(
+    page: Any, screenshot_dir: Path
+) -> None:
     import math
 
-    tokens, done = await _generate(page, "Once upon a time, in a small village by the sea,", temperature="0.9", max_tokens="24", seed="11")
+    tokens, done = await _generate(
+        page, "Once upon a time, in a small village by the sea,", temperature="0.9", max_tokens="24", seed="11"
+    )
     spans = page.locator("#gen-output .gen-token")
     assert await spans.count() == len(tokens) > 0
     # surprisal first: each token carries its own, and the tint follows it (green expected, red surprising)
@@ -287,7 +332,9 @@ async def test_generation_explained_on_a_phone(phone_page: Any, screenshot_dir: 
     tokens, _ = await _generate(phone_page, "Once upon a time,", temperature="0.8", max_tokens="16", seed="3")
     await phone_page.locator("#gen-output .gen-token").nth(1).tap()
     await phone_page.locator("#gen-stages").wait_for(state="visible")
-    kept = await phone_page.locator('#gen-stages .stage-bar[data-kept="true"]').evaluate_all("els => els.map(e => e.dataset.token)")
+    kept = await phone_page.locator('#gen-stages .stage-bar[data-kept="true"]').evaluate_all(
+        "els => els.map(e => e.dataset.token)"
+    )
     assert kept == [t["token"] for t in tokens[1]["explain"]["stages"][-1]["top"]]
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
@@ -299,7 +346,9 @@ async def test_generation_explained_on_a_phone(phone_page: Any, screenshot_dir: 
 
 async def _lens_for(page: Any, live_server: str, prompt: str, top_k: int = 5) -> dict[str, Any]:
     count = _post(live_server, "/tokenize", {"text": prompt})["count"]
-    expected = _post(live_server, "/inspect/logit-lens", {"prompt": prompt, "top_k": top_k, "positions": list(range(count))})
+    expected: dict[str, Any] = _post(
+        live_server, "/inspect/logit-lens", {"prompt": prompt, "top_k": top_k, "positions": list(range(count))}
+    )
     await page.fill("#lens-prompt", prompt)
     await page.wait_for_function(
         "(t) => { const el = document.getElementById('lens-grid'); return el.dataset.prompt === t && el.getAttribute('aria-busy') === 'false'; }",
@@ -308,7 +357,9 @@ async def _lens_for(page: Any, live_server: str, prompt: str, top_k: int = 5) ->
     return expected
 
 
-async def test_logit_lens_grid_shows_every_layer_and_position(page: Any, live_server: str, screenshot_dir: Path) -> None:
+async def test_logit_lens_grid_shows_every_layer_and_position(
+    page: Any, live_server: str, screenshot_dir: Path
+) -> None:
     prompt = "The capital of France is"
     expected = await _lens_for(page, live_server, prompt)
     positions = expected["positions"]
@@ -316,7 +367,9 @@ async def test_logit_lens_grid_shows_every_layer_and_position(page: Any, live_se
     assert layers == list(range(expected["layers"] + 1))  # the embeddings and every decoder layer
     cells = page.locator("#lens-grid .lens-cell")
     assert await cells.count() == len(layers) * len(positions) == (expected["layers"] + 1) * 5
-    shown = await cells.evaluate_all("els => els.map(e => [Number(e.dataset.layer), Number(e.dataset.position), e.dataset.token, e.classList.contains('final')])")
+    shown = await cells.evaluate_all(
+        "els => els.map(e => [Number(e.dataset.layer), Number(e.dataset.position), e.dataset.token, e.classList.contains('final')])"
+    )
     want = [
         [cell["layer"], row["position"], cell["top"][0]["token"], cell["final_token_rank"] == 1]
         for layer in reversed(layers)
@@ -340,7 +393,9 @@ async def test_logit_lens_grid_shows_every_layer_and_position(page: Any, live_se
     detail = page.locator("#lens-detail")
     await detail.wait_for(state="visible")
     cell = positions[3]["layers"][layer]
-    assert await detail.locator("li").evaluate_all("els => els.map(e => e.dataset.token)") == [t["token"] for t in cell["top"]]
+    assert await detail.locator("li").evaluate_all("els => els.map(e => e.dataset.token)") == [
+        t["token"] for t in cell["top"]
+    ]
     assert f"ranked {cell['final_token_rank']} here" in await detail.inner_text()
 
     # the keyboard: arrows move between cells, Enter opens one
@@ -348,7 +403,9 @@ async def test_logit_lens_grid_shows_every_layer_and_position(page: Any, live_se
     await page.keyboard.press("ArrowUp")
     await page.keyboard.press("ArrowRight")
     await page.keyboard.press("Enter")
-    focused = await page.evaluate("() => [document.activeElement.dataset.layer, document.activeElement.dataset.position]")
+    focused = await page.evaluate(
+        "() => [document.activeElement.dataset.layer, document.activeElement.dataset.position]"
+    )
     assert focused == [str(layer + 1), "4"]
     top = positions[4]["layers"][layer + 1]["top"]
     assert await detail.locator("li").evaluate_all("els => els.map(e => e.dataset.token)") == [t["token"] for t in top]
@@ -368,7 +425,11 @@ async def test_logit_lens_on_a_phone(phone_page: Any, live_server: str, screensh
     shown = await phone_page.locator("#lens-grid thead .lens-pos").count()
     assert shown == 16
     assert f"the last 16 of {count}" in await phone_page.locator("#lens-info").inner_text()
-    last = await phone_page.locator("#lens-grid tbody tr").first.locator(".lens-cell").evaluate_all("els => els.map(e => e.dataset.token)")
+    last = (
+        await phone_page.locator("#lens-grid tbody tr")
+        .first.locator(".lens-cell")
+        .evaluate_all("els => els.map(e => e.dataset.token)")
+    )
     assert last == [row["layers"][-1]["top"][0]["token"] for row in expected["positions"][-16:]]
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone (the grid should scroll inside itself)"
@@ -406,20 +467,26 @@ async def test_attention_heatmap_row_of_a_clicked_token(page: Any, live_server: 
     await _attention_shown(page, prompt, last_layer["maps"][0]["layer"], "mean")
     # layer and head pickers: every layer, and the mean over heads then each head
     assert await page.locator("#att-layer option").count() == last_layer["maps"][0]["layer"] + 1
-    assert await page.locator("#att-head option").evaluate_all("els => els.map(e => e.value)") == ["mean"] + [str(h) for h in last_layer["heads"]]
+    assert await page.locator("#att-head option").evaluate_all("els => els.map(e => e.value)") == ["mean"] + [
+        str(h) for h in last_layer["heads"]
+    ]
     assert await page.locator("#att-matrix .att-row").count() == n
     await _assert_row(page, n - 1, last_layer["maps"][0]["weights"][n - 1])  # the last token is chosen first
 
     await page.select_option("#att-layer", "3")
     await _attention_shown(page, prompt, 3, "mean")
-    mean = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [3], "mean_over_heads": True})["maps"][0]["weights"]
+    mean = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [3], "mean_over_heads": True})["maps"][
+        0
+    ]["weights"]
     it = [t["token"] for t in last_layer["prompt_tokens"]].index(" it")
     await page.locator(f'#att-tokens .att-token[data-position="{it}"]').click()
     await _assert_row(page, it, mean[it])
 
     await page.select_option("#att-head", "2")
     await _attention_shown(page, prompt, 3, "2")
-    head = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [3], "heads": [2]})["maps"][0]["weights"]
+    head = _post(live_server, "/inspect/attention", {"prompt": prompt, "layers": [3], "heads": [2]})["maps"][0][
+        "weights"
+    ]
     await _assert_row(page, it, head[it])  # the chosen token stays chosen
     # keyboard: ← on the tokens chooses the one before; a row label in the heatmap chooses its token
     await page.locator("#att-tokens .att-token.query").focus()
@@ -514,13 +581,14 @@ async def _explained(page: Any, live_server: str, label: int) -> dict[str, Any]:
 
 async def _saliency_pixel(page: Any, x: int, y: int) -> list[int]:
     rgb: list[int] = await page.evaluate(
-        "([x, y]) => [...document.getElementById('why-saliency').getContext('2d').getImageData(x, y, 1, 1).data].slice(0, 3)", [x, y]
+        "([x, y]) => [...document.getElementById('why-saliency').getContext('2d').getImageData(x, y, 1, 1).data].slice(0, 3)",
+        [x, y],
     )
     return rgb
 
 
 def _strongest(rows: list[list[float]]) -> tuple[int, int, float]:
-    value, x, y = max((abs(v), x, y) for y, row in enumerate(rows) for x, v in enumerate(row))
+    _, x, y = max((abs(v), x, y) for y, row in enumerate(rows) for x, v in enumerate(row))
     return x, y, rows[y][x]
 
 
@@ -528,7 +596,7 @@ async def test_digit_why_shows_saliency_units_and_neighbours(page: Any, live_ser
     from test_playground import _draw, _heldout_digits
 
     assert await page.locator("#why-body").is_hidden()
-    index, label, image = _heldout_digits([3])[0]
+    _, label, image = _heldout_digits([3])[0]
     await page.locator("#digit-canvas").scroll_into_view_if_needed()
     await _draw(page, image)
     expected = await _explained(page, live_server, label)
@@ -539,10 +607,14 @@ async def test_digit_why_shows_saliency_units_and_neighbours(page: Any, live_ser
     assert await neighbours.evaluate_all("els => els.map(e => [Number(e.dataset.index), Number(e.dataset.label)])") == [
         [n["index"], n["label"]] for n in expected["neighbours"]
     ]
-    assert [t.split()[0] for t in await neighbours.all_inner_texts()] == [str(n["label"]) for n in expected["neighbours"]]
+    assert [t.split()[0] for t in await neighbours.all_inner_texts()] == [
+        str(n["label"]) for n in expected["neighbours"]
+    ]
     # the units that added most, largest first, and what they add
     units = page.locator("#why-units .why-unit")
-    assert await units.evaluate_all("els => els.map(e => Number(e.dataset.unit))") == [u["unit"] for u in expected["top_units"]]
+    assert await units.evaluate_all("els => els.map(e => Number(e.dataset.unit))") == [
+        u["unit"] for u in expected["top_units"]
+    ]
     assert await units.evaluate_all("els => els.map(e => Number(e.dataset.contribution))") == pytest.approx(
         [u["contribution"] for u in expected["top_units"]], abs=1e-9
     )
@@ -562,8 +634,12 @@ async def test_digit_why_shows_saliency_units_and_neighbours(page: Any, live_ser
     # every unit's weights on demand, the top units outlined among them
     weights = _get(live_server, "/inspect/digits/weights")
     await page.click("#why-all summary")
-    await page.wait_for_function("(n) => document.querySelectorAll('#why-all-units .why-unit').length === n", arg=len(weights["units"]))
-    outlined = await page.locator("#why-all-units .why-unit.top").evaluate_all("els => els.map(e => Number(e.dataset.unit))")
+    await page.wait_for_function(
+        "(n) => document.querySelectorAll('#why-all-units .why-unit').length === n", arg=len(weights["units"])
+    )
+    outlined = await page.locator("#why-all-units .why-unit.top").evaluate_all(
+        "els => els.map(e => Number(e.dataset.unit))"
+    )
     assert sorted(outlined) == sorted(u["unit"] for u in expected["top_units"])
     await page.click("#why-all summary")
     await page.mouse.move(0, 0)
@@ -577,7 +653,7 @@ async def test_digit_why_shows_saliency_units_and_neighbours(page: Any, live_ser
 async def test_digit_why_on_a_phone(phone_page: Any, live_server: str, screenshot_dir: Path) -> None:
     from test_playground import _heldout_digits, _ink_strokes
 
-    index, label, image = _heldout_digits([6])[0]
+    _, label, image = _heldout_digits([6])[0]
     page = phone_page
     await page.locator("#digit-canvas").scroll_into_view_if_needed()
     box = await page.locator("#digit-canvas").bounding_box()
@@ -586,12 +662,18 @@ async def test_digit_why_on_a_phone(phone_page: Any, live_server: str, screensho
     for row, first, last in _ink_strokes(image):  # drawn with a finger, as on a phone
         y = box["y"] + row * scale
         xs = [first + (last - first) * t / 4 for t in range(5)]
-        await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": box["x"] + xs[0] * scale, "y": y}]})
+        await cdp.send(
+            "Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": box["x"] + xs[0] * scale, "y": y}]}
+        )
         for x in xs[1:]:
-            await cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": box["x"] + x * scale, "y": y}]})
+            await cdp.send(
+                "Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": box["x"] + x * scale, "y": y}]}
+            )
         await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     expected = await _explained(phone_page, live_server, label)
-    labels = await phone_page.locator("#why-neighbours .why-neighbour").evaluate_all("els => els.map(e => Number(e.dataset.label))")
+    labels = await phone_page.locator("#why-neighbours .why-neighbour").evaluate_all(
+        "els => els.map(e => Number(e.dataset.label))"
+    )
     assert labels == [n["label"] for n in expected["neighbours"]]
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
