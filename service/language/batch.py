@@ -6,7 +6,7 @@ stay in the engine's order: `prefill` appends rows, `keep` drops rows, `decode` 
 Two implementations:
   - `DynamicCacheBatch` runs any transformers causal LM through its own `forward`, merging the
     per-prompt caches into one left-padded `DynamicCache`;
-  - `SlotBatch` (`llama_decoder.py`) runs Llama-family models through a lean forward pass over
+  - `SlotBatch` (`slot_batch.py`) runs Llama-family models through a lean forward pass over
     prepacked weights and a preallocated cache, several times cheaper per step on CPU.
 The engine takes any other implementation too (`GenerationEngine(..., batch=...)`): its unit tests
 pass one with scripted logits (tests/language/test_engine_unit.py).
@@ -71,7 +71,8 @@ class RunningBatch(Protocol):
 def make_running_batch(lm: LanguageModel, max_rows: int, lean: bool = True) -> RunningBatch:
     """The lean decoder when it supports the model (and `lean`), else transformers' own forward."""
     if lean:
-        from service.language.llama_decoder import LlamaDecoder, SlotBatch
+        from service.language.llama_decoder import LlamaDecoder
+        from service.language.slot_batch import SlotBatch
 
         if LlamaDecoder.unsupported_reason(lm) is None:
             return SlotBatch(LlamaDecoder.shared(lm), max_rows)
