@@ -42,9 +42,9 @@ provision: install
 serve: provision
 	$(PY) -m service serve $(SERVE_ARGS)
 
-# `make test`: the dev install, then the checks in order. The lint step goes here, before the suite,
-# once a `lint` target exists:  $(MAKE) lint
+# `make test`: the dev install, then the checks in order: lint (seconds) before the suite (minutes).
 test: install-dev
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Lint: ruff's rules and import order, its formatter's check, and mypy (strict on service/); config in pyproject.toml.

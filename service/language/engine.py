@@ -61,7 +61,8 @@ def default_torch_threads() -> int:
         return int(configured)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as cpu_max:
+            quota, period = cpu_max.read().split()[:2]
         if quota != "max":
             cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):
@@ -70,6 +71,7 @@ def default_torch_threads() -> int:
 
 
 _Call = tuple[Callable[[], Any], concurrent.futures.Future[Any]]  # (work, where its result goes)
+
 
 class GenerationEngine:
     """Owns the model on one thread and batches every request onto it. Thread-safe `submit` / `next_token_distribution`.
@@ -83,10 +85,16 @@ class GenerationEngine:
         self.max_waiting = settings.max_waiting_requests
         self.stats = EngineStats()
         self._admission = AdmissionBound(self.max_batch + self.max_waiting, self.stats)
-        self._batch: RunningBatch = batch if batch is not None else make_running_batch(lm, self.max_batch, lean=settings.lean_decoder)
+        self._batch: RunningBatch = (
+            batch if batch is not None else make_running_batch(lm, self.max_batch, lean=settings.lean_decoder)
+        )
         self._sequences = RunningSequences(
-            lm, self._batch, self._admission, self.stats,
-            lookup_tokens=settings.prompt_lookup_tokens, lookup_max_batch=settings.prompt_lookup_max_batch,
+            lm,
+            self._batch,
+            self._admission,
+            self.stats,
+            lookup_tokens=settings.prompt_lookup_tokens,
+            lookup_max_batch=settings.prompt_lookup_max_batch,
         )
 
         self._cv = threading.Condition()  # guards the three queues below and `_stopping`
@@ -280,7 +288,13 @@ class GenerationEngine:
             with torch.inference_mode():
                 while True:
                     with self._cv:
-                        while not (self._stopping or self._waiting or self._distributions or self._sequences.rows or self._calls):
+                        while not (
+                            self._stopping
+                            or self._waiting
+                            or self._distributions
+                            or self._sequences.rows
+                            or self._calls
+                        ):
                             self._cv.wait()
                         if self._stopping:
                             break

@@ -75,7 +75,12 @@ async def tokenize(body: TokenizeRequest, lm: LanguageModelDep, settings: Settin
     # event loop; nor on the engine's thread, as it does not use the model.
     explanation = await asyncio.to_thread(_explain, lm, body, result.ids) if body.explain else None
     return TokenizeResponse(
-        ids=result.ids, tokens=result.tokens, offsets=result.offsets, count=len(result.ids), model=lm.model_id, explain=explanation
+        ids=result.ids,
+        tokens=result.tokens,
+        offsets=result.offsets,
+        count=len(result.ids),
+        model=lm.model_id,
+        explain=explanation,
     )
 
 
@@ -87,12 +92,16 @@ def _explain(lm: LanguageModel, body: TokenizeRequest, ids: list[int]) -> Tokeni
     return TokenizeExplanation.of(explanation, byte_level=explainer.byte_level)
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS, summary="Turn token ids back into text")
+@router.post(
+    "/detokenize", response_model=DetokenizeResponse, responses=_ERRORS, summary="Turn token ids back into text"
+)
 async def detokenize(body: DetokenizeRequest, lm: LanguageModelDep, settings: SettingsDep) -> DetokenizeResponse:
     if len(body.ids) > settings.max_text_chars:
         raise InvalidInput(f"at most {settings.max_text_chars} ids per request", param="ids")
     check_token_ids(lm, body.ids)
-    return DetokenizeResponse(text=lm.detokenize(body.ids, skip_special_tokens=body.skip_special_tokens), model=lm.model_id)
+    return DetokenizeResponse(
+        text=lm.detokenize(body.ids, skip_special_tokens=body.skip_special_tokens), model=lm.model_id
+    )
 
 
 def _candidate(c: Candidate) -> TokenCandidate:
@@ -100,7 +109,9 @@ def _candidate(c: Candidate) -> TokenCandidate:
 
 
 def _stage(stage: StageSummary) -> SamplerStage:
-    return SamplerStage(name=stage.name, kept=stage.kept, removed_mass=stage.removed_mass, top=[_candidate(c) for c in stage.top])
+    return SamplerStage(
+        name=stage.name, kept=stage.kept, removed_mass=stage.removed_mass, top=[_candidate(c) for c in stage.top]
+    )
 
 
 def _explanation(e: TokenExplanation) -> StepExplanation:
@@ -123,7 +134,9 @@ async def next_token_probs(
     body: NextTokenRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> NextTokenResponse:
     params = body.to_distribution_params(SamplingLimits.of(lm, settings))
-    ids = encode_prompt(lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
+    ids = encode_prompt(
+        lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special
+    )
     note_prompt(body.prompt)
     add_usage(prompt_tokens=len(ids))
     distribution = await engine.next_token_distribution(ids, params.top_k, params.temperature, params.sampler())
@@ -155,7 +168,9 @@ def _usage(finish: FinishEvent) -> Usage:
 def _timing(finish: FinishEvent) -> Timing:
     return Timing(
         queue_seconds=round(finish.queue_seconds, 6),
-        time_to_first_token_seconds=round(finish.time_to_first_token_seconds, 6) if finish.time_to_first_token_seconds is not None else None,
+        time_to_first_token_seconds=round(finish.time_to_first_token_seconds, 6)
+        if finish.time_to_first_token_seconds is not None
+        else None,
         total_seconds=round(finish.total_seconds, 6),
         tokens_per_second=round(finish.tokens_per_second, 3) if finish.tokens_per_second is not None else None,
     )
@@ -179,9 +194,17 @@ async def generate(
     if body.messages is not None:
         _, ids = encode_messages(lm, settings, [m.model_dump() for m in body.messages])
     else:
-        ids = encode_prompt(lm, settings, prompt=body.prompt or "", add_special_tokens=body.add_special_tokens, parse_special=body.parse_special)
+        ids = encode_prompt(
+            lm,
+            settings,
+            prompt=body.prompt or "",
+            add_special_tokens=body.add_special_tokens,
+            parse_special=body.parse_special,
+        )
     params = body.to_sampling_params(SamplingLimits.of(lm, settings, prompt_tokens=len(ids)))
-    note_prompt(body.prompt if body.prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in body.messages or []))
+    note_prompt(
+        body.prompt if body.prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in body.messages or [])
+    )
     add_usage(prompt_tokens=len(ids))
     handle = engine.submit(ids, params)
     if body.stream:
@@ -189,7 +212,9 @@ async def generate(
             events = await first_event_checked(request, handle.events(), handle.cancel)
         except ClientDisconnected:
             return Response(status_code=499)
-        return event_stream_response(_stream_events(events, handle.cancel, params.top_alternatives > 0, lm.model_id), settings)
+        return event_stream_response(
+            _stream_events(events, handle.cancel, params.top_alternatives > 0, lm.model_id), settings
+        )
     try:
         tokens, finish = await cancel_on_disconnect(request, handle.result())
     except ClientDisconnected:
@@ -245,6 +270,8 @@ async def _stream_events(
                     done["perplexity"] = event.perplexity
                 yield ServerSentEvent(data=json.dumps(done), event="done")
             elif isinstance(event, ErrorEvent):
-                yield ServerSentEvent(data=json.dumps({"error": {"message": event.message, "type": "generation_error"}}), event="error")
+                yield ServerSentEvent(
+                    data=json.dumps({"error": {"message": event.message, "type": "generation_error"}}), event="error"
+                )
     finally:
         cancel()  # a no-op when finished; frees the batch slot when the client went away

@@ -49,7 +49,9 @@ class RunningSequences:
         # Observers (metrics): called on the engine thread, must be cheap.
         self.step_listeners: list[Callable[[int, float], None]] = []  # (rows, seconds) per decode step
         self.finish_listeners: list[Callable[[FinishEvent], None]] = []
-        self.token_listeners: list[Callable[[float | None], None]] = []  # seconds since the previous token (None = first)
+        self.token_listeners: list[
+            Callable[[float | None], None]
+        ] = []  # seconds since the previous token (None = first)
 
     def admit(self, sequences: list[GenerationState]) -> None:
         """Prefill new prompts together, append them to the running batch, and take each one's first token."""
@@ -125,19 +127,25 @@ class RunningSequences:
         for seq in rows:
             done = len(seq.generated)
             # This step emits up to 1 + len(draft) tokens: stay within max_new_tokens and the context.
-            room = min(self.lookup_tokens, seq.params.max_new_tokens - done - 1, self.lm.context_length - len(seq.prompt_ids) - done - 1)
+            room = min(
+                self.lookup_tokens,
+                seq.params.max_new_tokens - done - 1,
+                self.lm.context_length - len(seq.prompt_ids) - done - 1,
+            )
             drafts.append(draft_from_context(seq.context, room))
         return drafts if any(drafts) else None
 
     def _take_checked_drafts(self, rows: list[GenerationState], drafts: list[list[int]]) -> None:
         """Feed every row its last token plus its drafts in one pass; emit greedy's choice at each position
         while it agrees with the next draft, so the output is what one-token steps would have given."""
-        logits = self.batch.decode_drafts([[seq.generated[-1], *draft] for seq, draft in zip(rows, drafts)])
+        logits = self.batch.decode_drafts(
+            [[seq.generated[-1], *draft] for seq, draft in zip(rows, drafts, strict=True)]
+        )
         logits = logits[:, :, : self.lm.vocab_size]  # [rows, positions, vocab]
         logprobs, best_ids, best_logprobs = greedy_path(logits)
         now = time.monotonic()
         kept = []
-        for row, (seq, draft) in enumerate(zip(rows, drafts)):
+        for row, (seq, draft) in enumerate(zip(rows, drafts, strict=True)):
             emitted = 0
             for position in range(len(draft) + 1):
                 token, logprob, explanation = best_ids[row][position], best_logprobs[row][position], None

@@ -33,10 +33,15 @@ def listed(probs: torch.Tensor, n: int, token_text: TokenText) -> list[Candidate
     """The `n` likeliest tokens of `probs` [vocab, float64] with nonzero probability, in draw order."""
     ids = likeliest_first(probs, n).tolist()
     values = probs[ids].tolist() if ids else []
-    return [Candidate(id=i, token=token_text(i), probability=p, logprob=math.log(p)) for i, p in zip(ids, values, strict=True)]
+    return [
+        Candidate(id=i, token=token_text(i), probability=p, logprob=math.log(p))
+        for i, p in zip(ids, values, strict=True)
+    ]
 
 
-def summarize_stages(stages: list[ScoredStage], top_n: int, token_text: TokenText) -> tuple[list[StageSummary], list[torch.Tensor]]:
+def summarize_stages(
+    stages: list[ScoredStage], top_n: int, token_text: TokenText
+) -> tuple[list[StageSummary], list[torch.Tensor]]:
     """Each stage's summary, and its distribution [vocab, float64] (the first is the model's own)."""
     summaries: list[StageSummary] = []
     distributions: list[torch.Tensor] = []
@@ -45,7 +50,12 @@ def summarize_stages(stages: list[ScoredStage], top_n: int, token_text: TokenTex
         probs = stage_probabilities(stage.logits)
         removed = 0.0 if previous is None else float((previous - probs).clamp(min=0).sum())
         summaries.append(
-            StageSummary(name=stage.name, kept=int(torch.count_nonzero(probs)), removed_mass=removed, top=listed(probs, top_n, token_text))
+            StageSummary(
+                name=stage.name,
+                kept=int(torch.count_nonzero(probs)),
+                removed_mass=removed,
+                top=listed(probs, top_n, token_text),
+            )
         )
         distributions.append(probs)
         previous = probs

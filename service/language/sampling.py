@@ -100,7 +100,12 @@ class ScoredStage:
 
 
 def sampler_steps(
-    logits: torch.Tensor, seen_ids: list[int], params: SamplingParams, *, sample: bool, record: list[ScoredStage] | None = None
+    logits: torch.Tensor,
+    seen_ids: list[int],
+    params: SamplingParams,
+    *,
+    sample: bool,
+    record: list[ScoredStage] | None = None,
 ) -> torch.Tensor:
     """Apply the sampler's steps to one row of float32 `logits` [vocab], in the order the chooser uses:
     the repetition penalty over `seen_ids`, then (when `sample`) the temperature, top-k and top-p.
@@ -164,7 +169,9 @@ def inverse_cdf(probs: torch.Tensor, u: float) -> tuple[int, int]:
     while True:
         ids = likeliest_first(probs, n)
         totals = probs[ids].cumsum(-1)
-        rank = int(torch.searchsorted(totals, torch.tensor([u], dtype=totals.dtype, device=totals.device), right=True)[0])
+        rank = int(
+            torch.searchsorted(totals, torch.tensor([u], dtype=totals.dtype, device=totals.device), right=True)[0]
+        )
         if rank < len(ids):
             return int(ids[rank]), rank
         if n >= probs.shape[-1] or len(ids) < n:  # every token with probability was looked at
@@ -210,7 +217,9 @@ class TokenChooser:
         token, u, rank = self._choose(logits, seen_ids, record)
         return token, SamplerTrace(stages=record, u=u, rank=rank)
 
-    def _choose(self, logits: torch.Tensor, seen_ids: list[int], record: list[ScoredStage] | None) -> tuple[int, float | None, int]:
+    def _choose(
+        self, logits: torch.Tensor, seen_ids: list[int], record: list[ScoredStage] | None
+    ) -> tuple[int, float | None, int]:
         p = self.params
         # Zero is greedy, and so is the limit: a temperature too small for the logits' dtype would
         # divide by zero (NaN probabilities) instead of concentrating all mass on the argmax.

@@ -34,7 +34,10 @@ class TokenizeRequest(RequestModel):
     )
 
     text: str = Field(description="Text to split into tokens (at most GENAI_MAX_TEXT_CHARS characters).")
-    add_special_tokens: bool = Field(default=False, description="Add the tokenizer's special tokens (BOS and the like), as the model would see a prompt.")
+    add_special_tokens: bool = Field(
+        default=False,
+        description="Add the tokenizer's special tokens (BOS and the like), as the model would see a prompt.",
+    )
     parse_special: ParseSpecial = True
     explain: bool = Field(
         default=False,
@@ -47,7 +50,10 @@ class TokenizeRequest(RequestModel):
 
 
 class BpeMerge(BaseModel):
-    rank: int = Field(description="The merge's place in the tokenizer's merge list: the lowest-ranked pair of neighbours is merged first.", examples=[653])
+    rank: int = Field(
+        description="The merge's place in the tokenizer's merge list: the lowest-ranked pair of neighbours is merged first.",
+        examples=[653],
+    )
     left: str = Field(examples=["Ġwor"])
     right: str = Field(examples=["ld"])
     merged: str = Field(description="The new symbol, a vocabulary entry.", examples=["Ġworld"])
@@ -55,25 +61,44 @@ class BpeMerge(BaseModel):
 
 
 class TokenizePiece(BaseModel):
-    text: str = Field(description="The piece as it stands in `normalized` (empty for a token the tokenizer adds around the text).", examples=[" world"])
+    text: str = Field(
+        description="The piece as it stands in `normalized` (empty for a token the tokenizer adds around the text).",
+        examples=[" world"],
+    )
     start: int = Field(description="[start, end) character span of the piece in `normalized`.", examples=[6])
     end: int = Field(examples=[12])
     special: bool = Field(
         description="An added token (`<|im_end|>` and the like, with `parse_special`) or one added around the text (`add_special_tokens`): taken whole, no merges.",
         examples=[False],
     )
-    byte_level: str = Field(description="The piece as the BPE sees it: for byte-level BPE each byte is one printable character (a space is `Ġ`, `é` is `Ã©`).", examples=["Ġworld"])
+    byte_level: str = Field(
+        description="The piece as the BPE sees it: for byte-level BPE each byte is one printable character (a space is `Ġ`, `é` is `Ã©`).",
+        examples=["Ġworld"],
+    )
     utf8: list[int] = Field(description="The piece's UTF-8 bytes.", examples=[[32, 119, 111, 114, 108, 100]])
-    initial: list[str] = Field(description="The symbols before any merge (one per byte-level character).", examples=[["Ġ", "w", "o", "r", "l", "d"]])
+    initial: list[str] = Field(
+        description="The symbols before any merge (one per byte-level character).",
+        examples=[["Ġ", "w", "o", "r", "l", "d"]],
+    )
     merges: list[BpeMerge] = Field(description="Each merge applied, in order.")
-    whole_word: bool = Field(description="The piece was in the vocabulary as a whole, so merges were skipped (tokenizers with `ignore_merges`).", examples=[False])
-    tokens: list[str] = Field(description="The vocabulary entries the piece ends as (in the byte-level spelling).", examples=[["Ġworld"]])
+    whole_word: bool = Field(
+        description="The piece was in the vocabulary as a whole, so merges were skipped (tokenizers with `ignore_merges`).",
+        examples=[False],
+    )
+    tokens: list[str] = Field(
+        description="The vocabulary entries the piece ends as (in the byte-level spelling).", examples=[["Ġworld"]]
+    )
     ids: list[int] = Field(examples=[[905]])
 
 
 class TokenizeExplanation(BaseModel):
-    normalized: str = Field(description="The text after the tokenizer's normalizer (the text itself when it has none, as SmolLM2's); the pieces' offsets are into it.", examples=["Hello, world!"])
-    byte_level: bool = Field(description="Whether pieces are spelled in the byte-level alphabet (GPT-2's, SmolLM2's).", examples=[True])
+    normalized: str = Field(
+        description="The text after the tokenizer's normalizer (the text itself when it has none, as SmolLM2's); the pieces' offsets are into it.",
+        examples=["Hello, world!"],
+    )
+    byte_level: bool = Field(
+        description="Whether pieces are spelled in the byte-level alphabet (GPT-2's, SmolLM2's).", examples=[True]
+    )
     pieces: list[TokenizePiece] = Field(description="In order; their ids, one after the other, are the answer's `ids`.")
 
     @classmethod
@@ -90,7 +115,10 @@ class TokenizeExplanation(BaseModel):
                     byte_level=p.byte_level,
                     utf8=p.utf8,
                     initial=p.initial,
-                    merges=[BpeMerge(rank=m.rank, left=m.left, right=m.right, merged=m.merged, symbols=m.symbols) for m in p.merges],
+                    merges=[
+                        BpeMerge(rank=m.rank, left=m.left, right=m.right, merged=m.merged, symbols=m.symbols)
+                        for m in p.merges
+                    ],
                     whole_word=p.whole_word,
                     tokens=p.tokens,
                     ids=p.ids,
@@ -102,11 +130,18 @@ class TokenizeExplanation(BaseModel):
 
 class TokenizeResponse(BaseModel):
     ids: list[int] = Field(examples=[[19556, 28, 905, 17]])
-    tokens: list[str] = Field(description="The text each token stands for, in order.", examples=[["Hello", ",", " world", "!"]])
-    offsets: list[tuple[int, int]] = Field(description="[start, end) character span of each token in `text`.", examples=[[[0, 5], [5, 6], [6, 12], [12, 13]]])
+    tokens: list[str] = Field(
+        description="The text each token stands for, in order.", examples=[["Hello", ",", " world", "!"]]
+    )
+    offsets: list[tuple[int, int]] = Field(
+        description="[start, end) character span of each token in `text`.",
+        examples=[[[0, 5], [5, 6], [6, 12], [12, 13]]],
+    )
     count: int = Field(examples=[4])
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
-    explain: TokenizeExplanation | None = Field(default=None, description="How the text became the tokens (present when `explain` was asked).")
+    explain: TokenizeExplanation | None = Field(
+        default=None, description="How the text became the tokens (present when `explain` was asked)."
+    )
 
 
 class DetokenizeRequest(RequestModel):
@@ -179,7 +214,9 @@ class SamplerStage(BaseModel):
 
 
 class SamplerDraw(BaseModel):
-    greedy: bool = Field(description="Greedy: the last stage's most likely token (ties: the lower id), no random number.")
+    greedy: bool = Field(
+        description="Greedy: the last stage's most likely token (ties: the lower id), no random number."
+    )
     u: float | None = Field(
         default=None,
         exclude_if=_absent,
@@ -189,7 +226,9 @@ class SamplerDraw(BaseModel):
         ),
         examples=[0.5231],
     )
-    rank: int = Field(description="The token's place in the last stage, likeliest first (0 = the most likely).", examples=[0])
+    rank: int = Field(
+        description="The token's place in the last stage, likeliest first (0 = the most likely).", examples=[0]
+    )
 
 
 class StepExplanation(BaseModel):
@@ -203,7 +242,12 @@ class StepExplanation(BaseModel):
                     "surprisal": 0.2581,
                     "margin": 0.7080,
                     "stages": [
-                        {"name": "model", "kept": 49152, "removed_mass": 0.0, "top": [{"id": 7042, "token": " Paris", "probability": 0.7725, "logprob": -0.2581}]}
+                        {
+                            "name": "model",
+                            "kept": 49152,
+                            "removed_mass": 0.0,
+                            "top": [{"id": 7042, "token": " Paris", "probability": 0.7725, "logprob": -0.2581}],
+                        }
                     ],
                     "draw": {"greedy": True, "rank": 0},
                 }
@@ -211,10 +255,19 @@ class StepExplanation(BaseModel):
         }
     )
 
-    entropy: float = Field(description="Entropy, in nats, of the model's full distribution (softmax of the raw logits, temperature 1).", examples=[1.3812])
-    surprisal: float = Field(description="-log p of the chosen token under the model's distribution, in nats.", examples=[0.2581])
-    margin: float = Field(description="The probability of the model's likeliest token minus that of the second.", examples=[0.708])
-    stages: list[SamplerStage] = Field(description="The distribution after each sampler step, in order; the last is the one the token was drawn from.")
+    entropy: float = Field(
+        description="Entropy, in nats, of the model's full distribution (softmax of the raw logits, temperature 1).",
+        examples=[1.3812],
+    )
+    surprisal: float = Field(
+        description="-log p of the chosen token under the model's distribution, in nats.", examples=[0.2581]
+    )
+    margin: float = Field(
+        description="The probability of the model's likeliest token minus that of the second.", examples=[0.708]
+    )
+    stages: list[SamplerStage] = Field(
+        description="The distribution after each sampler step, in order; the last is the one the token was drawn from."
+    )
     draw: SamplerDraw
 
 
@@ -223,17 +276,29 @@ class NextTokenRequest(RequestModel):
         json_schema_extra={
             "examples": [
                 {"prompt": "The capital of France is", "top_k": 5},
-                {"prompt": "The capital of France is", "top_k": 5, "explain": True, "temperature": 0.7, "sample_top_k": 50, "top_p": 0.9},
+                {
+                    "prompt": "The capital of France is",
+                    "top_k": 5,
+                    "explain": True,
+                    "temperature": 0.7,
+                    "sample_top_k": 50,
+                    "top_p": 0.9,
+                },
             ]
         }
     )
 
     prompt: str = Field(min_length=1, description="The text whose continuation is asked for.")
-    top_k: int = Field(default=10, ge=1, description="How many candidates to return (at most GENAI_MAX_TOP_K, default 100).")
-    temperature: Temperature | None = Field(
-        default=None, description="Divide the logits by this before the softmax (default 1: the model's own distribution; 0 to 100)."
+    top_k: int = Field(
+        default=10, ge=1, description="How many candidates to return (at most GENAI_MAX_TOP_K, default 100)."
     )
-    add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens.")
+    temperature: Temperature | None = Field(
+        default=None,
+        description="Divide the logits by this before the softmax (default 1: the model's own distribution; 0 to 100).",
+    )
+    add_special_tokens: bool = Field(
+        default=False, description="Tokenize the prompt with the tokenizer's special tokens."
+    )
     parse_special: ParseSpecial = True
     explain: bool = Field(
         default=False,
@@ -248,7 +313,9 @@ class NextTokenRequest(RequestModel):
         description="With `explain`: /generate's `top_k` filter (0 = off), named apart because `top_k` here counts the candidates listed.",
     )
     top_p: TopP = Field(default=1.0, description="With `explain`: /generate's `top_p` filter (1 = off).")
-    repetition_penalty: RepetitionPenalty = Field(default=1.0, description="With `explain`: /generate's repetition penalty over the prompt's tokens (1 = off).")
+    repetition_penalty: RepetitionPenalty = Field(
+        default=1.0, description="With `explain`: /generate's repetition penalty over the prompt's tokens (1 = off)."
+    )
 
     def to_distribution_params(self, limits: SamplingLimits) -> DistributionParams:
         return limits.check_distribution(
@@ -264,7 +331,9 @@ class NextTokenRequest(RequestModel):
 
 
 class NextTokenResponse(BaseModel):
-    candidates: list[TokenCandidate] = Field(description="Most likely first. Probabilities come from softmax(logits / temperature) over the whole vocabulary, before any sampling filter.")
+    candidates: list[TokenCandidate] = Field(
+        description="Most likely first. Probabilities come from softmax(logits / temperature) over the whole vocabulary, before any sampling filter."
+    )
     prompt_tokens: int = Field(examples=[5])
     temperature: float = Field(examples=[1.0])
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
@@ -285,17 +354,36 @@ class GenerateRequest(RequestModel):
         json_schema_extra={
             "examples": [
                 {"prompt": "The capital of France is", "max_new_tokens": 8},
-                {"prompt": "Once upon a time", "max_new_tokens": 20, "do_sample": True, "temperature": 0.8, "top_p": 0.95, "seed": 42},
+                {
+                    "prompt": "Once upon a time",
+                    "max_new_tokens": 20,
+                    "do_sample": True,
+                    "temperature": 0.8,
+                    "top_p": 0.95,
+                    "seed": 42,
+                },
                 {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_new_tokens": 30},
                 {"prompt": "The capital of France is", "max_new_tokens": 3, "top_alternatives": 3},
-                {"prompt": "Once upon a time", "max_new_tokens": 4, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "seed": 7, "explain": True},
+                {
+                    "prompt": "Once upon a time",
+                    "max_new_tokens": 4,
+                    "do_sample": True,
+                    "temperature": 0.8,
+                    "top_p": 0.9,
+                    "seed": 7,
+                    "explain": True,
+                },
             ]
         },
     )
 
     prompt: str | None = Field(default=None, min_length=1, description="Raw text to continue. Give this or `messages`.")
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1, description="Chat form: rendered with the model's chat template.")
-    max_new_tokens: int = Field(default=64, ge=1, description="Tokens to generate at most (at most GENAI_MAX_NEW_TOKENS, default 512).")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="Chat form: rendered with the model's chat template."
+    )
+    max_new_tokens: int = Field(
+        default=64, ge=1, description="Tokens to generate at most (at most GENAI_MAX_NEW_TOKENS, default 512)."
+    )
     do_sample: bool = Field(default=False, description="false = greedy (always the most likely token); true = sample.")
     temperature: Temperature = 1.0
     top_k: TopK = 0
@@ -303,7 +391,9 @@ class GenerateRequest(RequestModel):
     repetition_penalty: RepetitionPenalty = 1.0
     seed: Seed | None = None
     stop: StopStrings = None
-    ignore_eos: bool = Field(default=False, description="Keep generating past the end-of-sequence token (exact lengths for benchmarks).")
+    ignore_eos: bool = Field(
+        default=False, description="Keep generating past the end-of-sequence token (exact lengths for benchmarks)."
+    )
     top_alternatives: int = Field(
         default=0,
         ge=0,
@@ -320,7 +410,9 @@ class GenerateRequest(RequestModel):
     )
     stream: bool = Field(default=False, description="Answer as Server-Sent Events, one event per token.")
     timeout_s: TimeoutSeconds | None = None
-    add_special_tokens: bool = Field(default=False, description="Tokenize the prompt with the tokenizer's special tokens (ignored for messages).")
+    add_special_tokens: bool = Field(
+        default=False, description="Tokenize the prompt with the tokenizer's special tokens (ignored for messages)."
+    )
     parse_special: ParseSpecial = True
 
     @model_validator(mode="after")
@@ -355,8 +447,12 @@ class StepDetail(BaseModel):
     token: str
     probability: float
     logprob: float
-    alternatives: list[TokenCandidate] | None = Field(default=None, description="The most likely tokens at this step (present when `top_alternatives` > 0).")
-    explain: StepExplanation | None = Field(default=None, exclude_if=_absent, description="Why this token was chosen (present with `explain`).")
+    alternatives: list[TokenCandidate] | None = Field(
+        default=None, description="The most likely tokens at this step (present when `top_alternatives` > 0)."
+    )
+    explain: StepExplanation | None = Field(
+        default=None, exclude_if=_absent, description="Why this token was chosen (present with `explain`)."
+    )
 
 
 class Timing(BaseModel):
@@ -368,12 +464,16 @@ class Timing(BaseModel):
 
 class GenerateResponse(BaseModel):
     text: str = Field(examples=[" Paris.\n\nThe"])
-    ids: list[int] = Field(description="Generated token ids (an end-of-sequence token included when it ended the text).", examples=[[7042, 30, 198, 198, 504]])
+    ids: list[int] = Field(
+        description="Generated token ids (an end-of-sequence token included when it ended the text).",
+        examples=[[7042, 30, 198, 198, 504]],
+    )
     finish_reason: Literal["length", "stop", "eos", "time_limit", "cancelled"] = Field(examples=["length"])
     usage: Usage
     timing: Timing
     steps: list[StepDetail] | None = Field(
-        default=None, description="Per generated token: its probability and the alternatives (when `top_alternatives` > 0 or `explain`)."
+        default=None,
+        description="Per generated token: its probability and the alternatives (when `top_alternatives` > 0 or `explain`).",
     )
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
     perplexity: float | None = Field(

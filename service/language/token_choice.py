@@ -21,7 +21,9 @@ from service.language.sampling import SamplingParams, ScoredStage, sampler_steps
 from service.language.sequence import GenerationState
 
 
-def choose_tokens(logits: torch.Tensor, rows: Sequence[GenerationState], token_text: TokenText) -> tuple[list[int], list[TokenExplanation | None]]:
+def choose_tokens(
+    logits: torch.Tensor, rows: Sequence[GenerationState], token_text: TokenText
+) -> tuple[list[int], list[TokenExplanation | None]]:
     """One token per row of `logits` [rows, vocab]: plain greedy rows that want no explanation by one
     argmax for all of them, the others by their own chooser (sampling, repetition penalty, explanation)
     over their context. Also each row's explanation (None where not asked)."""
@@ -39,7 +41,9 @@ def choose_tokens(logits: torch.Tensor, rows: Sequence[GenerationState], token_t
     return chosen, explained
 
 
-def explained_choice(seq: GenerationState, logits: torch.Tensor, context: list[int], token_text: TokenText) -> tuple[int, TokenExplanation]:
+def explained_choice(
+    seq: GenerationState, logits: torch.Tensor, context: list[int], token_text: TokenText
+) -> tuple[int, TokenExplanation]:
     """The row's choice from `logits` [vocab] after `context`, by its chooser, and why."""
     token, trace = seq.chooser.choose_explained(logits, context)
     return token, explain_choice(trace, token, seq.params.top_alternatives, token_text)
@@ -63,7 +67,7 @@ def greedy_path(logits: torch.Tensor) -> tuple[torch.Tensor, list[list[int]], li
 def candidates(token_ids: list[int], logprobs: list[float], token_text: TokenText) -> list[Candidate]:
     return [
         Candidate(id=i, token=token_text(i), probability=math.exp(lp), logprob=lp)
-        for i, lp in zip(token_ids, logprobs)
+        for i, lp in zip(token_ids, logprobs, strict=True)
     ]
 
 
@@ -97,10 +101,14 @@ def distribution(
         record: list[ScoredStage] = []
         sampler_steps(logits, prompt_ids, explain_with, sample=True, record=record)
         stages, _ = summarize_stages(record, top_k, token_text)
-    return Distribution(candidates=top_candidates(logprobs, top_k, token_text), prompt_tokens=len(prompt_ids), stages=stages)
+    return Distribution(
+        candidates=top_candidates(logprobs, top_k, token_text), prompt_tokens=len(prompt_ids), stages=stages
+    )
 
 
-def prompt_logprobs(logits: torch.Tensor, ids: list[int], top_n: int, token_text: TokenText) -> list[tuple[float, list[Candidate]]]:
+def prompt_logprobs(
+    logits: torch.Tensor, ids: list[int], top_n: int, token_text: TokenText
+) -> list[tuple[float, list[Candidate]]]:
     """For each of `ids` after the first: its log-probability given the tokens before it, and the `top_n`
     likeliest tokens at its place; from `logits` [len(ids), vocab] after every position of the prompt."""
     logprobs = torch.log_softmax(logits[:-1], dim=-1)  # [len(ids) - 1, vocab]: position p predicts ids[p + 1]

@@ -38,7 +38,11 @@ class DistributionParams:
         if not self.explain:
             return None
         return SamplingParams(
-            do_sample=True, temperature=self.temperature, top_k=self.sample_top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=self.sample_top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
         )
 
 
@@ -84,7 +88,8 @@ class SamplingLimits:
         max_new = name("max_new_tokens")
         if params.max_new_tokens > self.max_new_tokens:
             raise InvalidRequest(
-                max_new, f"{max_new} = {params.max_new_tokens} exceeds the limit of {self.max_new_tokens} (GENAI_MAX_NEW_TOKENS)"
+                max_new,
+                f"{max_new} = {params.max_new_tokens} exceeds the limit of {self.max_new_tokens} (GENAI_MAX_NEW_TOKENS)",
             )
         if self.prompt_tokens + params.max_new_tokens > self.context_length:
             raise InvalidRequest(
@@ -100,33 +105,42 @@ class SamplingLimits:
         stop = name("stop")
         if len(params.stop) > self.max_stop_sequences:
             raise InvalidRequest(
-                stop, f"{len(params.stop)} stop strings given; the limit is {self.max_stop_sequences} (GENAI_MAX_STOP_SEQUENCES)"
+                stop,
+                f"{len(params.stop)} stop strings given; the limit is {self.max_stop_sequences} (GENAI_MAX_STOP_SEQUENCES)",
             )
         for text in params.stop:
             _check_length(text, self.max_text_chars, stop)
         if params.timeout_s is not None and params.timeout_s > self.request_timeout_s:
             timeout = name("timeout_s")
             raise InvalidRequest(
-                timeout, f"{timeout} = {params.timeout_s} exceeds the limit of {self.request_timeout_s} (GENAI_REQUEST_TIMEOUT_S)"
+                timeout,
+                f"{timeout} = {params.timeout_s} exceeds the limit of {self.request_timeout_s} (GENAI_REQUEST_TIMEOUT_S)",
             )
         return params
 
     def check_distribution(self, params: DistributionParams, names: FieldNames | None = None) -> DistributionParams:
         field = (names or {}).get("top_k", "top_k")
         if params.top_k > self.max_top_k:
-            raise InvalidRequest(field, f"{field} = {params.top_k} exceeds the limit of {self.max_top_k} (GENAI_MAX_TOP_K)")
+            raise InvalidRequest(
+                field, f"{field} = {params.top_k} exceeds the limit of {self.max_top_k} (GENAI_MAX_TOP_K)"
+            )
         if params.explain and params.top_k > self.max_top_alternatives:
             raise InvalidRequest(
                 field,
                 f"with explain, {field} = {params.top_k} candidates per stage exceeds the limit of {self.max_top_alternatives} (GENAI_MAX_TOP_ALTERNATIVES)",
             )
         if not params.explain:
-            for key, value, default in (("sample_top_k", params.sample_top_k, 0), ("top_p", params.top_p, 1.0), ("repetition_penalty", params.repetition_penalty, 1.0)):
+            for key, value, default in (
+                ("sample_top_k", params.sample_top_k, 0),
+                ("top_p", params.top_p, 1.0),
+                ("repetition_penalty", params.repetition_penalty, 1.0),
+            ):
                 if value != default:
                     name = (names or {}).get(key, key)
-                    raise InvalidRequest(name, f"{name} only shapes the sampler's stages: ask for them with explain: true")
+                    raise InvalidRequest(
+                        name, f"{name} only shapes the sampler's stages: ask for them with explain: true"
+                    )
         return params
-
 
 
 def _check_length(text: str, limit: int, field: str) -> None:
@@ -142,7 +156,9 @@ def prompt_token_limit(lm: LanguageModel, settings: Settings) -> int:
     return min(settings.max_prompt_tokens, lm.context_length - 1)
 
 
-def encode_messages(lm: LanguageModel, settings: Settings, messages: Sequence[Mapping[str, str]]) -> tuple[str, list[int]]:
+def encode_messages(
+    lm: LanguageModel, settings: Settings, messages: Sequence[Mapping[str, str]]
+) -> tuple[str, list[int]]:
     """Render a chat (`role` and `content` of each message) with the model's template and tokenize it
     (contents as plain text, see chat.py), enforcing the prompt limits. Returns the rendered text and its ids."""
     try:

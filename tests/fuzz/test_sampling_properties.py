@@ -182,8 +182,15 @@ def test_likeliest_first_lists_the_draw_order(logits: torch.Tensor, top_k: int, 
 
 
 @PROPERTY_SETTINGS
-@given(logits=logit_rows, top_k=top_ks, top_p=top_ps, u=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([0.0, 0.999999999])))
-def test_inverse_cdf_takes_the_first_running_total_past_u(logits: torch.Tensor, top_k: int, top_p: float, u: float) -> None:
+@given(
+    logits=logit_rows,
+    top_k=top_ks,
+    top_p=top_ps,
+    u=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([0.0, 0.999999999])),
+)
+def test_inverse_cdf_takes_the_first_running_total_past_u(
+    logits: torch.Tensor, top_k: int, top_p: float, u: float
+) -> None:
     probs = stage_probabilities(filter_top_k_top_p(logits, top_k, top_p))
     order = _walk_order(probs)
     running, expected = 0.0, (order[-1], len(order) - 1)  # rounding may leave the total at or below u

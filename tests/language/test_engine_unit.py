@@ -1,259 +1,58 @@
-"""The generation engine over a scripted `RunningBatch`: admission, retirement, cancellation, stop
-criteria and token choice, with no real model (fast, deterministic).
-
-`ScriptedBatch` implements the `RunningBatch` protocol: after any context (the prompt and the tokens fed
-since) it returns logits whose argmax (within the vocabulary) is `script(context)`, random elsewhere, with
-padding columns past the vocabulary scored highest of all, as an embedding matrix's spare rows might be.
-It checks that the engine feeds one token per row it holds, records `keep` calls, and can hold the engine at any
-forward pass (`pause` / `allow` / `resume`) so a test decides what the engine has done when it looks.
-"""
+"""The generation engine over a scripted `RunningBatch` (scripted_engine.py): admission, retirement,
+cancellation, stop criteria and token choice, with no real model (fast, deterministic)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import torch
+from scripted_engine import (
+    EOS,
+    VOCAB,
+    LetterModel,
+    MakeEngine,
+    ScriptedBatch,
+    counting,
+    finished,
+    greedy_continuation,
+    hold_engine,
+    next_events,
+    scripted_logits,
+    text_of,
+    tokens,
+    until_true,
+)
 
-from service.config import Settings
-from service.language.engine import GenerationEngine
-from service.language.events import ErrorEvent, FinishEvent, GenerationHandle, TokenEvent
+from service.language.events import ErrorEvent, FinishEvent, TokenEvent
 from service.language.exceptions import EngineOverloaded
-from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams, TokenChooser, temperature_scaled
 from service.language.sequence import interruption, stop_reason
-
-EOS = 0
-LETTERS = "abcdefghijklmnopqrstuvwxyz"  # token 1 is "a", ..., token 26 is "z"
-VOCAB = 1 + len(LETTERS)
-PADDING_COLUMNS = 5  # logits are wider than the vocabulary; the engine must never choose these
-Script = Callable[[list[int]], int]
-
-
-def tokens(text: str) -> list[int]:
-    return [1 + LETTERS.index(ch) for ch in text]
-
-
-def text_of(token_id: int) -> str:
-    return "<eos>" if token_id == EOS else LETTERS[token_id - 1]
-
-
-class LetterTokenizer:
-    """What `TextAssembler` needs of a tokenizer: `decode`."""
-
-    pad_token_id = EOS
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return "".join(text_of(i) for i in ids if not (skip_special_tokens and i == EOS))
-
-
-@dataclass
-class LetterModel:
-    """The few attributes of a `LanguageModel` the engine uses."""
-
-    context_length: int = 64
-    vocab_size: int = VOCAB
-    eos_token_ids: frozenset[int] = frozenset({EOS})
-    special_token_ids: frozenset[int] = frozenset({EOS})
-    tokenizer: LetterTokenizer = field(default_factory=LetterTokenizer)
-
-    def token_text(self, token_id: int) -> str:
-        return text_of(token_id)
-
-
-def counting(context: list[int]) -> int:
-    """A prompt-dependent path that never ends: different prompts give different continuations."""
-    return 1 + (sum(context) * 7 + len(context)) % len(LETTERS)
-
-
-def scripted_logits(context: list[int], script: Script) -> torch.Tensor:
-    """Float32 [VOCAB + PADDING_COLUMNS]: random, the scripted token on top within the vocabulary."""
-    generator = torch.Generator().manual_seed(zlib.crc32(bytes(context)))
-    row = torch.randn(VOCAB + PADDING_COLUMNS, generator=generator)
-    row[script(context)] = row[:VOCAB].max() + 1.0
-    row[VOCAB:] = 1000.0
-    return row
-
-
-def greedy_continuation(prompt: list[int], n: int, script: Script) -> list[int]:
-    context, out = list(prompt), []
-    for _ in range(n):
-        out.append(script(context))
-        context.append(out[-1])
-    return out
-
-
-class ScriptedBatch:
-    """A `RunningBatch` whose forward passes follow `script`; see the module docstring."""
-
-    kind = "scripted"
-
-    def __init__(self, script: Script = counting, supports_drafts: bool = False) -> None:
-        self.script = script
-        self.supports_drafts = supports_drafts
-        self.rows: list[list[int]] = []  # each row's context: its prompt, then every token fed to it
-        self.prefilled: list[list[int]] = []
-        self.keep_calls: list[list[int]] = []
-        self.forward_passes = 0
-        self.waiting_for_turn = 0  # forward passes now held by `pause`
-        self._pending: list[list[int]] | None = None  # fed by decode_drafts, not yet accepted
-        self._turns = threading.Condition()
-        self._budget: int | None = None  # forward passes allowed before pausing; None = no limit
-
-    # ---- holding the engine at a forward pass ----
-
-    def pause(self) -> None:
-        with self._turns:
-            self._budget = 0
-
-    def allow(self, passes: int) -> None:
-        with self._turns:
-            self._budget = (self._budget or 0) + passes
-            self._turns.notify_all()
-
-    def resume(self) -> None:
-        with self._turns:
-            self._budget = None
-            self._turns.notify_all()
-
-    def _take_turn(self) -> None:
-        with self._turns:
-            self.waiting_for_turn += 1
-            allowed = self._turns.wait_for(lambda: self._budget is None or self._budget > 0, timeout=10)
-            self.waiting_for_turn -= 1
-            assert allowed, "a paused forward pass was never allowed"
-            if self._budget is not None:
-                self._budget -= 1
-            self.forward_passes += 1
-
-    def _logits(self, contexts: list[list[int]]) -> torch.Tensor:
-        return torch.stack([scripted_logits(c, self.script) for c in contexts])  # [len(contexts), VOCAB + padding]
-
-    # ---- the RunningBatch protocol ----
-
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        self._take_turn()
-        self.prefilled.extend(list(p) for p in prompts)
-        self.rows.extend(list(p) for p in prompts)
-        return self._logits(prompts)
-
-    def decode(self, tokens: list[int]) -> torch.Tensor:
-        self._take_turn()
-        assert len(tokens) == len(self.rows), "one token per running row"
-        for row, token in zip(self.rows, tokens):
-            row.append(token)
-        return self._logits(self.rows)
-
-    def keep(self, rows: list[int]) -> None:
-        assert rows == sorted(set(rows)) and all(0 <= r < len(self.rows) for r in rows)
-        self.keep_calls.append(list(rows))
-        self.rows = [self.rows[r] for r in rows]
-
-    def clear(self) -> None:
-        self.rows = []
-
-    def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
-        self._take_turn()
-        return self._logits(prompts)
-
-    def prompt_logits(self, ids: list[int]) -> torch.Tensor:
-        self._take_turn()
-        return self._logits([ids[: p + 1] for p in range(len(ids))])  # [len(ids), VOCAB + padding]
-
-    def decode_drafts(self, inputs: list[list[int]]) -> torch.Tensor:
-        self._take_turn()
-        assert self.supports_drafts and len(inputs) == len(self.rows) and self._pending is None
-        longest = max(len(fed) for fed in inputs)
-        out = torch.zeros(len(inputs), longest, VOCAB + PADDING_COLUMNS)
-        for r, (row, fed) in enumerate(zip(self.rows, inputs)):
-            assert fed[0] == self.script(row), "drafting rows are greedy: fed the argmax after their context"
-            out[r, : len(fed)] = self._logits([row + fed[: p + 1] for p in range(len(fed))])
-        self._pending = inputs
-        return out  # [rows, longest, VOCAB + padding]
-
-    def accept(self, kept: list[int]) -> None:
-        assert self._pending is not None and len(kept) == len(self._pending)
-        for row, fed, n in zip(self.rows, self._pending, kept):
-            assert 1 <= n <= len(fed)
-            row.extend(fed[:n])
-        self._pending = None
-
-
-def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "max_batch_size": 4, "max_running_requests": 4, "max_waiting_requests": 4,
-        "prompt_lookup_tokens": 0, "torch_threads": 1, "request_timeout_s": 60.0,
-    }
-    return Settings(**{**values, **overrides})
-
-
-@pytest.fixture
-def make_engine() -> Iterator[Callable[..., tuple[GenerationEngine, ScriptedBatch]]]:
-    started: list[tuple[GenerationEngine, ScriptedBatch]] = []
-
-    def make(batch: ScriptedBatch | None = None, model: LetterModel | None = None, **settings: Any) -> tuple[GenerationEngine, ScriptedBatch]:
-        batch = batch or ScriptedBatch()
-        engine = GenerationEngine(cast(LanguageModel, model or LetterModel()), make_settings(**settings), batch=batch)
-        engine.start()
-        started.append((engine, batch))
-        return engine, batch
-
-    yield make
-    for engine, batch in started:
-        batch.resume()
-        engine.shutdown()
-
-
-async def finished(handle: GenerationHandle) -> tuple[list[TokenEvent], FinishEvent]:
-    return await asyncio.wait_for(handle.result(), timeout=10)
-
-
-async def next_events(stream: AsyncIterator[Any], n: int) -> list[Any]:
-    return [await asyncio.wait_for(anext(stream), timeout=10) for _ in range(n)]
-
-
-async def until_true(condition: Callable[[], bool]) -> None:
-    """Wait (briefly) for the engine thread to reach a state."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the engine never got there")
-
-
-async def hold_engine(engine: GenerationEngine, batch: ScriptedBatch) -> asyncio.Future[Any]:
-    """Pause the batch and park the engine thread in a forward pass (a next-token distribution), so that
-    what is submitted next is all admitted together, in submission order, once the batch resumes."""
-    batch.pause()
-    parked = asyncio.ensure_future(engine.next_token_distribution(tokens("park"), top_k=1))
-    await until_true(lambda: batch.waiting_for_turn == 1)
-    return parked
-
 
 # ---- token choice ------------------------------------------------------------------------
 
 
-async def test_greedy_takes_the_argmax_within_the_vocabulary(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_greedy_takes_the_argmax_within_the_vocabulary(
+    make_engine: MakeEngine,
+) -> None:
     engine, _ = make_engine()
     prompts = [tokens("hello"), tokens("abc"), tokens("zz")]
     handles = [engine.submit(p, SamplingParams(max_new_tokens=8)) for p in prompts]
-    for prompt, handle in zip(prompts, handles):
+    for prompt, handle in zip(prompts, handles, strict=True):
         events, finish = await finished(handle)
         expected = greedy_continuation(prompt, 8, counting)
         assert [e.id for e in events] == expected == finish.ids
         assert finish.finish_reason == "length" and finish.text == "".join(text_of(t) for t in expected)
-        for event, context_end in zip(events, range(len(prompt), len(prompt) + 8)):
+        for event, context_end in zip(events, range(len(prompt), len(prompt) + 8), strict=True):
             context = (prompt + expected)[:context_end]
             logprobs = torch.log_softmax(scripted_logits(context, counting)[:VOCAB], dim=-1)
             assert event.logprob == pytest.approx(float(logprobs.max()), abs=1e-6)  # the model's own, temperature 1
 
 
-async def test_a_sampled_request_draws_with_its_own_seeded_chooser(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_sampled_request_draws_with_its_own_seeded_chooser(
+    make_engine: MakeEngine,
+) -> None:
     engine, _ = make_engine()
     params = SamplingParams(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=10, seed=1234, ignore_eos=True)
     prompt = tokens("seed")
@@ -269,7 +68,9 @@ async def test_a_sampled_request_draws_with_its_own_seeded_chooser(make_engine: 
     assert expected != greedy_continuation(prompt, 12, counting)  # sampling, not the argmax
 
 
-async def test_next_token_distribution_is_at_the_requested_temperature(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_next_token_distribution_is_at_the_requested_temperature(
+    make_engine: MakeEngine,
+) -> None:
     engine, _ = make_engine()
     prompt = tokens("dist")
     logits = scripted_logits(prompt, counting)[:VOCAB]
@@ -294,7 +95,9 @@ def test_one_temperature_routine_is_finite_and_tends_to_greedy() -> None:
         assert torch.equal(cold.softmax(-1), torch.nn.functional.one_hot(row.argmax(-1), 3).float())
 
 
-async def test_prompt_logprobs_score_each_token_after_the_first(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_prompt_logprobs_score_each_token_after_the_first(
+    make_engine: MakeEngine,
+) -> None:
     engine, _ = make_engine()
     ids = tokens("abcd")
     scored = await asyncio.wait_for(engine.prompt_logprobs(ids, top_n=2), 10)
@@ -319,7 +122,9 @@ class Spelling:
         return self.ids[done] if done < len(self.ids) else self.then
 
 
-async def test_eos_ends_with_its_text_and_ignore_eos_runs_on(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_eos_ends_with_its_text_and_ignore_eos_runs_on(
+    make_engine: MakeEngine,
+) -> None:
     prompt = tokens("q")
     engine, _ = make_engine(ScriptedBatch(Spelling(len(prompt), "ab")))
     events, finish = await finished(engine.submit(prompt, SamplingParams(max_new_tokens=10)))
@@ -330,7 +135,9 @@ async def test_eos_ends_with_its_text_and_ignore_eos_runs_on(make_engine: Callab
     assert finish.finish_reason == "length" and finish.ids == [*tokens("ab"), EOS, EOS, EOS] and finish.text == "ab"
 
 
-async def test_a_stop_string_ends_the_text_before_it(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_stop_string_ends_the_text_before_it(
+    make_engine: MakeEngine,
+) -> None:
     prompt = tokens("q")
     engine, _ = make_engine(ScriptedBatch(Spelling(len(prompt), "abcdefgh")))
     events, finish = await finished(engine.submit(prompt, SamplingParams(max_new_tokens=20, stop=("xyz", "de"))))
@@ -339,7 +146,9 @@ async def test_a_stop_string_ends_the_text_before_it(make_engine: Callable[..., 
     assert "".join(e.text for e in events) == "abc"
 
 
-async def test_length_is_max_new_tokens_or_the_context(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_length_is_max_new_tokens_or_the_context(
+    make_engine: MakeEngine,
+) -> None:
     engine, _ = make_engine(model=LetterModel(context_length=10))
     _, finish = await finished(engine.submit(tokens("ab"), SamplingParams(max_new_tokens=4)))
     assert finish.finish_reason == "length" and finish.completion_tokens == 4
@@ -347,7 +156,9 @@ async def test_length_is_max_new_tokens_or_the_context(make_engine: Callable[...
     assert finish.finish_reason == "length" and finish.completion_tokens == 3  # 7 + 3 fill the context of 10
 
 
-async def test_a_deadline_mid_generation_ends_it_time_limit(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_deadline_mid_generation_ends_it_time_limit(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine()
     batch.pause()
     handle = engine.submit(tokens("slow"), SamplingParams(max_new_tokens=50, timeout_s=0.05))
@@ -361,7 +172,9 @@ async def test_a_deadline_mid_generation_ends_it_time_limit(make_engine: Callabl
     assert finish.finish_reason == "time_limit" and 1 <= finish.completion_tokens <= 2  # at most the step under way
 
 
-async def test_a_deadline_before_the_first_token_ends_it_with_no_text(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_deadline_before_the_first_token_ends_it_with_no_text(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(max_batch_size=1, max_running_requests=1)
     batch.pause()
     ahead = engine.submit(tokens("first"), SamplingParams(max_new_tokens=3))
@@ -393,8 +206,14 @@ async def test_a_deadline_before_the_first_token_ends_it_with_no_text(make_engin
 )
 def test_stop_reason_rules_in_order(case: dict[str, Any], expected: str | None) -> None:
     arguments: dict[str, Any] = {
-        "params": SamplingParams(max_new_tokens=64), "token_is_eos": False, "stop_string_seen": False,
-        "generated_tokens": 3, "prompt_tokens": 5, "context_length": 100, "deadline": None, "now": 0.0,
+        "params": SamplingParams(max_new_tokens=64),
+        "token_is_eos": False,
+        "stop_string_seen": False,
+        "generated_tokens": 3,
+        "prompt_tokens": 5,
+        "context_length": 100,
+        "deadline": None,
+        "now": 0.0,
     }
     arguments.update(case)
     params = arguments.pop("params")
@@ -410,7 +229,9 @@ def test_interruption_prefers_cancelled_to_time_limit() -> None:
 # ---- admission ---------------------------------------------------------------------------
 
 
-async def test_the_admission_bound_refuses_past_max_held_and_gives_places_back(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_the_admission_bound_refuses_past_max_held_and_gives_places_back(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(max_batch_size=2, max_running_requests=2, max_waiting_requests=2)
     assert engine.max_held == 4
     batch.pause()
@@ -430,7 +251,9 @@ async def test_the_admission_bound_refuses_past_max_held_and_gives_places_back(m
     assert engine.held_count == 0
 
 
-async def test_a_burst_never_holds_more_than_the_bound(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_burst_never_holds_more_than_the_bound(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(max_batch_size=2, max_running_requests=2, max_waiting_requests=3)
     held_at_steps: list[int] = []
     engine.step_listeners.append(lambda rows, seconds: held_at_steps.append(engine.held_count))
@@ -451,7 +274,9 @@ async def test_a_burst_never_holds_more_than_the_bound(make_engine: Callable[...
     assert engine.stats.peak_held == engine.max_held and engine.held_count == 0
 
 
-async def test_places_of_cancelled_and_timed_out_requests_are_given_back(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_places_of_cancelled_and_timed_out_requests_are_given_back(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(max_batch_size=1, max_running_requests=1, max_waiting_requests=2)
     batch.pause()
     running = engine.submit(tokens("a"), SamplingParams(max_new_tokens=100))
@@ -470,15 +295,17 @@ async def test_places_of_cancelled_and_timed_out_requests_are_given_back(make_en
 # ---- retirement and cancellation ---------------------------------------------------------
 
 
-async def test_finished_rows_leave_the_batch_through_keep(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_finished_rows_leave_the_batch_through_keep(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine()
     parked = await hold_engine(engine, batch)
     prompts = [tokens("one"), tokens("two"), tokens("three")]
     lengths = [5, 2, 4]
-    handles = [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in zip(prompts, lengths)]
+    handles = [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in zip(prompts, lengths, strict=True)]
     batch.resume()
     await parked
-    for prompt, n, handle in zip(prompts, lengths, handles):
+    for prompt, n, handle in zip(prompts, lengths, handles, strict=True):
         assert (await finished(handle))[1].ids == greedy_continuation(prompt, n, counting)  # rows never mixed up
     # the last row's client hears of its finish just before the engine drops it from the batch
     await until_true(lambda: len(batch.keep_calls) == 3)
@@ -487,7 +314,9 @@ async def test_finished_rows_leave_the_batch_through_keep(make_engine: Callable[
     assert batch.rows == [] and engine.running_count == 0
 
 
-async def test_a_cancelled_generation_finishes_within_a_step_with_what_it_made(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_cancelled_generation_finishes_within_a_step_with_what_it_made(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(model=LetterModel(context_length=10_000))
     parked = await hold_engine(engine, batch)
     prompt = tokens("cancel")
@@ -513,7 +342,9 @@ async def test_a_cancelled_generation_finishes_within_a_step_with_what_it_made(m
     assert engine.held_count == 0
 
 
-async def test_cancel_all_ends_everything_held(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_cancel_all_ends_everything_held(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(max_batch_size=1, max_running_requests=1)
     batch.pause()
     handles = [engine.submit(tokens("x"), SamplingParams(max_new_tokens=500)) for _ in range(3)]
@@ -523,11 +354,13 @@ async def test_cancel_all_ends_everything_held(make_engine: Callable[..., tuple[
     assert engine.held_count == 0
 
 
-async def test_a_failing_forward_pass_fails_its_requests_not_the_engine(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_a_failing_forward_pass_fails_its_requests_not_the_engine(
+    make_engine: MakeEngine,
+) -> None:
     def broken(context: list[int]) -> int:
         if len(context) > 6:
             raise RuntimeError("scripted failure")
-        return counting(context)
+        return int(counting(context))  # (helpers imported by their pytest name are Any to mypy)
 
     engine, _ = make_engine(ScriptedBatch(broken))
     handle = engine.submit(tokens("abcde"), SamplingParams(max_new_tokens=10))
@@ -538,7 +371,9 @@ async def test_a_failing_forward_pass_fails_its_requests_not_the_engine(make_eng
     assert finish.finish_reason == "length"
 
 
-async def test_shutdown_ends_what_is_left_with_an_error(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_shutdown_ends_what_is_left_with_an_error(
+    make_engine: MakeEngine,
+) -> None:
     engine, batch = make_engine(model=LetterModel(context_length=1_000_000), max_batch_size=1, max_running_requests=1)
     batch.pause()
     running = engine.submit(tokens("a"), SamplingParams(max_new_tokens=1_000_000))
@@ -562,7 +397,9 @@ def mostly_periodic(context: list[int]) -> int:
     return counting(context) if len(context) % 7 == 0 else context[-3]
 
 
-async def test_checked_drafts_give_greedy_output_in_fewer_passes(make_engine: Callable[..., tuple[GenerationEngine, ScriptedBatch]]) -> None:
+async def test_checked_drafts_give_greedy_output_in_fewer_passes(
+    make_engine: MakeEngine,
+) -> None:
     prompt = tokens("abcabcab")
     plain, plain_batch = make_engine(ScriptedBatch(mostly_periodic))
     drafting, drafting_batch = make_engine(ScriptedBatch(mostly_periodic, supports_drafts=True), prompt_lookup_tokens=4)

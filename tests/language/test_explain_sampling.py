@@ -12,28 +12,24 @@ import asyncio
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import torch
-from test_engine_unit import (
+from scripted_engine import (
     VOCAB,
-    GenerationEngine,
+    MakeEngine,
     ScriptedBatch,
     counting,
     finished,
-    make_engine,  # noqa: F401 - the fixture, used by name below (hence F811 there)
     scripted_logits,
     tokens,
 )
-from test_generate import parse_sse
+from sse import parse_sse
 
 from service.language.events import TokenEvent
 from service.language.sampling import SamplingParams
-
-MakeEngine = Callable[..., tuple[GenerationEngine, ScriptedBatch]]
 
 
 def redraw(top: list[Any], u: float) -> tuple[int, int] | None:
@@ -125,40 +121,60 @@ def check_event(event: TokenEvent, context: list[int], params: SamplingParams) -
         {"repetition_penalty": 1.5, "temperature": 1.2, "top_k": 12, "top_p": 0.9},
     ],
 )
-async def test_sampled_steps_show_each_stage_and_the_draw_that_picked_the_token(make_engine: MakeEngine, knobs: dict[str, Any]) -> None:  # noqa: F811
+async def test_sampled_steps_show_each_stage_and_the_draw_that_picked_the_token(
+    make_engine: MakeEngine, knobs: dict[str, Any]
+) -> None:
     engine, _ = make_engine()
-    params = SamplingParams(max_new_tokens=16, do_sample=True, seed=11, ignore_eos=True, top_alternatives=VOCAB, explain=True, **knobs)
+    params = SamplingParams(
+        max_new_tokens=16, do_sample=True, seed=11, ignore_eos=True, top_alternatives=VOCAB, explain=True, **knobs
+    )
     prompt = tokens("explain")
     events, finish = await finished(engine.submit(prompt, params))
     for event in events:
         check_event(event, prompt + finish.ids[: event.index], params)
     assert len({e.explain.draw.rank for e in events if e.explain}) > 1  # not always the likeliest
-    assert finish.perplexity == pytest.approx(math.exp(sum(e.explain.surprisal for e in events if e.explain) / len(events)))
+    assert finish.perplexity == pytest.approx(
+        math.exp(sum(e.explain.surprisal for e in events if e.explain) / len(events))
+    )
     plain, plain_finish = await finished(engine.submit(prompt, dataclasses.replace(params, explain=False)))
     assert [e.id for e in plain] == finish.ids and all(e.explain is None for e in plain)  # explaining draws the same
     assert plain_finish.perplexity is None
 
 
-async def test_greedy_steps_are_the_model_stage_and_keep_prompt_lookup(make_engine: MakeEngine) -> None:  # noqa: F811
+async def test_greedy_steps_are_the_model_stage_and_keep_prompt_lookup(make_engine: MakeEngine) -> None:
     prompt = tokens("abcabcab")
     for batch, lookup in ((ScriptedBatch(), 0), (ScriptedBatch(supports_drafts=True), 4)):
         engine, _ = make_engine(batch, prompt_lookup_tokens=lookup)
         params = SamplingParams(max_new_tokens=12, ignore_eos=True, top_alternatives=4, explain=True)
         events, finish = await finished(engine.submit(prompt, params))
-        assert finish.ids == (await finished(engine.submit(prompt, SamplingParams(max_new_tokens=12, ignore_eos=True))))[1].ids
+        assert (
+            finish.ids
+            == (await finished(engine.submit(prompt, SamplingParams(max_new_tokens=12, ignore_eos=True))))[1].ids
+        )
         for event in events:
             check_event(event, prompt + finish.ids[: event.index], params)
-        penalized = SamplingParams(max_new_tokens=6, ignore_eos=True, top_alternatives=VOCAB, repetition_penalty=2.0, explain=True)
+        penalized = SamplingParams(
+            max_new_tokens=6, ignore_eos=True, top_alternatives=VOCAB, repetition_penalty=2.0, explain=True
+        )
         events, finish = await finished(engine.submit(prompt, penalized))
         for event in events:
             check_event(event, prompt + finish.ids[: event.index], penalized)
 
 
-async def test_next_token_stages_are_those_of_a_first_sampled_token(make_engine: MakeEngine) -> None:  # noqa: F811
+async def test_next_token_stages_are_those_of_a_first_sampled_token(make_engine: MakeEngine) -> None:
     engine, _ = make_engine()
     prompt = tokens("next")
-    params = SamplingParams(max_new_tokens=1, do_sample=True, seed=3, temperature=0.8, top_k=9, top_p=0.7, repetition_penalty=1.3,
-                            top_alternatives=VOCAB, explain=True)
+    params = SamplingParams(
+        max_new_tokens=1,
+        do_sample=True,
+        seed=3,
+        temperature=0.8,
+        top_k=9,
+        top_p=0.7,
+        repetition_penalty=1.3,
+        top_alternatives=VOCAB,
+        explain=True,
+    )
     [event], _ = await finished(engine.submit(prompt, params))
     answer = await asyncio.wait_for(engine.next_token_distribution(prompt, VOCAB, 0.8, explain_with=params), 10)
     assert answer.stages is not None and event.explain is not None
@@ -184,7 +200,9 @@ def check_cut(previous: dict[str, Any], stage: dict[str, Any], top_k: int = 0, t
     if kept > len(previous["top"]):
         return False
     before = [c["probability"] for c in previous["top"]]
-    assert [c["id"] for c in stage["top"]] == [c["id"] for c in previous["top"][: len(stage["top"])]]  # the likeliest stay
+    assert [c["id"] for c in stage["top"]] == [
+        c["id"] for c in previous["top"][: len(stage["top"])]
+    ]  # the likeliest stay
     assert stage["removed_mass"] == pytest.approx(1.0 - sum(before[:kept]), abs=1e-6)
     if top_k:
         assert kept == top_k
@@ -194,7 +212,15 @@ def check_cut(previous: dict[str, Any], stage: dict[str, Any], top_k: int = 0, t
     return True
 
 
-SAMPLED = {"prompt": "Once upon a time", "max_new_tokens": 10, "do_sample": True, "seed": 5, "ignore_eos": True, "explain": True, "top_alternatives": 20}
+SAMPLED = {
+    "prompt": "Once upon a time",
+    "max_new_tokens": 10,
+    "do_sample": True,
+    "seed": 5,
+    "ignore_eos": True,
+    "explain": True,
+    "top_alternatives": 20,
+}
 
 
 @pytest.mark.parametrize(
@@ -205,7 +231,9 @@ SAMPLED = {"prompt": "Once upon a time", "max_new_tokens": 10, "do_sample": True
         ({"temperature": 0.6}, ["model", "temperature"]),
     ],
 )
-async def test_generate_explains_each_sampled_step(client: httpx.AsyncClient, knobs: dict[str, Any], names: list[str]) -> None:
+async def test_generate_explains_each_sampled_step(
+    client: httpx.AsyncClient, knobs: dict[str, Any], names: list[str]
+) -> None:
     body = (await client.post("/generate", json={**SAMPLED, **knobs})).json()
     steps = body["steps"]
     assert [s["id"] for s in steps] == body["ids"]
@@ -228,7 +256,10 @@ async def test_generate_explains_each_sampled_step(client: httpx.AsyncClient, kn
         assert draw["greedy"] is False and 0 <= draw["u"] < 1
         found = redraw(stages[-1]["top"], draw["u"])
         if found is None:  # drawn beyond the listed tokens: they must not reach u
-            assert draw["rank"] >= len(stages[-1]["top"]) and sum(c["probability"] for c in stages[-1]["top"]) <= draw["u"] + 1e-12
+            assert (
+                draw["rank"] >= len(stages[-1]["top"])
+                and sum(c["probability"] for c in stages[-1]["top"]) <= draw["u"] + 1e-12
+            )
         else:
             assert found == (step["id"], draw["rank"])
             redrawn += 1
@@ -262,7 +293,9 @@ async def test_greedy_explained_is_the_model_stage_and_its_entropy(client: httpx
     model_top = first["stages"][0]["top"]
     assert [c["id"] for c in model_top] == [c["id"] for c in next_token["candidates"]]
     # float64 softmax here, float32 log-softmax there: equal within float32's error over 49,152 terms
-    assert [c["probability"] for c in model_top] == pytest.approx([c["probability"] for c in next_token["candidates"]], abs=2e-5)
+    assert [c["probability"] for c in model_top] == pytest.approx(
+        [c["probability"] for c in next_token["candidates"]], abs=2e-5
+    )
 
 
 async def test_the_stream_explains_every_token_and_ends_with_the_perplexity(client: httpx.AsyncClient) -> None:
@@ -275,11 +308,19 @@ async def test_the_stream_explains_every_token_and_ends_with_the_perplexity(clie
     whole = (await client.post("/generate", json=request)).json()
     assert [t["id"] for t in tokens_] == done["ids"] == whole["ids"]
     for token, step in zip(tokens_, whole["steps"], strict=True):
-        assert [s["name"] for s in token["explain"]["stages"]] == ["model", "repetition_penalty", "temperature", "top_k", "top_p"]
+        assert [s["name"] for s in token["explain"]["stages"]] == [
+            "model",
+            "repetition_penalty",
+            "temperature",
+            "top_k",
+            "top_p",
+        ]
         assert token["explain"]["draw"] == step["explain"]["draw"]  # the same seeded draws
         assert token["explain"]["entropy"] == pytest.approx(step["explain"]["entropy"], abs=1e-9)
     assert done["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-9)
-    assert done["perplexity"] == pytest.approx(math.exp(sum(t["explain"]["surprisal"] for t in tokens_) / len(tokens_)), rel=1e-9)
+    assert done["perplexity"] == pytest.approx(
+        math.exp(sum(t["explain"]["surprisal"] for t in tokens_) / len(tokens_)), rel=1e-9
+    )
     async with client.stream("POST", "/generate", json={**request, "explain": False, "stream": True}) as response:
         plain = parse_sse((await response.aread()).decode())
     assert all("explain" not in data for name, data in plain if name == "token")
@@ -288,7 +329,15 @@ async def test_the_stream_explains_every_token_and_ends_with_the_perplexity(clie
 
 async def test_next_token_stages_show_each_setting(client: httpx.AsyncClient) -> None:
     prompt = "Once upon a time, in a small village,"
-    request = {"prompt": prompt, "top_k": 20, "explain": True, "temperature": 1.5, "sample_top_k": 12, "top_p": 0.5, "repetition_penalty": 1.3}
+    request = {
+        "prompt": prompt,
+        "top_k": 20,
+        "explain": True,
+        "temperature": 1.5,
+        "sample_top_k": 12,
+        "top_p": 0.5,
+        "repetition_penalty": 1.3,
+    }
     body = (await client.post("/next-token-probs", json=request)).json()
     stages = body["stages"]
     assert [s["name"] for s in stages] == ["model", "repetition_penalty", "temperature", "top_k", "top_p"]
@@ -300,11 +349,26 @@ async def test_next_token_stages_show_each_setting(client: httpx.AsyncClient) ->
     plain = (await client.post("/next-token-probs", json={"prompt": prompt, "top_k": 20})).json()
     assert set(plain) == {"candidates", "prompt_tokens", "temperature", "model"}  # today's answer, unasked
     assert [c["id"] for c in stages[0]["top"]] == [c["id"] for c in plain["candidates"]]
-    assert [c["probability"] for c in stages[0]["top"]] == pytest.approx([c["probability"] for c in plain["candidates"]], abs=2e-5)
-    first = (await client.post("/generate", json={
-        "prompt": prompt, "max_new_tokens": 1, "do_sample": True, "seed": 1, "explain": True, "top_alternatives": 20,
-        "temperature": 1.5, "top_k": 12, "top_p": 0.5, "repetition_penalty": 1.3,
-    })).json()
+    assert [c["probability"] for c in stages[0]["top"]] == pytest.approx(
+        [c["probability"] for c in plain["candidates"]], abs=2e-5
+    )
+    first = (
+        await client.post(
+            "/generate",
+            json={
+                "prompt": prompt,
+                "max_new_tokens": 1,
+                "do_sample": True,
+                "seed": 1,
+                "explain": True,
+                "top_alternatives": 20,
+                "temperature": 1.5,
+                "top_k": 12,
+                "top_p": 0.5,
+                "repetition_penalty": 1.3,
+            },
+        )
+    ).json()
     generated = first["steps"][0]["explain"]["stages"]
     assert [(s["name"], s["kept"]) for s in generated] == [(s["name"], s["kept"]) for s in stages]
     for a, b in zip(generated, stages, strict=True):
@@ -325,7 +389,9 @@ async def test_next_token_stages_show_each_setting(client: httpx.AsyncClient) ->
         ("/generate", {"prompt": "x", "explain": 1}, "explain"),
     ],
 )
-async def test_bad_explain_requests_get_422_naming_the_field(client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str) -> None:
+async def test_bad_explain_requests_get_422_naming_the_field(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str
+) -> None:
     response = await client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == param
@@ -333,11 +399,19 @@ async def test_bad_explain_requests_get_422_naming_the_field(client: httpx.Async
 
 async def test_openapi_describes_the_explanation(client: httpx.AsyncClient) -> None:
     schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
-    assert "explain" in schemas["GenerateRequest"]["properties"] and schemas["GenerateRequest"]["properties"]["explain"]["description"]
+    assert (
+        "explain" in schemas["GenerateRequest"]["properties"]
+        and schemas["GenerateRequest"]["properties"]["explain"]["description"]
+    )
     assert schemas["NextTokenRequest"]["properties"]["explain"]["description"]
     for name in ("StepExplanation", "SamplerStage"):
         assert schemas[name]["examples"] and schemas[name]["description"]
-        assert all(field.get("description") or field.get("$ref") for field in schemas[name]["properties"].values()), name
+        assert all(field.get("description") or field.get("$ref") for field in schemas[name]["properties"].values()), (
+            name
+        )
     assert "total variation" in schemas["SamplerStage"]["properties"]["removed_mass"]["description"]
     assert schemas["SamplerDraw"]["properties"]["u"]["description"]
-    assert "perplexity" in schemas["GenerateResponse"]["properties"] and "stages" in schemas["NextTokenResponse"]["properties"]
+    assert (
+        "perplexity" in schemas["GenerateResponse"]["properties"]
+        and "stages" in schemas["NextTokenResponse"]["properties"]
+    )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from typing import Any
 
 import httpx
 import pytest
 import torch
+from sse import parse_sse
+
+from service.language.model import LanguageModel
 
 # Different lengths on purpose: the batch pads them differently.
 PROMPTS = [
@@ -22,16 +25,22 @@ PROMPTS = [
 ]
 
 
-def reference_greedy(language_model, prompt: str, new_tokens: int) -> list[int]:  # type: ignore[no-untyped-def]
+def reference_greedy(language_model: LanguageModel, prompt: str, new_tokens: int) -> list[int]:
     ids = torch.tensor([language_model.encode(prompt)])
     with torch.inference_mode():
         out = language_model.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, pad_token_id=language_model.tokenizer.pad_token_id
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=language_model.tokenizer.pad_token_id,
         )
-    return out[0, ids.shape[1]:].tolist()
+    return [int(token) for token in out[0, ids.shape[1] :].tolist()]
 
 
-async def test_greedy_generation_equals_model_generate(client: httpx.AsyncClient, language_model) -> None:  # type: ignore[no-untyped-def]
+async def test_greedy_generation_equals_model_generate(
+    client: httpx.AsyncClient, language_model: LanguageModel
+) -> None:
     response = await client.post("/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 12})
     assert response.status_code == 200
     body = response.json()
@@ -44,12 +53,15 @@ async def test_greedy_generation_equals_model_generate(client: httpx.AsyncClient
 
 
 async def test_eight_concurrent_greedy_requests_equal_each_alone_and_model_generate(
-    client: httpx.AsyncClient, language_model  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient, language_model: LanguageModel
 ) -> None:
     new_tokens = 16
-    request = lambda p: {"prompt": p, "max_new_tokens": new_tokens, "ignore_eos": True}  # noqa: E731
+
+    def request(prompt: str) -> dict[str, Any]:
+        return {"prompt": prompt, "max_new_tokens": new_tokens, "ignore_eos": True}
+
     together = await asyncio.gather(*(client.post("/generate", json=request(p)) for p in PROMPTS))
-    for prompt, response in zip(PROMPTS, together):
+    for prompt, response in zip(PROMPTS, together, strict=True):
         batched = response.json()["ids"]
         alone = (await client.post("/generate", json=request(prompt))).json()["ids"]
         assert batched == alone, prompt
@@ -58,7 +70,15 @@ async def test_eight_concurrent_greedy_requests_equal_each_alone_and_model_gener
 
 
 async def test_seeded_sampling_repeats_whatever_shares_the_batch(client: httpx.AsyncClient) -> None:
-    request = {"prompt": "Once upon a time", "max_new_tokens": 20, "do_sample": True, "temperature": 0.9, "top_p": 0.95, "seed": 1234, "ignore_eos": True}
+    request = {
+        "prompt": "Once upon a time",
+        "max_new_tokens": 20,
+        "do_sample": True,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "seed": 1234,
+        "ignore_eos": True,
+    }
     first = (await client.post("/generate", json=request)).json()
     second = (await client.post("/generate", json=request)).json()
     assert first["ids"] == second["ids"]
@@ -70,10 +90,12 @@ async def test_seeded_sampling_repeats_whatever_shares_the_batch(client: httpx.A
 
 
 async def test_top_alternatives_show_each_step(client: httpx.AsyncClient) -> None:
-    response = await client.post("/generate", json={"prompt": "The capital of France is", "max_new_tokens": 4, "top_alternatives": 3})
+    response = await client.post(
+        "/generate", json={"prompt": "The capital of France is", "max_new_tokens": 4, "top_alternatives": 3}
+    )
     body = response.json()
     assert len(body["steps"]) == 4
-    for step, token_id in zip(body["steps"], body["ids"]):
+    for step, token_id in zip(body["steps"], body["ids"], strict=True):
         assert step["id"] == token_id
         alternatives = step["alternatives"]
         assert len(alternatives) == 3
@@ -96,7 +118,9 @@ async def test_chat_messages_use_the_chat_template(client: httpx.AsyncClient, la
 async def test_stop_sequences_end_the_text_before_them(client: httpx.AsyncClient) -> None:
     free = (await client.post("/generate", json={"prompt": "1, 2, 3, 4,", "max_new_tokens": 12})).json()
     assert " 7," in free["text"]
-    stopped = (await client.post("/generate", json={"prompt": "1, 2, 3, 4,", "max_new_tokens": 12, "stop": [" 7"]})).json()
+    stopped = (
+        await client.post("/generate", json={"prompt": "1, 2, 3, 4,", "max_new_tokens": 12, "stop": [" 7"]})
+    ).json()
     assert stopped["finish_reason"] == "stop"
     assert stopped["text"] == free["text"][: free["text"].index(" 7")]
 
@@ -106,7 +130,9 @@ async def test_eos_ends_generation_unless_ignored(client: httpx.AsyncClient, lan
     ended = (await client.post("/generate", json={"messages": messages, "max_new_tokens": 40})).json()
     assert ended["finish_reason"] == "eos"
     assert ended["ids"][-1] in language_model.eos_token_ids
-    forced = (await client.post("/generate", json={"messages": messages, "max_new_tokens": 40, "ignore_eos": True})).json()
+    forced = (
+        await client.post("/generate", json={"messages": messages, "max_new_tokens": 40, "ignore_eos": True})
+    ).json()
     assert forced["finish_reason"] == "length" and forced["usage"]["completion_tokens"] == 40
 
 
@@ -127,20 +153,6 @@ async def test_streaming_sends_each_token_then_done(client: httpx.AsyncClient) -
     assert done[0]["finish_reason"] == "length" and done[0]["usage"]["completion_tokens"] == 6
     plain = (await client.post("/generate", json={**request, "stream": False})).json()
     assert plain["ids"] == done[0]["ids"]
-
-
-def parse_sse(raw: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in raw.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append((name, json.loads("\n".join(data))))
-    return events
 
 
 @pytest.mark.parametrize(
@@ -165,7 +177,9 @@ def parse_sse(raw: str) -> list[tuple[str, dict]]:
         ({"prompt": "x", "max_new_tokens": "many"}, "max_new_tokens"),
     ],
 )
-async def test_bad_generation_requests_get_422_naming_the_field(client: httpx.AsyncClient, body: dict, param: str) -> None:
+async def test_bad_generation_requests_get_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, object], param: str
+) -> None:
     response = await client.post("/generate", json=body)
     assert response.status_code == 422, response.text
     error = response.json()["error"]

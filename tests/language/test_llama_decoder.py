@@ -13,9 +13,10 @@ import pytest
 import torch
 from tiny_models import save_tiny_llama, serve_folder
 
-from service.language import llama_decoder
+from service.language import llama_decoder, slot_batch
 from service.language.batch import make_running_batch
-from service.language.llama_decoder import LlamaDecoder, SlotBatch
+from service.language.llama_decoder import LlamaDecoder
+from service.language.slot_batch import SlotBatch
 
 if TYPE_CHECKING:
     from service.language.model import LanguageModel
@@ -117,10 +118,10 @@ def test_the_cache_grows_past_its_first_allocation_keeping_what_it_holds(
 ) -> None:
     short = language_model.encode(PROMPTS[0])
     long = language_model.encode(" ".join([PROMPTS[2]] * 30))
-    assert len(long) > llama_decoder._INITIAL_CAPACITY
+    assert len(long) > slot_batch._INITIAL_CAPACITY
     batch = SlotBatch(decoder, 16)
     batch.prefill([short])
-    assert batch.allocated == (1, llama_decoder._INITIAL_CAPACITY)  # room for the rows running, not all 16
+    assert batch.allocated == (1, slot_batch._INITIAL_CAPACITY)  # room for the rows running, not all 16
     logits = batch.prefill([long])
     rows, capacity = batch.allocated
     assert rows == 2 and capacity >= len(long)

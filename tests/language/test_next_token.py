@@ -30,7 +30,7 @@ async def test_matches_a_direct_forward_pass(client: httpx.AsyncClient, language
     expected = torch.softmax(logits / (temperature or 1.0), dim=-1)
     top = torch.topk(expected, 20)
     assert [c["id"] for c in body["candidates"]] == top.indices.tolist()
-    for candidate, p in zip(body["candidates"], top.values.tolist()):
+    for candidate, p in zip(body["candidates"], top.values.tolist(), strict=True):
         assert candidate["probability"] == pytest.approx(p, abs=1e-5)
         assert candidate["logprob"] == pytest.approx(torch.log(torch.tensor(p)).item(), abs=1e-4)
 
@@ -40,11 +40,13 @@ async def test_concurrent_requests_share_batches_and_each_get_their_own_answer(c
 
     prompts = ["The capital of France is", "Two plus two equals", "The opposite of hot is", "Monday, Tuesday,"]
     alone = [(await client.post("/next-token-probs", json={"prompt": p, "top_k": 3})).json() for p in prompts]
-    together = await asyncio.gather(*(client.post("/next-token-probs", json={"prompt": p, "top_k": 3}) for p in prompts))
-    for a, t in zip(alone, together):
+    together = await asyncio.gather(
+        *(client.post("/next-token-probs", json={"prompt": p, "top_k": 3}) for p in prompts)
+    )
+    for a, t in zip(alone, together, strict=True):
         t_body = t.json()
         assert [c["id"] for c in a["candidates"]] == [c["id"] for c in t_body["candidates"]]
-        for x, y in zip(a["candidates"], t_body["candidates"]):
+        for x, y in zip(a["candidates"], t_body["candidates"], strict=True):
             assert x["probability"] == pytest.approx(y["probability"], abs=1e-5)
 
 
@@ -60,7 +62,9 @@ async def test_concurrent_requests_share_batches_and_each_get_their_own_answer(c
         ({"top_k": 3}, "prompt"),
     ],
 )
-async def test_bad_requests_get_422_naming_the_field(client: httpx.AsyncClient, body: dict, param: str) -> None:
+async def test_bad_requests_get_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, object], param: str
+) -> None:
     response = await client.post("/next-token-probs", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["param"] == param
@@ -68,7 +72,7 @@ async def test_bad_requests_get_422_naming_the_field(client: httpx.AsyncClient, 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 async def test_non_finite_temperature_is_refused(client: httpx.AsyncClient, literal: str) -> None:
-    raw = '{"prompt": "x", "temperature": %s}' % literal
+    raw = f'{{"prompt": "x", "temperature": {literal}}}'
     response = await client.post("/next-token-probs", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "temperature"
@@ -76,7 +80,9 @@ async def test_non_finite_temperature_is_refused(client: httpx.AsyncClient, lite
 
 async def test_temperature_zero_is_the_greedy_limit(client: httpx.AsyncClient) -> None:
     """0 is greedy on /generate, so here it is the limit of a shrinking temperature: all mass on the top token."""
-    response = await client.post("/next-token-probs", json={"prompt": "The capital of France is", "top_k": 2, "temperature": 0})
+    response = await client.post(
+        "/next-token-probs", json={"prompt": "The capital of France is", "top_k": 2, "temperature": 0}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["temperature"] == 0

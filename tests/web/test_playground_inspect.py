@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sse import parse_sse
 
 pytestmark = pytest.mark.slow
 
@@ -221,20 +222,6 @@ async def test_sampler_on_a_phone(phone_page: Any, live_server: str, screenshot_
 # --- generation, tinted and explained ------------------------------------------------------------
 
 
-def _sse(text: str) -> list[tuple[str, Any]]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append((name, json.loads("\n".join(data))))
-    return events
-
-
 async def _generate(
     page: Any, prompt: str, *, temperature: str, max_tokens: str, seed: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -253,7 +240,7 @@ async def _generate(
     assert (await page.locator("#gen-status").inner_text()).startswith("Done (")
     request = json.loads(response.request.post_data)
     assert request["explain"] is True and request["stream"] is True
-    events = _sse(await response.text())
+    events = parse_sse(await response.text())
     tokens = [data for name, data in events if name == "token"]
     done = next(data for name, data in events if name == "done")
     return tokens, done
