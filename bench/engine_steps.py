@@ -16,7 +16,7 @@ import torch
 
 from service.config import Settings
 from service.language.engine import GenerationEngine
-from service.language.model import load_language_model
+from service.language.model import LanguageModel, load_language_model
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
@@ -31,7 +31,7 @@ PROMPTS = [
 ]
 
 
-async def run_batch(engine: GenerationEngine, lm, batch: int, tokens: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+async def run_batch(engine: GenerationEngine, lm: LanguageModel, batch: int, tokens: int) -> tuple[float, float]:
     steps: list[float] = []
     engine.step_listeners.append(lambda size, seconds: steps.append(seconds))
     params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)

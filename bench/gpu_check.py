@@ -17,7 +17,7 @@ import torch
 
 from service.config import Settings
 from service.language.engine import GenerationEngine
-from service.language.model import load_language_model
+from service.language.model import LanguageModel, load_language_model
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
@@ -32,7 +32,7 @@ PROMPTS = [
 ]
 
 
-async def rate(engine: GenerationEngine, lm, batch: int, tokens: int = 128) -> float:  # type: ignore[no-untyped-def]
+async def rate(engine: GenerationEngine, lm: LanguageModel, batch: int, tokens: int = 128) -> float:
     params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
     started = time.perf_counter()
     handles = [engine.submit(lm.encode(PROMPTS[i % len(PROMPTS)]), params) for i in range(batch)]

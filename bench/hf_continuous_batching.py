@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 
 from service.config import Settings
 from service.language.engine import GenerationEngine
-from service.language.model import load_language_model
+from service.language.model import LanguageModel, load_language_model
 from service.language.sampling import SamplingParams
 
 PROMPTS = [
@@ -30,7 +30,7 @@ PROMPTS = [
 ]
 
 
-async def engine_run(lm, tokens: int) -> tuple[float, list[list[int]]]:  # type: ignore[no-untyped-def]
+async def engine_run(lm: LanguageModel, tokens: int) -> tuple[float, list[list[int]]]:
     engine = GenerationEngine(lm, Settings())
     engine.start()
     params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)

@@ -106,7 +106,7 @@ async def test_top_alternatives_show_each_step(client: httpx.AsyncClient) -> Non
     assert body["steps"][0]["token"] == " Paris"
 
 
-async def test_chat_messages_use_the_chat_template(client: httpx.AsyncClient, language_model) -> None:  # type: ignore[no-untyped-def]
+async def test_chat_messages_use_the_chat_template(client: httpx.AsyncClient, language_model: LanguageModel) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     chat = (await client.post("/generate", json={"messages": messages, "max_new_tokens": 12})).json()
     rendered = language_model.render_chat(messages)
@@ -125,7 +125,7 @@ async def test_stop_sequences_end_the_text_before_them(client: httpx.AsyncClient
     assert stopped["text"] == free["text"][: free["text"].index(" 7")]
 
 
-async def test_eos_ends_generation_unless_ignored(client: httpx.AsyncClient, language_model) -> None:  # type: ignore[no-untyped-def]
+async def test_eos_ends_generation_unless_ignored(client: httpx.AsyncClient, language_model: LanguageModel) -> None:
     messages = [{"role": "user", "content": "Say just the word yes."}]
     ended = (await client.post("/generate", json={"messages": messages, "max_new_tokens": 40})).json()
     assert ended["finish_reason"] == "eos"

@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
+from service.state import LoadedModels
 
 
 @pytest.fixture(scope="module")
-async def strict_client(app, loaded_models) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+async def strict_client(app: FastAPI, loaded_models: LoadedModels) -> AsyncIterator[httpx.AsyncClient]:
     """An app with small limits over the engine that the session's `app` fixture runs."""
     settings = Settings(max_prompt_tokens=8, max_new_tokens=16, max_top_k=5, max_text_chars=200, max_body_bytes=4096)
     strict = create_app(settings, models=loaded_models)

@@ -6,6 +6,8 @@ import httpx
 import pytest
 import torch
 
+from service.language.model import LanguageModel
+
 
 async def test_paris_is_the_most_likely_next_token(client: httpx.AsyncClient) -> None:
     response = await client.post("/next-token-probs", json={"prompt": "The capital of France is", "top_k": 5})
@@ -18,7 +20,9 @@ async def test_paris_is_the_most_likely_next_token(client: httpx.AsyncClient) ->
 
 
 @pytest.mark.parametrize("temperature", [None, 0.7, 2.0])
-async def test_matches_a_direct_forward_pass(client: httpx.AsyncClient, language_model, temperature) -> None:  # type: ignore[no-untyped-def]
+async def test_matches_a_direct_forward_pass(
+    client: httpx.AsyncClient, language_model: LanguageModel, temperature: float
+) -> None:
     prompt = "Once upon a time, in a small village,"
     request = {"prompt": prompt, "top_k": 20}
     if temperature is not None:
