@@ -114,6 +114,49 @@ RepetitionPenalty = Annotated[
         description="CTRL's penalty on tokens already in the prompt or output: > 1 discourages them, < 1 favours them. 0.1 to 10.",
     ),
 ]
+MinP = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Sample only among tokens at least min_p times as likely as the likeliest (after the temperature; "
+        "0 = off). 0 to 1.",
+    ),
+]
+PresencePenalty = Annotated[
+    float,
+    Field(
+        ge=-2,
+        le=2,
+        allow_inf_nan=False,
+        description="OpenAI's presence penalty: subtracted once from the logit of every token already generated "
+        "(> 0 favours new tokens, < 0 repeats). -2 to 2; 0 = off.",
+    ),
+]
+FrequencyPenalty = Annotated[
+    float,
+    Field(
+        ge=-2,
+        le=2,
+        allow_inf_nan=False,
+        description="OpenAI's frequency penalty: subtracted from each token's logit as many times as it was generated "
+        "(> 0 discourages repeats, < 0 favours them). -2 to 2; 0 = off.",
+    ),
+]
+LOGIT_BIAS_MAX = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 300
+"""At most this many token ids in one request's `logit_bias` (a constant, not a setting)."""
+LogitBiasValue = Annotated[float, Field(ge=-LOGIT_BIAS_MAX, le=LOGIT_BIAS_MAX, allow_inf_nan=False)]
+LogitBias = Annotated[
+    dict[str, LogitBiasValue],
+    Field(
+        description="OpenAI's logit bias: token id (as a string, the JSON object key) -> a number from -100 to 100 "
+        "added to its logit before any other step (-100 all but bans the token, 100 all but forces it); at most "
+        f"{MAX_LOGIT_BIAS_ENTRIES} ids, each in the vocabulary.",
+        examples=[{"7042": -100}],
+    ),
+]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="Same seed + same request = same text.")]
 TimeoutSeconds = Annotated[
     float,

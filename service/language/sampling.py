@@ -1,13 +1,17 @@
-"""Choosing the next token from a row of logits: greedy, or sampled with temperature / top-k / top-p,
-with a repetition penalty, and each request's own seeded generator. `temperature_scaled` is the one
+"""Choosing the next token from a row of logits: greedy, or sampled with temperature / min-p / top-k /
+top-p, with a logit bias, a repetition penalty, frequency and presence penalties, and each request's own
+seeded generator. `temperature_scaled` is the one
 temperature routine: sampling here and the next-token distributions (token_choice.py) both use it.
 
 Reported probabilities are always the model's own distribution (softmax of the raw logits, temperature
 1, before any filter), so the numbers mean the same whatever sampling settings a request used; the
 filters only decide which token is drawn.
 
-The sampler's steps run in one order (`sampler_steps`): the model's logits, the repetition penalty,
-the temperature, top-k, top-p. A sampled token is drawn by inverse CDF from one uniform number `u` of
+The sampler's steps run in one order (`sampler_steps`), vLLM's: the model's logits, the logit bias, the
+repetition penalty, the frequency penalty, the presence penalty (these change the logits, so greedy
+decoding sees them too), then, when sampling, the temperature, min-p, top-k, top-p. The repetition
+penalty counts every token of the context (prompt and output, as transformers); the frequency and
+presence penalties only the generated tokens (as OpenAI and vLLM define them). A sampled token is drawn by inverse CDF from one uniform number `u` of
 the request's generator: tokens lined up likeliest first (ties: lower id first, `likeliest_first`), the
 first whose running total of probability passes `u`. Asked to (`choose_explained`), the chooser hands
 back the scores after each step and its draw, so an explanation shows exactly what the token came from.
@@ -15,6 +19,7 @@ back the scores after each step and its draw, so an explanation shows exactly wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,11 +40,25 @@ class SamplingParams:
     top_alternatives: int = 0
     timeout_s: float | None = None
     explain: bool = False  # each step also reports the sampler's stages and its draw (sampler_explain.py)
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), ids distinct
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def changes_logits(self) -> bool:
+        """Whether a step before the temperature changes the logits (and so even greedy's choice)."""
+        return (
+            self.repetition_penalty != 1.0
+            or bool(self.logit_bias)
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
 
     @property
     def is_plain_greedy(self) -> bool:
         """Greedy with nothing that changes the logits: the batch can take one argmax for all such rows."""
-        return not self.do_sample and self.repetition_penalty == 1.0
+        return not self.do_sample and not self.changes_logits
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -49,6 +68,32 @@ def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penal
     scores = logits.gather(-1, seen_ids)
     scores = torch.where(scores < 0, scores * penalty, scores / penalty)
     return logits.scatter(-1, seen_ids, scores)
+
+
+def apply_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> torch.Tensor:
+    """Add each (token id, bias) to that token's logit (OpenAI's `logit_bias`; a new tensor)."""
+    if not bias:
+        return logits
+    ids = torch.tensor([i for i, _ in bias], dtype=torch.long, device=logits.device)
+    values = torch.tensor([b for _, b in bias], dtype=logits.dtype, device=logits.device)
+    return logits.index_add(-1, ids, values)
+
+
+def apply_frequency_penalty(logits: torch.Tensor, generated_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """OpenAI's frequency penalty: subtract `penalty` times the count of each token in the generated text."""
+    if penalty == 0.0 or generated_ids.numel() == 0:
+        return logits
+    counts = torch.bincount(generated_ids, minlength=logits.shape[-1])[: logits.shape[-1]]
+    return logits - penalty * counts.to(logits.dtype)
+
+
+def apply_presence_penalty(logits: torch.Tensor, generated_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """OpenAI's presence penalty: subtract `penalty` once from each token that is in the generated text."""
+    if penalty == 0.0 or generated_ids.numel() == 0:
+        return logits
+    present = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    present[generated_ids] = True
+    return logits - penalty * present.to(logits.dtype)
 
 
 def temperature_scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -61,6 +106,15 @@ def temperature_scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor
     finfo = torch.finfo(logits.dtype)
     shifted = logits - logits.max(dim=-1, keepdim=True).values
     return (shifted / max(temperature, finfo.tiny)).clamp(min=finfo.min)
+
+
+def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Mask (to -inf) every token whose probability is below `min_p` times the likeliest token's: in
+    logits, below the top score + log(min_p). 0 keeps all; the likeliest token always stays."""
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max(dim=-1, keepdim=True).values + math.log(min_p)
+    return logits.masked_fill(logits < threshold, float("-inf"))
 
 
 def filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -88,7 +142,29 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return filter_top_p(filter_top_k(logits, top_k), top_p)
 
 
-StageName = Literal["model", "repetition_penalty", "temperature", "top_k", "top_p"]
+StageName = Literal[
+    "model",
+    "logit_bias",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "temperature",
+    "min_p",
+    "top_k",
+    "top_p",
+]
+STAGE_ORDER: tuple[StageName, ...] = (
+    "model",
+    "logit_bias",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "temperature",
+    "min_p",
+    "top_k",
+    "top_p",
+)
+"""Every stage the sampler can apply, in the order it applies them (`sampler_steps`)."""
 
 
 @dataclass(frozen=True)
@@ -106,31 +182,44 @@ def sampler_steps(
     *,
     sample: bool,
     record: list[ScoredStage] | None = None,
+    generated_ids: list[int] | None = None,
 ) -> torch.Tensor:
-    """Apply the sampler's steps to one row of float32 `logits` [vocab], in the order the chooser uses:
-    the repetition penalty over `seen_ids`, then (when `sample`) the temperature, top-k and top-p.
-    Returns the final scores; appends each active step's scores to `record` when given ("model" first)."""
-    if record is not None:
-        record.append(ScoredStage("model", logits))
+    """Apply the sampler's steps to one row of float32 `logits` [vocab], in the order the chooser uses
+    (`STAGE_ORDER`): the logit bias, the repetition penalty over `seen_ids` (the whole context), the
+    frequency and presence penalties over `generated_ids` (the output so far; none when not given), then
+    (when `sample`) the temperature, min-p, top-k and top-p. Returns the final scores; appends each active
+    step's scores to `record` when given ("model" first)."""
+
+    def stage(name: StageName, scores: torch.Tensor) -> torch.Tensor:
+        if record is not None:
+            record.append(ScoredStage(name, scores))
+        return scores
+
+    stage("model", logits)
+    if params.logit_bias:
+        logits = stage("logit_bias", apply_logit_bias(logits, params.logit_bias))
     if params.repetition_penalty != 1.0:
         if seen_ids:
             seen = torch.tensor(seen_ids, dtype=torch.long, device=logits.device)
             logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-        if record is not None:
-            record.append(ScoredStage("repetition_penalty", logits))
+        stage("repetition_penalty", logits)
+    if params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
+        generated = torch.tensor(generated_ids or [], dtype=torch.long, device=logits.device)
+        if params.frequency_penalty != 0.0:
+            logits = stage("frequency_penalty", apply_frequency_penalty(logits, generated, params.frequency_penalty))
+        if params.presence_penalty != 0.0:
+            logits = stage("presence_penalty", apply_presence_penalty(logits, generated, params.presence_penalty))
     if not sample:
         return logits
     logits = temperature_scaled(logits, params.temperature)
-    if record is not None and params.temperature != 1.0:
-        record.append(ScoredStage("temperature", logits))
+    if params.temperature != 1.0:
+        stage("temperature", logits)
+    if params.min_p > 0.0:
+        logits = stage("min_p", filter_min_p(logits, params.min_p))
     if 0 < params.top_k < logits.shape[-1]:
-        logits = filter_top_k(logits, params.top_k)
-        if record is not None:
-            record.append(ScoredStage("top_k", logits))
+        logits = stage("top_k", filter_top_k(logits, params.top_k))
     if params.top_p < 1.0:
-        logits = filter_top_p(logits, params.top_p)
-        if record is not None:
-            record.append(ScoredStage("top_p", logits))
+        logits = stage("top_p", filter_top_p(logits, params.top_p))
     return logits
 
 
@@ -207,24 +296,31 @@ class TokenChooser:
                 generator.seed()
         return cls(params=params, generator=generator)
 
-    def choose(self, logits: torch.Tensor, seen_ids: list[int]) -> int:
-        """Pick the next token from one row of float32 logits [vocab]."""
-        return self._choose(logits, seen_ids, None)[0]
+    def choose(self, logits: torch.Tensor, seen_ids: list[int], generated_ids: list[int] | None = None) -> int:
+        """Pick the next token from one row of float32 logits [vocab], after the context `seen_ids` of which
+        `generated_ids` is the generated part (for the frequency and presence penalties)."""
+        return self._choose(logits, seen_ids, generated_ids, None)[0]
 
-    def choose_explained(self, logits: torch.Tensor, seen_ids: list[int]) -> tuple[int, SamplerTrace]:
+    def choose_explained(
+        self, logits: torch.Tensor, seen_ids: list[int], generated_ids: list[int] | None = None
+    ) -> tuple[int, SamplerTrace]:
         """The same choice as `choose` (and the same draw from the generator), with how it was made."""
         record: list[ScoredStage] = []
-        token, u, rank = self._choose(logits, seen_ids, record)
+        token, u, rank = self._choose(logits, seen_ids, generated_ids, record)
         return token, SamplerTrace(stages=record, u=u, rank=rank)
 
     def _choose(
-        self, logits: torch.Tensor, seen_ids: list[int], record: list[ScoredStage] | None
+        self,
+        logits: torch.Tensor,
+        seen_ids: list[int],
+        generated_ids: list[int] | None,
+        record: list[ScoredStage] | None,
     ) -> tuple[int, float | None, int]:
         p = self.params
         # Zero is greedy, and so is the limit: a temperature too small for the logits' dtype would
         # divide by zero (NaN probabilities) instead of concentrating all mass on the argmax.
         greedy = not p.do_sample or p.temperature <= torch.finfo(logits.dtype).tiny
-        scores = sampler_steps(logits, seen_ids, p, sample=not greedy, record=record)
+        scores = sampler_steps(logits, seen_ids, p, sample=not greedy, record=record, generated_ids=generated_ids)
         if greedy:
             return int(torch.argmax(scores)), None, 0
         u = float(torch.rand((), generator=self.generator, dtype=torch.float64))

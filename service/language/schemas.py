@@ -12,10 +12,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.language.bpe_explain import BpeExplanation
-from service.language.sampling import SamplingParams
-from service.language.validation import DistributionParams, SamplingLimits
+from service.language.sampling import SamplingParams, StageName
+from service.language.validation import DistributionParams, SamplingLimits, logit_bias_entries
 from service.schemas import (
+    FrequencyPenalty,
+    LogitBias,
+    MinP,
     ParseSpecial,
+    PresencePenalty,
     RepetitionPenalty,
     RequestModel,
     Seed,
@@ -186,10 +190,11 @@ class SamplerStage(BaseModel):
         }
     )
 
-    name: Literal["model", "repetition_penalty", "temperature", "top_k", "top_p"] = Field(
+    name: StageName = Field(
         description=(
             "The step, in the order the sampler applies them: `model` (softmax of the raw logits), then "
-            "`repetition_penalty`, `temperature`, `top_k`, `top_p`; only those the request turns on."
+            "`logit_bias`, `repetition_penalty`, `frequency_penalty`, `presence_penalty` (on the logits, so greedy "
+            "sees them too), `temperature`, `min_p`, `top_k`, `top_p`; only those the request turns on."
         ),
         examples=["top_p"],
     )
@@ -199,8 +204,8 @@ class SamplerStage(BaseModel):
         le=1,
         description=(
             "Probability mass this step took away: the total variation distance from the step before, "
-            "sum over tokens of max(0, before - after). For a cut (`top_k`, `top_p`) it is exactly the mass "
-            "of the tokens cut (the rest is renormalized); for a reshaping step (`repetition_penalty`, "
+            "sum over tokens of max(0, before - after). For a cut (`min_p`, `top_k`, `top_p`) it is exactly the "
+            "mass of the tokens cut (the rest is renormalized); for a reshaping step (`logit_bias`, the penalties, "
             "`temperature`) the mass moved from the tokens that lost some to the others. 0 for `model`."
         ),
         examples=[0.1352],
@@ -304,8 +309,10 @@ class NextTokenRequest(RequestModel):
         default=False,
         description=(
             "Also return `stages`: the distribution after each step /generate's sampler would apply to this next "
-            "token with these settings (`temperature`, `sample_top_k`, `top_p`, `repetition_penalty` over the "
-            "prompt's tokens), each with its `top_k` likeliest tokens (then at most GENAI_MAX_TOP_ALTERNATIVES)."
+            "token with these settings (`temperature`, `logit_bias`, `repetition_penalty` over the prompt's tokens, "
+            "`frequency_penalty` and `presence_penalty` over the tokens generated so far, none for a first token, "
+            "`min_p`, `sample_top_k`, `top_p`), each with its `top_k` likeliest tokens (then at most "
+            "GENAI_MAX_TOP_ALTERNATIVES)."
         ),
     )
     sample_top_k: TopK = Field(
@@ -315,6 +322,20 @@ class NextTokenRequest(RequestModel):
     top_p: TopP = Field(default=1.0, description="With `explain`: /generate's `top_p` filter (1 = off).")
     repetition_penalty: RepetitionPenalty = Field(
         default=1.0, description="With `explain`: /generate's repetition penalty over the prompt's tokens (1 = off)."
+    )
+    min_p: MinP = Field(default=0.0, description="With `explain`: /generate's `min_p` filter (0 = off).")
+    logit_bias: LogitBias | None = Field(
+        default=None, description="With `explain`: /generate's `logit_bias` (token id -> -100..100 added to its logit)."
+    )
+    presence_penalty: PresencePenalty = Field(
+        default=0.0,
+        description="With `explain`: /generate's presence penalty (-2..2). It counts generated tokens, of which a first "
+        "token has none: its stage changes nothing here.",
+    )
+    frequency_penalty: FrequencyPenalty = Field(
+        default=0.0,
+        description="With `explain`: /generate's frequency penalty (-2..2). It counts generated tokens, of which a "
+        "first token has none: its stage changes nothing here.",
     )
 
     def to_distribution_params(self, limits: SamplingLimits) -> DistributionParams:
@@ -326,6 +347,10 @@ class NextTokenRequest(RequestModel):
                 sample_top_k=self.sample_top_k,
                 top_p=self.top_p,
                 repetition_penalty=self.repetition_penalty,
+                min_p=self.min_p,
+                logit_bias=logit_bias_entries(self.logit_bias),
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
             )
         )
 
@@ -389,6 +414,10 @@ class GenerateRequest(RequestModel):
     top_k: TopK = 0
     top_p: TopP = 1.0
     repetition_penalty: RepetitionPenalty = 1.0
+    min_p: MinP = 0.0
+    logit_bias: LogitBias | None = None
+    presence_penalty: PresencePenalty = 0.0
+    frequency_penalty: FrequencyPenalty = 0.0
     seed: Seed | None = None
     stop: StopStrings = None
     ignore_eos: bool = Field(
@@ -431,6 +460,10 @@ class GenerateRequest(RequestModel):
                 top_k=self.top_k,
                 top_p=self.top_p,
                 repetition_penalty=self.repetition_penalty,
+                min_p=self.min_p,
+                logit_bias=logit_bias_entries(self.logit_bias),
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
                 seed=self.seed,
                 stop=tuple(self.stop or ()),
                 ignore_eos=self.ignore_eos,

@@ -25,8 +25,9 @@ def choose_tokens(
     logits: torch.Tensor, rows: Sequence[GenerationState], token_text: TokenText
 ) -> tuple[list[int], list[TokenExplanation | None]]:
     """One token per row of `logits` [rows, vocab]: plain greedy rows that want no explanation by one
-    argmax for all of them, the others by their own chooser (sampling, repetition penalty, explanation)
-    over their context. Also each row's explanation (None where not asked)."""
+    argmax for all of them, the others by their own chooser (sampling, logit bias, penalties, explanation)
+    over their context: each row with its own settings, so one batch mixes any. Also each row's
+    explanation (None where not asked)."""
     chosen = [0] * len(rows)
     explained: list[TokenExplanation | None] = [None] * len(rows)
     batch_greedy = [row for row, seq in enumerate(rows) if seq.params.is_plain_greedy and not seq.params.explain]
@@ -37,15 +38,16 @@ def choose_tokens(
         if seq.params.explain:
             chosen[row], explained[row] = explained_choice(seq, logits[row], seq.context, token_text)
         elif not seq.params.is_plain_greedy:
-            chosen[row] = seq.chooser.choose(logits[row], seq.context)
+            chosen[row] = seq.chooser.choose(logits[row], seq.context, seq.generated)
     return chosen, explained
 
 
 def explained_choice(
     seq: GenerationState, logits: torch.Tensor, context: list[int], token_text: TokenText
 ) -> tuple[int, TokenExplanation]:
-    """The row's choice from `logits` [vocab] after `context`, by its chooser, and why."""
-    token, trace = seq.chooser.choose_explained(logits, context)
+    """The row's choice from `logits` [vocab] after `context` (its prompt, then what it generated), by its
+    chooser, and why."""
+    token, trace = seq.chooser.choose_explained(logits, context, context[len(seq.prompt_ids) :])
     return token, explain_choice(trace, token, seq.params.top_alternatives, token_text)
 
 
@@ -94,12 +96,13 @@ def distribution(
 ) -> Distribution:
     """The `top_k` likeliest next tokens after a prompt, from its last position's `logits` [vocab], at
     `temperature`; with `explain_with`, also the sampler's stages under those settings (the chooser's own
-    steps, `sampler_steps`, as a sampled first token of a generation after this prompt would see them)."""
+    steps, `sampler_steps`, as a sampled first token of a generation after this prompt would see them: the
+    repetition penalty over the prompt, the frequency and presence penalties over no generated token yet)."""
     logprobs = torch.log_softmax(temperature_scaled(logits, temperature), dim=-1)  # [vocab]
     stages = None
     if explain_with is not None:
         record: list[ScoredStage] = []
-        sampler_steps(logits, prompt_ids, explain_with, sample=True, record=record)
+        sampler_steps(logits, prompt_ids, explain_with, sample=True, record=record, generated_ids=[])
         stages, _ = summarize_stages(record, top_k, token_text)
     return Distribution(
         candidates=top_candidates(logprobs, top_k, token_text), prompt_tokens=len(prompt_ids), stages=stages

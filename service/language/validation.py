@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from service.config import Settings
-from service.language.chat import ChatContentError, encode_chat
+from service.language.chat import ChatContentError, ContinuationError, encode_chat
 from service.language.exceptions import InvalidRequest
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
+from service.schemas import MAX_LOGIT_BIAS_ENTRIES
 
 FieldNames = Mapping[str, str]
 """A protocol's names for `SamplingParams` fields where they differ (`max_new_tokens` -> `max_tokens`)."""
@@ -32,6 +33,10 @@ class DistributionParams:
     sample_top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def sampler(self) -> SamplingParams | None:
         """The sampling settings whose stages to show, or None when not asked."""
@@ -43,7 +48,27 @@ class DistributionParams:
             top_k=self.sample_top_k,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
+            min_p=self.min_p,
+            logit_bias=self.logit_bias,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
         )
+
+
+def logit_bias_entries(bias: Mapping[str, float] | None, field: str = "logit_bias") -> tuple[tuple[int, float], ...]:
+    """A request's `logit_bias` map (JSON keys are strings: token ids in decimal) as (id, bias) pairs in id
+    order; a key that is not a token id is an InvalidRequest naming `field`. The ids are checked against the
+    vocabulary, and their number against MAX_LOGIT_BIAS_ENTRIES, by `SamplingLimits.check`."""
+    entries: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        text = key.strip()
+        if not (text.isascii() and text.lstrip("-").isdigit()):
+            raise InvalidRequest(field, f"{field} key {key!r} is not a token id (a decimal integer)")
+        token_id = int(text)
+        if token_id in entries:
+            raise InvalidRequest(field, f"{field} names token {token_id} twice")
+        entries[token_id] = float(value)
+    return tuple(sorted(entries.items()))
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,7 @@ class SamplingLimits:
     max_stop_sequences: int
     max_text_chars: int
     request_timeout_s: float
+    vocab_size: int
 
     @classmethod
     def of(cls, lm: LanguageModel, settings: Settings, prompt_tokens: int = 0) -> SamplingLimits:
@@ -72,6 +98,7 @@ class SamplingLimits:
             max_stop_sequences=settings.max_stop_sequences,
             max_text_chars=settings.max_text_chars,
             request_timeout_s=settings.request_timeout_s,
+            vocab_size=lm.vocab_size,
         )
 
     def fit(self, default_max_new_tokens: int) -> int:
@@ -116,7 +143,20 @@ class SamplingLimits:
                 timeout,
                 f"{timeout} = {params.timeout_s} exceeds the limit of {self.request_timeout_s} (GENAI_REQUEST_TIMEOUT_S)",
             )
+        self.check_logit_bias(params.logit_bias, name("logit_bias"))
         return params
+
+    def check_logit_bias(self, bias: tuple[tuple[int, float], ...], field: str = "logit_bias") -> None:
+        """At most MAX_LOGIT_BIAS_ENTRIES ids, each in the vocabulary; else InvalidRequest naming `field`."""
+        if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise InvalidRequest(
+                field, f"{field} has {len(bias)} entries; the limit is {MAX_LOGIT_BIAS_ENTRIES} token ids"
+            )
+        for token_id, _ in bias:
+            if not 0 <= token_id < self.vocab_size:
+                raise InvalidRequest(
+                    field, f"{field} names token {token_id}, outside the vocabulary [0, {self.vocab_size})"
+                )
 
     def check_distribution(self, params: DistributionParams, names: FieldNames | None = None) -> DistributionParams:
         field = (names or {}).get("top_k", "top_k")
@@ -134,12 +174,17 @@ class SamplingLimits:
                 ("sample_top_k", params.sample_top_k, 0),
                 ("top_p", params.top_p, 1.0),
                 ("repetition_penalty", params.repetition_penalty, 1.0),
+                ("min_p", params.min_p, 0.0),
+                ("logit_bias", params.logit_bias, ()),
+                ("presence_penalty", params.presence_penalty, 0.0),
+                ("frequency_penalty", params.frequency_penalty, 0.0),
             ):
                 if value != default:
                     name = (names or {}).get(key, key)
                     raise InvalidRequest(
                         name, f"{name} only shapes the sampler's stages: ask for them with explain: true"
                     )
+        self.check_logit_bias(params.logit_bias, (names or {}).get("logit_bias", "logit_bias"))
         return params
 
 
@@ -157,14 +202,27 @@ def prompt_token_limit(lm: LanguageModel, settings: Settings) -> int:
 
 
 def encode_messages(
-    lm: LanguageModel, settings: Settings, messages: Sequence[Mapping[str, str]]
+    lm: LanguageModel,
+    settings: Settings,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
 ) -> tuple[str, list[int]]:
     """Render a chat (`role` and `content` of each message) with the model's template and tokenize it
-    (contents as plain text, see chat.py), enforcing the prompt limits. Returns the rendered text and its ids."""
+    (contents as plain text, see chat.py), enforcing the prompt limits. Returns the rendered text and its ids.
+    `continue_final_message` leaves the last message open for the model to continue (chat.py)."""
     try:
-        text, ids = encode_chat(lm, [{"role": m["role"], "content": m["content"]} for m in messages])
+        text, ids = encode_chat(
+            lm,
+            [{"role": m["role"], "content": m["content"]} for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        )
     except ChatContentError as exc:
         raise InvalidRequest(f"messages.{exc.index}.content", f"messages[{exc.index}].content {exc}") from exc
+    except ContinuationError as exc:
+        raise InvalidRequest("continue_final_message", str(exc)) from exc
     except ValueError as exc:  # no chat template
         raise InvalidRequest("messages", str(exc)) from exc
     check_text_length(text, settings, "messages")
