@@ -10,6 +10,10 @@ rendering splits the text into template pieces; the real rendering must equal th
 contents between them (a template that rewrites contents, trimming them say, fails that check). Then
 each piece is encoded on its own. Where the check fails, the whole text is encoded as before, unless a
 content holds special-token text: that is refused, since it could not be kept apart from the template's.
+
+Continuing the final message (`continue_final_message`, vLLM's and transformers' name, for prefill): the
+chat is rendered without the generation prompt and cut right after the last message's content, so the
+template's end of that turn (`<|im_end|>` and what follows) is left out and the model goes on writing it.
 """
 
 from __future__ import annotations
@@ -40,10 +44,19 @@ class ChatContentError(ValueError):
         self.index = index
 
 
-def _split_template(lm: ChatTokenizer, messages: list[dict[str, str]], rendered: str) -> list[tuple[str, bool]] | None:
+class ContinuationError(ValueError):
+    """The final message cannot be continued (a generation prompt asked too, or a template that hides it)."""
+
+
+def _split_template(
+    lm: ChatTokenizer, messages: list[dict[str, str]], rendered: str, add_generation_prompt: bool = True
+) -> list[tuple[str, bool]] | None:
     """The rendered chat as (piece, is_content) pairs, or None where the template does not just place each
     content once, unchanged and in order."""
-    skeleton = lm.render_chat([{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)])
+    skeleton = lm.render_chat(
+        [{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)],
+        add_generation_prompt=add_generation_prompt,
+    )
     pieces: list[tuple[str, bool]] = []
     cursor = 0
     expected = 0
@@ -60,10 +73,36 @@ def _split_template(lm: ChatTokenizer, messages: list[dict[str, str]], rendered:
     return pieces
 
 
-def encode_chat(lm: ChatTokenizer, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-    """The rendered prompt and its ids: the template's control tokens as tokens, message contents as text."""
-    rendered = lm.render_chat(messages)
-    pieces = _split_template(lm, messages, rendered)
+def _cut_after_final_content(rendered: str, content: str) -> str:
+    """The rendered chat up to the end of the final message's content (transformers' way for templates that
+    do not place contents verbatim: the last occurrence of the stripped content)."""
+    stripped = content.strip()
+    at = rendered.rfind(stripped) if stripped else -1
+    if at < 0:
+        raise ContinuationError(
+            "this model's chat template does not show the final message's content, so it cannot be continued"
+        )
+    return rendered[: at + len(stripped)]
+
+
+def encode_chat(
+    lm: ChatTokenizer,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> tuple[str, list[int]]:
+    """The rendered prompt and its ids: the template's control tokens as tokens, message contents as text.
+
+    `add_generation_prompt` ends it with the opening of an assistant turn; `continue_final_message` (never
+    with it) ends it right after the last message's content instead, for the model to continue."""
+    if continue_final_message and add_generation_prompt:
+        raise ContinuationError("a final message cannot be continued after a generation prompt")
+    rendered = lm.render_chat(messages, add_generation_prompt=add_generation_prompt)
+    pieces = _split_template(lm, messages, rendered, add_generation_prompt)
+    if pieces is not None and continue_final_message:
+        pieces = pieces[:-1]  # the template's text after the last content: that turn's end
+        rendered = "".join(piece for piece, _ in pieces)
     if pieces is None:
         for index, message in enumerate(messages):
             found = sorted(t for t in lm.special_token_texts if t and t in message["content"])
@@ -73,6 +112,8 @@ def encode_chat(lm: ChatTokenizer, messages: list[dict[str, str]]) -> tuple[str,
                     "apart from its own control tokens",
                     index,
                 )
+        if continue_final_message:
+            rendered = _cut_after_final_content(rendered, messages[-1]["content"])
         return rendered, lm.encode(rendered, parse_special=True)
     ids: list[int] = []
     for piece, is_content in pieces:

@@ -4,8 +4,10 @@ and stream chunks are in responses.py.
 Fields follow OpenAI's API reference. Each request turns itself into engine parameters
 (`to_sampling_params`), with OpenAI's defaults, checked by the native limits under OpenAI's field names. Fields this service cannot honour are refused with a 400 that
 names them (never silently ignored), except `user`, which only labels a request. Unknown fields are
-refused too. `top_k`, `repetition_penalty` and `ignore_eos` are extensions (vLLM's names), sent with
-the `openai` client through `extra_body`.
+refused too. `presence_penalty`, `frequency_penalty` and `logit_bias` are OpenAI's, with OpenAI's
+bounds (the native routes share them). `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` and, on
+chat, `add_generation_prompt` / `continue_final_message` are extensions (vLLM's names), sent with the
+`openai` client through `extra_body`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.language.sampling import SamplingParams
-from service.language.validation import FieldNames, SamplingLimits
+from service.language.validation import FieldNames, SamplingLimits, logit_bias_entries
 from service.schemas import (
+    FrequencyPenalty,
+    LogitBias,
+    MinP,
     ParseSpecial,
+    PresencePenalty,
     RepetitionPenalty,
     RequestModel,
     Seed,
@@ -71,16 +77,13 @@ class _SamplingFields(RequestModel):
     seed: Seed | None = Field(
         default=None, description="Same seed + same request = same text (choice i uses seed + i)."
     )
-    presence_penalty: float | None = Field(
-        default=None, description="Only 0 (refused otherwise; see `repetition_penalty`)."
-    )
-    frequency_penalty: float | None = Field(
-        default=None, description="Only 0 (refused otherwise; see `repetition_penalty`)."
-    )
-    logit_bias: dict[str, float] | None = Field(default=None, description="Refused unless empty.")
+    presence_penalty: PresencePenalty | None = None
+    frequency_penalty: FrequencyPenalty | None = None
+    logit_bias: LogitBias | None = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
     # extensions, as vLLM names them
     top_k: TopK = 0
+    min_p: MinP = 0.0
     repetition_penalty: RepetitionPenalty = 1.0
     ignore_eos: bool = Field(default=False, description="Extension: keep generating past the end-of-sequence token.")
     timeout_s: TimeoutSeconds | None = None
@@ -92,18 +95,6 @@ class _SamplingFields(RequestModel):
         if isinstance(data, dict):
             return {key: value for key, value in data.items() if value is not None}
         return data
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalties(cls, value: float | None) -> float | None:
-        return _refuse(value, (0, 0.0), "only 0; use the extension `repetition_penalty` instead")
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("not supported by this server (only an empty map)")
-        return value
 
     def _sampling_params(
         self,
@@ -123,6 +114,10 @@ class _SamplingFields(RequestModel):
             top_k=self.top_k,
             top_p=1.0 if self.top_p is None else self.top_p,
             repetition_penalty=self.repetition_penalty,
+            min_p=self.min_p,
+            logit_bias=logit_bias_entries(self.logit_bias),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
             seed=self.seed,
             stop=tuple(self.stop or ()),
             ignore_eos=self.ignore_eos,
@@ -291,6 +286,18 @@ class ChatCompletionRequest(_SamplingFields):
     function_call: Any = Field(default=None, description="Only `none`.")
     parallel_tool_calls: bool | None = Field(default=None, description="Accepted and ignored.")
     response_format: dict[str, Any] | None = Field(default=None, description='Only `{"type": "text"}`.')
+    # extensions, as vLLM names them
+    add_generation_prompt: bool | None = Field(
+        default=None,
+        description="Extension: end the prompt with the template's opening of an assistant turn (default true; "
+        "false with `continue_final_message`).",
+    )
+    continue_final_message: bool = Field(
+        default=False,
+        description="Extension: the last message (an assistant's prefill, say) is left open and continued, not "
+        "answered: its content is the start of the reply, which the answer goes on from. Not with "
+        "`add_generation_prompt: true`.",
+    )
 
     @field_validator("tools", "functions")
     @classmethod
@@ -310,6 +317,22 @@ class ChatCompletionRequest(_SamplingFields):
         if value is not None and value.get("type") != "text":
             raise ValueError('not supported by this server (only {"type": "text"})')
         return value
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continue_or_answer(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("add_generation_prompt") is True:
+            raise ValueError(
+                "cannot continue the final message and also open a new assistant turn: "
+                "send `add_generation_prompt: false` (or leave it out) with `continue_final_message: true`"
+            )
+        return value
+
+    def opens_assistant_turn(self) -> bool:
+        """Whether the prompt ends with the template's generation prompt (an assistant turn's opening)."""
+        if self.add_generation_prompt is None:
+            return not self.continue_final_message
+        return self.add_generation_prompt
 
     @field_validator("top_logprobs")
     @classmethod

@@ -115,7 +115,13 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
 
 
 def chat_prompt(body: ChatCompletionRequest, lm: LanguageModel, settings: Settings) -> Prompt:
-    text, ids = encode_messages(lm, settings, [{"role": m.template_role(), "content": m.text()} for m in body.messages])
+    text, ids = encode_messages(
+        lm,
+        settings,
+        [{"role": m.template_role(), "content": m.text()} for m in body.messages],
+        add_generation_prompt=body.opens_assistant_turn(),
+        continue_final_message=body.continue_final_message,
+    )
     return Prompt(ids=ids, text=text)
 
 
