@@ -1,4 +1,4 @@
-"""Load generator for the benchmark workloads W1–W4 (asyncio + httpx; wrk for W4).
+"""Load generator for the benchmark workloads W1–W5 (asyncio + httpx; wrk for W4).
 
 Used by `bench/run.py`, which starts each server in turn; also usable alone against a server that
 is already running on this machine:
@@ -12,6 +12,7 @@ Workloads (defaults; `--quick` shortens them for smoke runs):
       45 s, plus a 9th client polling GET /health every 100 ms meanwhile. Aggregate tokens/s, p50/p95
       request latency, time to first token (TTFT), /health p99.
   W3  8 clients looping top-5 next-token probabilities for one ~30-token prompt for 30 s: req/s, p50/p95.
+  W5  W2 with 32 clients (and no more than W2's duration): aggregate tokens/s, p50/p95, TTFT.
   W4  `wrk`, 8 connections, 20 s, POSTing 1 KB of English to the tokenize endpoint: req/s, p50/p99.
       Against the empty FastAPI app (bench/empty_app.py) the same POST goes to its empty route: the ceiling.
 
@@ -603,13 +604,22 @@ class Plan:
     w3_seconds: float = 30
     w4_seconds: float = 20
     clients: int = 8
+    w5_clients: int = 32
     wrk_threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> Plan:
         """Smoke-run durations: proves the harness end to end in well under a minute per server."""
-        return cls(w1_runs=1, w1_tokens=16, w2_seconds=5, w2_tokens=16, w3_seconds=5, w4_seconds=3)
+        return cls(w1_runs=1, w1_tokens=16, w2_seconds=5, w2_tokens=16, w3_seconds=5, w4_seconds=3, w5_clients=16)
+
+
+def w5(base_url: str, adapter: Adapter, headers: dict[str, str], plan: Plan) -> dict[str, Any]:
+    """W2's loop at W5_CLIENTS clients: how the server holds up when more clients come than W2's eight."""
+    values = asyncio.run(
+        w2(base_url, adapter, headers, seconds=plan.w2_seconds, clients=plan.w5_clients, tokens=plan.w2_tokens)
+    )
+    return {"w5" + key[2:]: value for key, value in values.items()}
 
 
 def run_workload(name: str, base_url: str, adapter: Adapter, headers: dict[str, str], plan: Plan) -> dict[str, Any]:
@@ -621,6 +631,8 @@ def run_workload(name: str, base_url: str, adapter: Adapter, headers: dict[str, 
         )
     if name == "W3":
         return asyncio.run(w3(base_url, adapter, headers, seconds=plan.w3_seconds, clients=plan.clients))
+    if name == "W5":
+        return w5(base_url, adapter, headers, plan)
     if name == "W4":
         return w4(
             base_url, adapter, headers, seconds=plan.w4_seconds, connections=plan.clients, threads=plan.wrk_threads
@@ -634,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--api", choices=sorted(ADAPTERS), default="genai")
-    parser.add_argument("--workloads", default="W1,W2,W3,W4")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer …`")
     args = parser.parse_args(argv)

@@ -9,7 +9,8 @@ Servers (in this order):
   per_request  bench/baselines/per_request.py: `model.generate` per request, FastAPI sync endpoints
   naive        bench/baselines/naive_loop.py: the course notebook's loop (full forward per token, no KV cache)
   llama        llama.cpp's llama-server on the same GGUF, `-np 8 -cb -t 2` (build: bench/build_llama_server.sh;
-               another binary: LLAMA_SERVER=/path/to/llama-server)
+               another binary: LLAMA_SERVER=/path/to/llama-server); W1-W4
+  llama32      the same with `-np 32`, for W5 only (32 clients; 8 slots would queue the rest)
   empty        bench/empty_app.py: one empty FastAPI POST route, the W4 ceiling (added whenever W4 runs)
 
 A server that cannot start (llama-server not built, a crash at start-up) is skipped with a note; a
@@ -44,8 +45,8 @@ PYTHON = sys.executable
 LLAMA_SERVER = ROOT / ".cache" / "llama.cpp" / "build" / "bin" / "llama-server"
 LOG_DIR = ROOT / ".cache" / "bench-logs"
 RESULTS = ROOT / "bench" / "RESULTS.md"
-ALL_SERVERS = ["service", "per_request", "naive", "llama", "empty"]
-ALL_WORKLOADS = ["W1", "W2", "W3", "W4"]
+ALL_SERVERS = ["service", "per_request", "naive", "llama", "llama32", "empty"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5"]
 
 
 class Skip(Exception):
@@ -72,7 +73,7 @@ def _embedded_gguf() -> str:
         raise Skip(str(exc)) from exc
 
 
-def _llama_command(port: int) -> list[str]:
+def _llama_command(port: int, slots: int = 8) -> list[str]:
     binary = Path(os.environ.get("LLAMA_SERVER", LLAMA_SERVER))
     if not os.access(binary, os.X_OK):
         raise Skip(f"llama-server not built ({binary} missing): run bench/build_llama_server.sh (~15 min)")
@@ -81,7 +82,7 @@ def _llama_command(port: int) -> list[str]:
         "-m",
         _embedded_gguf(),
         "-np",
-        "8",
+        str(slots),
         "-cb",
         "-t",
         "2",
@@ -105,6 +106,7 @@ SERVERS: dict[str, ServerSpec] = {
         lambda port: [PYTHON, "bench/baselines/per_request.py", "--port", str(port)],
         "/ready",
         "genai-nostream",
+        {"W1", "W2", "W3", "W4"},
         ttft="server-reported (no streaming)",
     ),
     "naive": ServerSpec(
@@ -112,9 +114,16 @@ SERVERS: dict[str, ServerSpec] = {
         lambda port: [PYTHON, "bench/baselines/naive_loop.py", "--port", str(port)],
         "/ready",
         "genai-nostream",
+        {"W1", "W2", "W3", "W4"},
         ttft="server-reported (no streaming)",
     ),
-    "llama": ServerSpec("llama", _llama_command, "/health", "llama", ttft="client-measured, streamed"),
+    "llama": ServerSpec(
+        "llama", _llama_command, "/health", "llama", {"W1", "W2", "W3", "W4"}, ttft="client-measured, streamed"
+    ),
+    # W5's 32 clients: llama-server's 8 slots would queue the rest, so it gets one slot per client.
+    "llama32": ServerSpec(
+        "llama32", lambda port: _llama_command(port, slots=32), "/health", "llama", {"W5"}, "client-measured, streamed"
+    ),
     "empty": ServerSpec(
         "empty", lambda port: [PYTHON, "bench/empty_app.py", "--port", str(port)], "/health", "empty", {"W4"}
     ),
@@ -220,6 +229,19 @@ ROWS = [
     Row("w2_ttft_p95", "W2 time to first token p95 (s)", "{:.3f}"),
     Row("w2_health_p99", "W2 /health p99 meanwhile (ms)", "{:.1f}", (), "<50 ms"),
     Row("w2_requests", "W2 requests done (failed)", "{}"),
+    Row("w2_rss_mib", "Resident memory after W2: VmRSS (MiB)", "{:.0f}", ("llama",), "<=512 MiB, <=1.5x llama"),
+    Row("w2_hwm_mib", "Resident memory after W2: VmHWM, the peak (MiB)", "{:.0f}", ("llama",)),
+    Row(
+        "w5_tps",
+        "W5 aggregate tokens/s ({w5_clients} clients, {w2_tokens}-token requests; llama32: -np 32)",
+        "{:.1f}",
+        ("llama32",),
+        ">=2.0x llama32",
+    ),
+    Row("w5_p50", "W5 latency p50 (s)", "{:.2f}"),
+    Row("w5_p95", "W5 latency p95 (s)", "{:.2f}", ("llama32",)),
+    Row("w5_ttft_p50", "W5 time to first token p50 (s)", "{:.3f}"),
+    Row("w5_requests", "W5 requests done (failed)", "{}"),
     Row("w3_rps", "W3 next-token top-5 req/s ({clients} clients)", "{:.2f}", ("llama",), ">=2x llama"),
     Row("w3_p50", "W3 latency p50 (ms)", "{:.0f}"),
     Row("w3_p95", "W3 latency p95 (ms)", "{:.0f}"),
@@ -233,8 +255,8 @@ ROWS = [
     Row("w4_p50", "W4 latency p50 (ms)", "{:.2f}"),
     Row("w4_p99", "W4 latency p99 (ms)", "{:.2f}"),
 ]
-RATIO_COLUMNS = ["llama", "per_request", "empty"]
-FAILED_KEY = {"w2_requests": "w2_failed"}
+RATIO_COLUMNS = ["llama", "llama32", "per_request", "empty"]
+FAILED_KEY = {"w2_requests": "w2_failed", "w5_requests": "w5_failed"}
 WORKLOAD_OF = {row.key: row.key[:2].upper() for row in ROWS}
 
 
@@ -277,6 +299,11 @@ def _verdict(results: dict[str, Any], row: Row) -> str:
         return "" if value is None else f"{row.target}: {'met' if value < 50 else 'missed'}"
     parts = []
     for clause in row.target.split(", "):
+        if clause.endswith(" MiB"):  # an absolute bound on the service's own figure
+            value = _number(results.get("service", {}).get("values", {}).get(row.key))
+            bound = float(clause[2:-4])
+            parts.append(f"{clause}: n/a" if value is None else f"{clause}: {'met' if value <= bound else 'missed'}")
+            continue
         op, rest = clause[:2], clause[2:]
         factor_text, other = rest.split("x ")
         ratio = _ratio(results, row.key, other)
@@ -360,6 +387,7 @@ def render_notes(
         "W2": f"W2 {plan.w2_seconds:g} s of {plan.w2_tokens}-token requests",
         "W3": f"W3 {plan.w3_seconds:g} s",
         "W4": f"W4 {plan.w4_seconds:g} s (wrk -t{plan.wrk_threads} -c{plan.clients})",
+        "W5": f"W5 {plan.w2_seconds:g} s of {plan.w2_tokens}-token requests from {plan.w5_clients} clients",
     }
     notes.append(
         "Durations: " + "; ".join(text for w, text in durations.items() if w in ran) + f"; {plan.clients} clients. "
@@ -370,6 +398,17 @@ def render_notes(
         "Settings: " + (", ".join(f"{k}={v}" for k, v in genai.items()) if genai else "defaults (no GENAI_* set)") + "."
     )
     return notes
+
+
+def resident_memory(pid: int, prefix: str) -> dict[str, float]:
+    """The server process's VmRSS and VmHWM (its peak) in MiB, from /proc (Linux); empty elsewhere."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kib = {name: float(fields[name].split()[0]) for name in ("VmRSS", "VmHWM") if name in fields}
+    return {f"{prefix}_{name[2:].lower()}_mib": value / 1024 for name, value in kib.items()}
 
 
 def run_server(
@@ -401,6 +440,8 @@ def run_server(
                     workload, server.base_url, adapter, headers if name == "service" else {}, plan
                 )
                 entry["values"].update(values)
+                if workload == "W2":
+                    entry["values"].update(resident_memory(server.process.pid, "w2"))
                 shown = {
                     k: (round(v, 3) if isinstance(v, float) else v)
                     for k, v in values.items()
@@ -429,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", default=",".join(ALL_SERVERS), help=f"comma-separated, from {','.join(ALL_SERVERS)}"
     )
-    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma-separated, from W1,W2,W3,W4")
+    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma-separated, from W1,W2,W3,W4,W5")
     parser.add_argument("--save", action="store_true", help="append to the results file even with --quick")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument(
@@ -439,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--llama-cache-prompt", action="store_true", help="let llama-server reuse cached prompt prefixes"
     )
-    for name in ("w1_runs", "w1_tokens", "w2_tokens", "clients", "wrk_threads"):
+    for name in ("w1_runs", "w1_tokens", "w2_tokens", "clients", "w5_clients", "wrk_threads"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     for name in ("w2_seconds", "w3_seconds", "w4_seconds"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=None)
@@ -459,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "w1_tokens",
         "w2_tokens",
         "clients",
+        "w5_clients",
         "wrk_threads",
         "w2_seconds",
         "w3_seconds",
