@@ -6,7 +6,7 @@ schemas.py.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -22,6 +22,33 @@ class CompletionLogprobs(BaseModel):
 
 FinishReason = Literal["stop", "length"]
 
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+
+class _Envelope(BaseModel, Generic[ChoiceT]):
+    """What every `/v1` completion answer and stream chunk says around its choices, in OpenAI's order.
+    Each model gives `object` its literal (a redeclared field keeps its place here, so bodies and
+    schemas list the fields in this order); `_Response` and `_Chunk` add `usage` last."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChoiceT]
+
+
+class _Response(_Envelope[ChoiceT], Generic[ChoiceT]):
+    """A whole answer: `usage` always there."""
+
+    usage: Usage
+
+
+class _Chunk(_Envelope[ChoiceT], Generic[ChoiceT]):
+    """A stream chunk: `usage` is `null`, or left out (streams.py's StreamUsage decides)."""
+
+    usage: Usage | None = None
+
 
 class CompletionChoice(BaseModel):
     index: int
@@ -30,26 +57,14 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(_Response[CompletionChoice]):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: Usage
 
 
-class CompletionChunk(BaseModel):
+class CompletionChunk(_Chunk[CompletionChoice]):
     """One `data:` line of a `/v1/completions` stream (a choice's new text, or its `finish_reason`)."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
 
 
 class TopLogprob(BaseModel):
@@ -58,10 +73,8 @@ class TopLogprob(BaseModel):
     bytes: list[int] | None = None
 
 
-class TokenLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
+# The chosen token, and the likeliest ones at its step (no docstring: the schema has no description).
+class TokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
 
 
@@ -83,14 +96,8 @@ class ChatChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Response[ChatChoice]):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChoice]
-    usage: Usage
 
 
 def _unset(value: Any) -> bool:
@@ -111,16 +118,10 @@ class ChatChunkChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_Chunk[ChatChunkChoice]):
     """One `data:` line of a `/v1/chat/completions` stream."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
 
 
 class StreamErrorDetail(BaseModel):
