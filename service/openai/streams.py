@@ -6,7 +6,8 @@ limit passes before its first token is a 504, as the native `/generate` answers 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from typing import TypeVar
 
 from fastapi import Request
 
@@ -41,6 +42,9 @@ from service.schemas import Usage
 from service.streaming import first_event_checked
 
 ChoiceEvents = AsyncGenerator[tuple[int, EngineEvent], None]
+Chunk = CompletionChunk | ChatCompletionChunk
+ChoiceT = TypeVar("ChoiceT")  # CompletionChoice or ChatChunkChoice
+LogprobsT = TypeVar("LogprobsT")  # CompletionLogprobs or ChoiceLogprobs
 DONE = "[DONE]"
 
 
@@ -81,51 +85,69 @@ class StreamUsage:
         """The `usage` of a chunk with choices: the usage so far, or `null` (left out without include_usage)."""
         return self.total() if self.continuous else None
 
-    def encode(self, chunk: CompletionChunk | ChatCompletionChunk) -> str:
+    def encode(self, chunk: Chunk) -> str:
         return chunk.model_dump_json(exclude=None if self.include else {"usage"})
 
 
-async def stream_choices(
+async def stream_chunks(
     events: ChoiceEvents,
     handles: dict[int, GenerationHandle],
     lm: LanguageModel,
-    usage: StreamUsage,
     *,
-    token_chunk: Callable[[int, TokenEvent], CompletionChunk | ChatCompletionChunk | None],
-    finish_chunk: Callable[[int, FinishReason], CompletionChunk | ChatCompletionChunk],
-    usage_chunk: Callable[[Usage], CompletionChunk | ChatCompletionChunk],
+    options: StreamOptions | None,
+    prompt_tokens: int,
+    model: str,
+    envelope: Callable[..., Chunk],
+    id_prefix: str,
+    choice: Callable[[int, str | None, LogprobsT | None, FinishReason | None], ChoiceT],
+    token_logprobs: Callable[[int, TokenEvent], LogprobsT | None],
+    opening: Iterable[ChoiceT] = (),
 ) -> AsyncIterator[str]:
-    """What every /v1 stream shares: the choices' events as they come, the usage counted as tokens
-    arrive (chunk builders read it through `usage.so_far()`), the usage-only last chunk when
+    """Every /v1 stream, whichever endpoint: the `opening` choices (chat's role, completions' echo and the
+    choices that `max_tokens: 0` finishes at once), then the choices' events as they come, a chunk per
+    shown token and per finish, the usage counted as tokens arrive, the usage-only last chunk when
     `include_usage` asks for it, an error chunk if generation fails, `[DONE]` at the end, and every
-    generation cancelled if the client leaves early. Endpoints only shape their chunks."""
+    generation cancelled when the stream ends or the client leaves (before the first token too).
+
+    The endpoints give only what their chunks differ in: the chunk model (`envelope`) and its id's prefix,
+    how a choice is made from its index, the text it adds (None: none, as in a finish chunk), its logprobs
+    and its finish reason, and a token's logprobs (a token with neither text nor logprobs sends nothing).
+    Every chunk carries the stream's id, `created` and model, one choice, and the usage so far."""
+    chunk_id, created = new_id(id_prefix), now()
+    usage = StreamUsage(options, prompt_tokens)
+
+    def chunk(choices: list[ChoiceT], chunk_usage: Usage | None) -> str:
+        return usage.encode(envelope(id=chunk_id, created=created, model=model, choices=choices, usage=chunk_usage))
+
     try:
+        for opened in opening:
+            yield chunk([opened], usage.so_far())
         async for index, event in events:
             if isinstance(event, TokenEvent):
                 usage.count(index, event.index + 1)
                 if is_end_token(event, lm):
                     continue  # counted, not shown: the finish chunk's usage includes it
-                piece = token_chunk(index, event)
-                if piece is not None:
-                    yield usage.encode(piece)
+                logprobs = token_logprobs(index, event)
+                if event.text or logprobs is not None:
+                    yield chunk([choice(index, event.text, logprobs, None)], usage.so_far())
             elif isinstance(event, FinishEvent):
                 usage.count(index, event.completion_tokens)
                 add_usage(completion_tokens=event.completion_tokens)
-                yield usage.encode(finish_chunk(index, finish_reason(event)))
+                yield chunk([choice(index, None, None, finish_reason(event))], usage.so_far())
             elif isinstance(event, ErrorEvent):
                 yield StreamError(error=StreamErrorDetail(message=event.message)).model_dump_json()
                 yield DONE  # as vLLM: readers that wait for the terminator stop cleanly
                 return
         if usage.include:
-            yield usage.encode(usage_chunk(usage.total()))
+            yield chunk([], usage.total())
         yield DONE
-    finally:
+    finally:  # a client gone before the first token still frees its batch slots
         for handle in handles.values():
             handle.cancel()
         await events.aclose()
 
 
-async def completion_chunks(
+def completion_chunks(
     body: CompletionRequest,
     specs: list[ChoiceSpec],
     handles: dict[int, GenerationHandle],
@@ -135,60 +157,46 @@ async def completion_chunks(
     prompt_tokens: int,
     lm: LanguageModel,
 ) -> AsyncIterator[str]:
-    chunk_id, created = new_id("cmpl"), now()
-    usage = StreamUsage(body.stream_options, prompt_tokens)
+    offsets = {spec.index: len(spec.prompt.text) if body.echo else 0 for spec in specs}
 
-    def chunk(
-        index: int, text: str, logprobs: CompletionLogprobs | None, reason: FinishReason | None
-    ) -> CompletionChunk:
-        return CompletionChunk(
-            id=chunk_id,
-            created=created,
-            model=model,
-            choices=[CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)],
-            usage=usage.so_far(),
-        )
+    def choice(
+        index: int, text: str | None, logprobs: CompletionLogprobs | None, reason: FinishReason | None
+    ) -> CompletionChoice:
+        return CompletionChoice(index=index, text=text or "", logprobs=logprobs, finish_reason=reason)
 
-    offsets: dict[int, int] = {}
+    def token_logprobs(index: int, event: TokenEvent) -> CompletionLogprobs | None:
+        if body.logprobs is None:
+            return None
+        lp = LegacyLogprobs(offset=offsets[index])
+        lp.add_event(event)
+        offsets[index] = lp.offset
+        return lp.to_schema()
 
-    def token_chunk(index: int, event: TokenEvent) -> CompletionChunk | None:
-        logprobs = None
-        if body.logprobs is not None:
-            lp = LegacyLogprobs(offset=offsets[index])
-            lp.add_event(event)
-            offsets[index] = lp.offset
-            logprobs = lp.to_schema()
-        return chunk(index, event.text, logprobs, None) if event.text or logprobs is not None else None
-
-    try:
-        for spec in specs:
-            offsets[spec.index] = len(spec.prompt.text) if body.echo else 0
-            if body.echo:
+    def opening() -> Iterator[CompletionChoice]:
+        if body.echo:
+            for spec in specs:
                 lp = echoed.get(id(spec.prompt))
-                yield usage.encode(
-                    chunk(spec.index, spec.prompt.text, lp.to_schema() if lp is not None else None, None)
-                )
+                yield choice(spec.index, spec.prompt.text, lp.to_schema() if lp is not None else None, None)
         for spec in specs:
             if spec.params is None:  # max_tokens = 0: the echo was all
-                yield usage.encode(chunk(spec.index, "", None, "length"))
-        async for piece in stream_choices(
-            events,
-            handles,
-            lm,
-            usage,
-            token_chunk=token_chunk,
-            finish_chunk=lambda index, reason: chunk(index, "", None, reason),
-            usage_chunk=lambda total: CompletionChunk(
-                id=chunk_id, created=created, model=model, choices=[], usage=total
-            ),
-        ):
-            yield piece
-    finally:
-        for handle in handles.values():
-            handle.cancel()
+                yield choice(spec.index, None, None, "length")
+
+    return stream_chunks(
+        events,
+        handles,
+        lm,
+        options=body.stream_options,
+        prompt_tokens=prompt_tokens,
+        model=model,
+        envelope=CompletionChunk,
+        id_prefix="cmpl",
+        choice=choice,
+        token_logprobs=token_logprobs,
+        opening=opening(),
+    )
 
 
-async def chat_chunks(
+def chat_chunks(
     body: ChatCompletionRequest,
     specs: list[ChoiceSpec],
     handles: dict[int, GenerationHandle],
@@ -197,41 +205,24 @@ async def chat_chunks(
     prompt: Prompt,
     lm: LanguageModel,
 ) -> AsyncIterator[str]:
-    chunk_id, created = new_id("chatcmpl"), now()
-    usage = StreamUsage(body.stream_options, len(prompt.ids))
+    def choice(
+        index: int, text: str | None, logprobs: ChoiceLogprobs | None, reason: FinishReason | None
+    ) -> ChatChunkChoice:
+        return ChatChunkChoice(index=index, delta=ChatDelta(content=text), logprobs=logprobs, finish_reason=reason)
 
-    def chunk(
-        index: int, delta: ChatDelta, logprobs: ChoiceLogprobs | None, reason: FinishReason | None
-    ) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=chunk_id,
-            created=created,
-            model=model,
-            choices=[ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)],
-            usage=usage.so_far(),
-        )
+    def token_logprobs(_index: int, event: TokenEvent) -> ChoiceLogprobs | None:
+        return ChoiceLogprobs(content=[event_logprob(event, lm)]) if body.logprobs else None
 
-    def token_chunk(index: int, event: TokenEvent) -> ChatCompletionChunk | None:
-        logprobs = ChoiceLogprobs(content=[event_logprob(event, lm)]) if body.logprobs else None
-        return (
-            chunk(index, ChatDelta(content=event.text), logprobs, None) if event.text or logprobs is not None else None
-        )
-
-    try:
-        for spec in specs:
-            yield usage.encode(chunk(spec.index, ChatDelta(role="assistant", content=""), None, None))
-        async for piece in stream_choices(
-            events,
-            handles,
-            lm,
-            usage,
-            token_chunk=token_chunk,
-            finish_chunk=lambda index, reason: chunk(index, ChatDelta(), None, reason),
-            usage_chunk=lambda total: ChatCompletionChunk(
-                id=chunk_id, created=created, model=model, choices=[], usage=total
-            ),
-        ):
-            yield piece
-    finally:  # a client gone before the first token still frees its batch slots
-        for handle in handles.values():
-            handle.cancel()
+    return stream_chunks(
+        events,
+        handles,
+        lm,
+        options=body.stream_options,
+        prompt_tokens=len(prompt.ids),
+        model=model,
+        envelope=ChatCompletionChunk,
+        id_prefix="chatcmpl",
+        choice=choice,
+        token_logprobs=token_logprobs,
+        opening=(ChatChunkChoice(index=spec.index, delta=ChatDelta(role="assistant", content="")) for spec in specs),
+    )
