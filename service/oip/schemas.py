@@ -110,6 +110,56 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
+class RepositoryIndexEntry(BaseModel):
+    """One model of the repository, as Triton's repository extension lists it."""
+
+    name: str = Field(examples=["mnist"])
+    version: str = Field(examples=["1"])
+    state: str = Field(description="`READY`, or `UNAVAILABLE` while loading or shutting down.", examples=["READY"])
+    reason: str | None = Field(default=None, description="Why it is not ready (absent when it is).")
+
+
+class DurationStatistic(BaseModel):
+    count: int = Field(description="How many times this phase ran.")
+    ns: int = Field(description="Nanoseconds spent in it, in all.")
+
+
+class InferencePhases(BaseModel):
+    success: DurationStatistic = Field(description="Successful requests, whole (body read to response built).")
+    fail: DurationStatistic = Field(description="Refused or failed requests.")
+    queue: DurationStatistic = Field(description="Waiting before the model (0: there is no queue).")
+    compute_input: DurationStatistic = Field(description="Reading and decoding the input tensors.")
+    compute_infer: DurationStatistic = Field(description="The forward pass.")
+    compute_output: DurationStatistic = Field(description="Encoding the output tensors.")
+    cache_hit: DurationStatistic = Field(description="0: there is no response cache.")
+    cache_miss: DurationStatistic = Field(description="0: there is no response cache.")
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: DurationStatistic
+    compute_infer: DurationStatistic
+    compute_output: DurationStatistic
+
+
+class ModelStatisticsOut(BaseModel):
+    name: str = Field(examples=["mnist"])
+    version: str = Field(examples=["1"])
+    last_inference: int = Field(description="Milliseconds since the epoch of the last inference (0: none yet).")
+    inference_count: int = Field(description="Inferences: images classified (a batch of N counts N).")
+    execution_count: int = Field(description="Model runs: one per request.")
+    inference_stats: InferencePhases
+    response_stats: dict[str, Any] = Field(description="Empty: no decoupled (many-response) models.")
+    batch_stats: list[BatchStatistics] = Field(description="The compute phases per batch size.")
+    memory_usage: list[Any] = Field(description="Empty: not tracked.")
+
+
+class InferenceStatistics(BaseModel):
+    """Triton's statistics extension: `{"model_stats": [...]}`, counted over inferences through `/v2`."""
+
+    model_stats: list[ModelStatisticsOut]
+
+
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema with its `$defs` inlined, for an `openapi_extra` request body."""
     schema = model.model_json_schema()
