@@ -56,7 +56,7 @@ async def test_request_id_generated_echoed_or_replaced(client: httpx.AsyncClient
     ("method", "path", "body", "status"),
     [
         ("GET", "/no/such/route", None, 404),
-        ("POST", "/v1/completions", {"prompt": "x", "presence_penalty": 2}, 400),
+        ("POST", "/v1/completions", {"prompt": "x", "presence_penalty": 3}, 400),
         ("POST", "/tokenize", {"nope": 1}, 422),
         ("POST", "/v2/models/mnist/infer", {"inputs": []}, 400),
         ("GET", "/metrics", None, 200),

@@ -25,9 +25,10 @@ def _assert_openai_error(response: httpx.Response, status: int, param: str | Non
     ("path", "body", "param"),
     [
         ("/v1/completions", {"prompt": PROMPT, "max_tokens": 100000}, "max_tokens"),
-        ("/v1/completions", {"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
-        ("/v1/completions", {"prompt": PROMPT, "frequency_penalty": 1}, "frequency_penalty"),
-        ("/v1/completions", {"prompt": PROMPT, "logit_bias": {"1": 5}}, "logit_bias"),
+        ("/v1/completions", {"prompt": PROMPT, "presence_penalty": 2.5}, "presence_penalty"),  # OpenAI's -2..2
+        ("/v1/completions", {"prompt": PROMPT, "frequency_penalty": -3}, "frequency_penalty"),
+        ("/v1/completions", {"prompt": PROMPT, "logit_bias": {"1": 101}}, "logit_bias.1"),  # -100..100
+        ("/v1/completions", {"prompt": PROMPT, "logit_bias": {"999999": 5}}, "logit_bias"),  # outside the vocabulary
         ("/v1/completions", {"prompt": PROMPT, "best_of": 3}, "best_of"),
         ("/v1/completions", {"prompt": PROMPT, "suffix": "x"}, "suffix"),
         ("/v1/completions", {"prompt": PROMPT, "logprobs": 21}, "logprobs"),
@@ -86,7 +87,7 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
 
 async def test_the_client_raises_typed_errors(aclient: openai.AsyncOpenAI, model_id: str) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        await aclient.completions.create(model=model_id, prompt=PROMPT, presence_penalty=1.0)
+        await aclient.completions.create(model=model_id, prompt=PROMPT, presence_penalty=3.0)
     assert "presence_penalty" in str(bad.value)
     with pytest.raises(openai.NotFoundError):
         await aclient.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
