@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="Run Llama-family models through the built-in lean forward pass (prepacked weights, preallocated KV cache); "
         "false = transformers' own forward for every model.",
     )
+    embedding_pooling: Literal["mean", "last"] = Field(
+        default="mean",
+        description="How /v1/embeddings pools the last layer's states (after the final norm) into one vector: "
+        "`mean` = the average over the input's tokens; `last` = the last token's state. Either is L2-normalised.",
+    )
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
 
     # --- inspection (/inspect/*: each request is one call on the engine thread, which waits for it) ---

@@ -6,8 +6,8 @@ third slower, and the event loop must never run model code so `/health` stays in
 This module is the lifecycle and the thread plumbing: the request side (thread-safe queues the event
 loop fills, under the admission bound of admission.py) and the loop on the engine thread that empties
 them. Each loop iteration (a "step"):
-  1. runs queued engine-thread calls and answers all waiting next-token-distribution requests in
-     batched forward passes (distributions.py);
+  1. runs queued engine-thread calls, answers all waiting next-token-distribution requests in batched
+     forward passes (distributions.py), and runs one bounded pass of queued embedding inputs (embeddings.py);
   2. finishes cancelled or expired generations, queued or running (sequence.py says why one ends);
   3. admits waiting generations up to the batch limit, prefilling their prompts together;
   4. advances every running sequence by one token, or several by checked prompt-lookup drafts, over
@@ -41,6 +41,7 @@ from service.language.admission import AdmissionBound, estimate_retry_after, tok
 from service.language.batch import RunningBatch, make_running_batch
 from service.language.detokenize import TextAssembler
 from service.language.distributions import DistributionRequest, fail_distributions, serve_distributions
+from service.language.embeddings import Embedder, EmbeddingJob, EmbeddingQueue, fail_embeddings
 from service.language.events import Candidate, Distribution, FinishEvent, GenerationFailed, GenerationHandle
 from service.language.exceptions import EngineNotReady
 from service.language.model import LanguageModel
@@ -97,9 +98,11 @@ class GenerationEngine:
             lookup_max_batch=settings.prompt_lookup_max_batch,
         )
 
-        self._cv = threading.Condition()  # guards the three queues below and `_stopping`
+        self._embedder = Embedder(lm, settings.embedding_pooling, lean=settings.lean_decoder)
+        self._cv = threading.Condition()  # guards the four queues below and `_stopping`
         self._waiting: deque[GenerationState] = deque()
         self._distributions: deque[DistributionRequest] = deque()
+        self._embeddings = EmbeddingQueue()
         self._calls: deque[_Call] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -248,6 +251,18 @@ class GenerationEngine:
         future.add_done_callback(lambda _: self._admission.unhold())
         return await asyncio.wrap_future(future)
 
+    async def embed(self, inputs: list[list[int]]) -> torch.Tensor:
+        """One unit vector per input (token ids, none empty), float32 [len(inputs), hidden], pooled by
+        GENAI_EMBEDDING_POOLING; concurrent requests' inputs share padded passes (embeddings.py)."""
+        self._check_accepting()
+        job = EmbeddingJob([list(ids) for ids in inputs])
+        with self._cv:
+            self._hold()
+            self._embeddings.add(job)
+            self._cv.notify_all()
+        job.future.add_done_callback(lambda _: self._admission.unhold())
+        return await asyncio.wrap_future(job.future)
+
     async def run_on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run other model work (scoring a prompt, say) on the engine thread between two steps, so that
         the model is only ever used from one thread."""
@@ -292,6 +307,7 @@ class GenerationEngine:
                             self._stopping
                             or self._waiting
                             or self._distributions
+                            or self._embeddings
                             or self._sequences.rows
                             or self._calls
                         ):
@@ -302,6 +318,7 @@ class GenerationEngine:
                         self._distributions.clear()
                         calls = list(self._calls)
                         self._calls.clear()
+                        embedding_pass = self._embeddings.take()
                         admitted: list[GenerationState] = []
                         while self._waiting and len(self._sequences.rows) + len(admitted) < self.max_batch:
                             admitted.append(self._waiting.popleft())
@@ -310,6 +327,9 @@ class GenerationEngine:
                             self._run_calls(calls)
                         if distributions:
                             serve_distributions(self._batch, distributions, self.lm.vocab_size, self.lm.token_text)
+                        if embedding_pass:
+                            self._embedder.serve(embedding_pass)
+                            embedding_pass = []  # answered: a failure later in this step is not theirs
                         self._sequences.retire_interrupted()
                         self._retire_interrupted_waiting()
                         if admitted:
@@ -319,7 +339,9 @@ class GenerationEngine:
                     except Exception as exc:  # a model error must not kill the engine: fail the affected requests
                         log.exception("engine step failed")
                         message = f"{type(exc).__name__}: {exc}"
-                        fail_distributions(distributions, functools.partial(GenerationFailed, message))
+                        failed = functools.partial(GenerationFailed, message)
+                        fail_distributions(distributions, failed)
+                        fail_embeddings([job for job, _ in embedding_pass], failed)
                         self._sequences.fail(message, admitted)
         except BaseException as exc:  # pragma: no cover - only on interpreter shutdown
             self._dead = f"{type(exc).__name__}: {exc}"
@@ -358,7 +380,9 @@ class GenerationEngine:
             self._distributions.clear()
             calls = list(self._calls)
             self._calls.clear()
+            embeddings = self._embeddings.drain()
         self._sequences.fail("the service shut down before this generation finished", leftovers)
+        fail_embeddings(embeddings, lambda: EngineNotReady("the service is shutting down"))
         fail_distributions(distributions, lambda: EngineNotReady("the service is shutting down"))
         for _, future in calls:
             if not future.done():
