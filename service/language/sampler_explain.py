@@ -6,9 +6,10 @@ computed (`stage_probabilities`, the function its draw uses), so the last stage 
 token was drawn from. Per stage:
   * `kept`: tokens with nonzero probability;
   * `removed_mass`: the total variation distance from the stage before, sum of max(0, before - after)
-    over the vocabulary: the probability mass taken from the tokens that lost some. For a cut (top-k,
-    top-p) that is exactly the mass of the tokens cut; for a reshaping step (repetition penalty,
-    temperature) it is how much mass moved from some tokens to others. 0 for the model's own stage;
+    over the vocabulary: the probability mass taken from the tokens that lost some. For a cut (min-p,
+    top-k, top-p) that is exactly the mass of the tokens cut; for a reshaping step (logit bias, the
+    repetition, frequency and presence penalties, temperature) it is how much mass moved from some tokens
+    to others. 0 for the model's own stage;
   * `top`: its likeliest tokens with nonzero probability, likeliest first, ties by lower id: the order a
     draw walks, so `u` and the running totals of `top` re-draw the token when its rank is within `top`.
 The step's entropy, surprisal and margin are of the model's distribution (temperature 1), in nats.

@@ -398,6 +398,16 @@ class GenerateRequest(RequestModel):
                     "seed": 7,
                     "explain": True,
                 },
+                {
+                    "prompt": "The capital of France is",
+                    "max_new_tokens": 8,
+                    "do_sample": True,
+                    "seed": 1,
+                    "logit_bias": {"7042": -100},
+                    "frequency_penalty": 0.5,
+                    "presence_penalty": 0.5,
+                    "min_p": 0.05,
+                },
             ]
         },
     )

@@ -140,6 +140,15 @@ class CompletionRequest(_SamplingFields):
                 },
                 {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "logprobs": 3},
                 {"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0.8, "seed": 42, "stream": True},
+                {
+                    "prompt": "The capital of France is",
+                    "max_tokens": 8,
+                    "seed": 1,
+                    "logit_bias": {"7042": -100},
+                    "presence_penalty": 0.5,
+                    "frequency_penalty": 0.5,
+                    "min_p": 0.05,
+                },
             ]
         },
     )
@@ -261,6 +270,15 @@ class ChatCompletionRequest(_SamplingFields):
                     "temperature": 0,
                     "logprobs": True,
                     "top_logprobs": 2,
+                },
+                {
+                    "messages": [
+                        {"role": "user", "content": "What is the capital of France?"},
+                        {"role": "assistant", "content": "The capital of France is"},
+                    ],
+                    "max_tokens": 4,
+                    "temperature": 0,
+                    "continue_final_message": True,
                 },
             ]
         },

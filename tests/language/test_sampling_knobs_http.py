@@ -79,7 +79,7 @@ async def test_every_knob_is_a_stage_in_order(client: httpx.AsyncClient) -> None
 
 
 async def test_rows_with_different_knobs_in_one_batch_get_what_they_get_alone(client: httpx.AsyncClient) -> None:
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"max_new_tokens": 8},
         {"max_new_tokens": 8, "logit_bias": {str(PARIS): -100}},
         {"max_new_tokens": 8, "do_sample": True, "seed": 9, "min_p": 0.1},

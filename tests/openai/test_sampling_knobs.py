@@ -19,8 +19,8 @@ else:
 
 PROMPT = "The capital of France is"
 PARIS = 7042
-QUESTION = {"role": "user", "content": "What is the capital of France?"}
-PREFILL = {"role": "assistant", "content": "Sure! The answer is"}
+QUESTION: Any = {"role": "user", "content": "What is the capital of France?"}
+PREFILL: Any = {"role": "assistant", "content": "Sure! The answer is"}
 
 
 async def test_logit_bias_through_the_sdk(aclient: openai.AsyncOpenAI, model_id: str) -> None:
