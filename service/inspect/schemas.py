@@ -36,10 +36,18 @@ class PromptToken(BaseModel):
         return [cls(position=p, id=i, token=t) for p, (i, t) in enumerate(zip(ids, tokens, strict=True))]
 
 
+class InspectRequest(RequestModel):
+    """What every inspection request takes: the prompt, tokenized as `/next-token-probs` tokenizes it."""
+
+    prompt: str = Field(min_length=1, description=_PROMPT)
+    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
+    parse_special: ParseSpecial = True
+
+
 # ---- /inspect/logit-lens -------------------------------------------------------------------------
 
 
-class LogitLensRequest(RequestModel):
+class LogitLensRequest(InspectRequest):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -49,7 +57,6 @@ class LogitLensRequest(RequestModel):
         }
     )
 
-    prompt: str = Field(min_length=1, description=_PROMPT)
     top_k: int = Field(default=5, ge=1, description="Tokens listed per cell (at most GENAI_MAX_TOP_K).")
     positions: list[int] = Field(
         default_factory=lambda: [-1],
@@ -64,8 +71,6 @@ class LogitLensRequest(RequestModel):
     include_embeddings: bool = Field(
         default=True, description="With `layers` left out: include layer 0, the embeddings."
     )
-    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
-    parse_special: ParseSpecial = True
 
     def to_lens_params(self, limits: InspectionLimits) -> LensParams:
         return limits.lens(
@@ -126,7 +131,7 @@ class LogitLensResponse(BaseModel):
 # ---- /inspect/attention --------------------------------------------------------------------------
 
 
-class AttentionRequest(RequestModel):
+class AttentionRequest(InspectRequest):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -141,7 +146,6 @@ class AttentionRequest(RequestModel):
         }
     )
 
-    prompt: str = Field(min_length=1, description=_PROMPT)
     layers: list[int] | None = Field(
         default=None, description="Decoder layers, 0..L-1 (negative: from the end). Default: all."
     )
@@ -154,8 +158,6 @@ class AttentionRequest(RequestModel):
     mean_over_heads: bool = Field(
         default=False, description="One map per layer: the mean over `heads`, instead of one per head."
     )
-    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
-    parse_special: ParseSpecial = True
 
     def to_attention_params(self, limits: InspectionLimits) -> AttentionParams:
         return limits.attention(
@@ -199,16 +201,13 @@ class AttentionResponse(BaseModel):
 # ---- /inspect/tree -------------------------------------------------------------------------------
 
 
-class TreeRequest(RequestModel):
+class TreeRequest(InspectRequest):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"prompt": "The capital of France is", "depth": 2, "branching": 2}]}
     )
 
-    prompt: str = Field(min_length=1, description=_PROMPT)
     depth: int = Field(ge=1, description="Tokens each path runs (at most GENAI_INSPECT_MAX_TREE_DEPTH).")
     branching: int = Field(ge=1, description="Likeliest tokens expanded at each node.")
-    add_special_tokens: bool = Field(default=False, description=_ADD_SPECIAL)
-    parse_special: ParseSpecial = True
 
     def to_tree_params(self, limits: InspectionLimits) -> TreeParams:
         """branching + branching² + … + branching^depth nodes must stay within GENAI_INSPECT_MAX_TREE_NODES."""
