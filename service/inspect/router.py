@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 
 from service.config import Settings
 from service.deps import EngineDep, LanguageModelDep, SettingsDep
 from service.inspect.attention import inspect_attention
-from service.inspect.limits import InspectionLimits
+from service.inspect.limits import InspectionLimits, ModelShape
 from service.inspect.logit_lens import inspect_logit_lens
 from service.inspect.schemas import (
     AttentionRequest,
     AttentionResponse,
+    InspectRequest,
     LogitLensRequest,
     LogitLensResponse,
     TreeRequest,
     TreeResponse,
 )
 from service.inspect.tree import inspect_tree
+from service.language.engine import GenerationEngine
 from service.language.model import LanguageModel
 from service.language.validation import encode_prompt
 from service.observability.context import add_usage, note_prompt
@@ -35,13 +38,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _prompt_ids(
-    lm: LanguageModel, settings: Settings, prompt: str, add_special_tokens: bool, parse_special: bool
-) -> list[int]:
-    ids = encode_prompt(lm, settings, prompt=prompt, add_special_tokens=add_special_tokens, parse_special=parse_special)
-    note_prompt(prompt)
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+async def _inspect(
+    engine: GenerationEngine,
+    lm: LanguageModel,
+    settings: Settings,
+    body: InspectRequest,
+    params_of: Callable[[InspectionLimits], P],
+    run: Callable[[LanguageModel, bool, list[int], P], R],
+) -> R:
+    """Every inspection route's shape: the prompt tokenized and counted, the body checked against the
+    limits for that prompt (`params_of`), then `run` on the engine thread with the parameters."""
+    ids = encode_prompt(
+        lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special
+    )
+    note_prompt(body.prompt)
     add_usage(prompt_tokens=len(ids))
-    return ids
+    params = params_of(InspectionLimits.of(lm, settings, len(ids)))
+    return await engine.run_on_engine_thread(run, lm, settings.lean_decoder, ids, params)
 
 
 @router.post(
@@ -53,11 +70,14 @@ def _prompt_ids(
 async def logit_lens(
     body: LogitLensRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> LogitLensResponse:
-    ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
-    limits = InspectionLimits.of(lm, settings, len(ids))
-    params = body.to_lens_params(limits)
-    lens = await engine.run_on_engine_thread(
-        inspect_logit_lens, lm, settings.lean_decoder, ids, params, limits.shape.layers
+    layers = ModelShape.of(lm).layers
+    lens = await _inspect(
+        engine,
+        lm,
+        settings,
+        body,
+        body.to_lens_params,
+        lambda lm, lean, ids, params: inspect_logit_lens(lm, lean, ids, params, layers),
     )
     return LogitLensResponse.of(lens, lm.model_id)
 
@@ -71,9 +91,7 @@ async def logit_lens(
 async def attention(
     body: AttentionRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
 ) -> AttentionResponse:
-    ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
-    params = body.to_attention_params(InspectionLimits.of(lm, settings, len(ids)))
-    weights = await engine.run_on_engine_thread(inspect_attention, lm, settings.lean_decoder, ids, params)
+    weights = await _inspect(engine, lm, settings, body, body.to_attention_params, inspect_attention)
     return AttentionResponse.of(weights, lm.model_id)
 
 
@@ -84,7 +102,5 @@ async def attention(
     summary="The tree of likeliest continuations: `branching` tokens at each step, `depth` steps",
 )
 async def tree(body: TreeRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> TreeResponse:
-    ids = _prompt_ids(lm, settings, body.prompt, body.add_special_tokens, body.parse_special)
-    params = body.to_tree_params(InspectionLimits.of(lm, settings, len(ids)))
-    continuations = await engine.run_on_engine_thread(inspect_tree, lm, settings.lean_decoder, ids, params)
+    continuations = await _inspect(engine, lm, settings, body, body.to_tree_params, inspect_tree)
     return TreeResponse.of(continuations, lm.model_id)
