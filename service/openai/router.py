@@ -1,4 +1,5 @@
-"""OpenAI-compatible endpoints under `/v1`: models, completions, chat completions (whole or streamed).
+"""OpenAI-compatible endpoints under `/v1`: models, completions, chat completions (whole or streamed), and
+embeddings (`embeddings/`).
 
 Streams are Server-Sent Events in OpenAI's format: `data: {chunk}` per token, a final chunk per
 choice with its `finish_reason`, then `data: [DONE]`. Usage only with `stream_options.include_usage`,
@@ -16,6 +17,7 @@ from service.deps import EngineDep, LanguageModelDep, SettingsDep, app_state
 from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.language.model import LanguageModel
 from service.observability.context import add_usage, annotate, note_prompt
+from service.openai.embeddings.router import router as embeddings_router
 from service.openai.responses import ChatCompletionResponse, CompletionResponse, ModelCard, ModelList
 from service.openai.schemas import ChatCompletionRequest, CompletionRequest
 from service.openai.serving import (
@@ -35,6 +37,7 @@ from service.security import ApiKey
 from service.streaming import event_stream_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ApiKey])
+router.include_router(embeddings_router)  # POST /v1/embeddings
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid or unsupported field: `error.param` names it"},
