@@ -60,6 +60,7 @@ def load_models(settings: Settings) -> LoadedModels:
             dtype=settings.dtype,
             cache_dir=settings.cache_dir,
             revision=settings.lm_revision,
+            weights=settings.weights,
         )
         models.load_seconds["language"] = time.perf_counter() - started
     return models

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         description="`auto` = bfloat16 on CUDA and on CPUs with native bfloat16 (avx512_bf16 or AMX), else float32. "
         "float32 is exact (batched output equals each request alone).",
     )
+    weights: Literal["auto", "gguf", "dense"] = Field(
+        default="auto",
+        description="For a model that came from a GGUF file (the embedded one included), on CPU with the lean "
+        "decoder: `gguf` = multiply with the file's own 4-bit weights (int4 kernels and the output head in "
+        "bfloat16; norms, residual stream and attention in GENAI_DTYPE); `dense` = with its de-quantized copy "
+        "in GENAI_DTYPE. `auto` = dense for now.",
+    )
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,
         description="Where converted models (GGUF → safetensors) and trained digit models are kept.",

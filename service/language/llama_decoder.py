@@ -9,22 +9,31 @@ general forward spends as long again in Python and small kernels around them. Th
     so a step never concatenates or re-pads caches;
   - computes attention with plain batched products (the flash kernel costs ~0.3 ms a call at one query).
 
+With GENAI_WEIGHTS=gguf (a model that came from a GGUF file, on CPU) the products multiply with the file's
+own 4-bit weights instead (lowbit.py): the same forward over other weights.
+
 It computes what transformers' `LlamaForCausalLM` computes (same RMSNorm, RoPE and softmax precision);
 tests hold its logits to transformers' within float32 rounding and its greedy output to `generate`'s.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from service.language import lowbit
 from service.language.model import LanguageModel
+
+log = logging.getLogger("service.language")
+Product = Callable[[torch.Tensor], torch.Tensor]  # x [..., in] -> x Wᵀ [..., out]
 
 
 def _oneDNN_available() -> bool:
@@ -125,28 +134,52 @@ class LlamaDecoder:
         # as fast in float32 at these sizes, and attention is then as exact as float32 weights allow.
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         pack = self.device.type == "cpu" and _oneDNN_available()
+        self.intermediate = int(cfg.intermediate_size)
+        self.weights = "dense"  # or "gguf": the file's own low-bit weights (lowbit.py)
+        self.qkv: list[Product] = []
+        self.o: list[Product] = []
+        self.gate_up: list[Product] = []
+        self.down: list[Product] = []
+        self.norm_attn: list[torch.Tensor] = []
+        self.norm_mlp: list[torch.Tensor] = []
         with torch.inference_mode():
-            self.embed = model.model.embed_tokens.weight.detach()
             self.inv_freq = model.model.rotary_emb.inv_freq.detach().float()
             self.rope_scaling = float(getattr(model.model.rotary_emb, "attention_scaling", 1.0))
-            self.qkv: list[Linear] = []
-            self.o: list[Linear] = []
-            self.gate_up: list[Linear] = []
-            self.down: list[Linear] = []
-            self.norm_attn: list[torch.Tensor] = []
-            self.norm_mlp: list[torch.Tensor] = []
-            for layer in model.model.layers:
-                attn, mlp = layer.self_attn, layer.mlp
-                self.qkv.append(Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), pack))
-                self.o.append(Linear(attn.o_proj.weight, pack))
-                self.gate_up.append(Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), pack))
-                self.down.append(Linear(mlp.down_proj.weight, pack))
-                self.norm_attn.append(layer.input_layernorm.weight.detach())
-                self.norm_mlp.append(layer.post_attention_layernorm.weight.detach())
-            self.intermediate = self.gate_up[0].out_features // 2
-            self.norm_final = model.model.norm.weight.detach()
-            self.lm_head = Linear(model.lm_head.weight, pack)
-        self.packed = all(lin.packed for lin in [*self.qkv, *self.o, *self.gate_up, *self.down, self.lm_head])
+            if lm.gguf_weights is not None and self.device.type == "cpu" and lowbit.int4_kernels_available():
+                self._load_gguf(lm.gguf_weights, pack)
+            else:
+                if lm.gguf_weights is not None:
+                    log.info("GENAI_WEIGHTS=gguf needs the CPU int4 kernels; running de-quantized weights")
+                self._load_dense(model, pack)
+        products: list[Product] = [*self.qkv, *self.o, *self.gate_up, *self.down, self.lm_head]
+        self.packed = all(not isinstance(p, Linear) or p.packed for p in products)
+
+    def _load_dense(self, model: Any, pack: bool) -> None:
+        """The transformers model's own (de-quantized) weights, prepacked for oneDNN."""
+        embed = model.model.embed_tokens.weight.detach()
+        self.embed: Callable[[torch.Tensor], torch.Tensor] = lambda ids: F.embedding(ids, embed)
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.qkv.append(Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), pack))
+            self.o.append(Linear(attn.o_proj.weight, pack))
+            self.gate_up.append(Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), pack))
+            self.down.append(Linear(mlp.down_proj.weight, pack))
+            self.norm_attn.append(layer.input_layernorm.weight.detach())
+            self.norm_mlp.append(layer.post_attention_layernorm.weight.detach())
+        self.norm_final = model.model.norm.weight.detach()
+        self.lm_head: Product = Linear(model.lm_head.weight, pack)
+
+    def _load_gguf(self, path: Path, pack: bool) -> None:
+        """The GGUF file's tensors, as lowbit.py packs them (its docstring says which kernel gets what)."""
+        self.weights = "gguf"
+        tensors = lowbit.GgufWeights(path)
+        loaded = lowbit.load_llama_weights(
+            tensors, self.layers, self.heads, self.kv_heads, self.dtype, lambda weight: Linear(weight, pack)
+        )
+        self.embed = loaded.embed
+        self.qkv, self.o, self.gate_up, self.down = loaded.qkv, loaded.o, loaded.gate_up, loaded.down
+        self.norm_attn, self.norm_mlp, self.norm_final = loaded.norm_attn, loaded.norm_mlp, loaded.norm_final
+        self.lm_head = loaded.lm_head
 
     def new_cache(self, rows: int, capacity: int) -> torch.Tensor:
         """[layers, 2 (keys, values), rows, kv_heads, capacity, head_dim], zeroed (masked slots must be finite)."""
@@ -169,7 +202,7 @@ class LlamaDecoder:
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         group = heads // kv_heads
         span = int(positions.max()) + 1  # keys 0..span-1 are visible to someone
-        x = F.embedding(ids, self.embed)  # [n, S, hidden]
+        x = self.embed(ids)  # [n, S, hidden]
 
         # Rotary embedding, as transformers computes it (float32, then the model's dtype).
         freqs = positions.float()[..., None] * self.inv_freq  # [n, S, dim/2]
@@ -226,7 +259,7 @@ class LlamaDecoder:
         softmax precision as `forward`, so its last layer gives `forward`'s logits (the inspection tests)."""
         s = ids.shape[0]
         heads, kv_heads, dim, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
-        x = F.embedding(ids[None], self.embed)  # [1, S, hidden]
+        x = self.embed(ids[None])  # [1, S, hidden]
         freqs = torch.arange(s, device=ids.device).float()[:, None] * self.inv_freq  # [S, dim/2]
         angles = torch.cat([freqs, freqs], dim=-1)
         cos = (angles.cos() * self.rope_scaling).to(self.dtype)[None, :, None, :]  # [1, S, 1, dim]

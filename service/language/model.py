@@ -57,6 +57,8 @@ class LanguageModel:
     load_seconds: float
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     special_token_ids: frozenset[int] = field(default_factory=frozenset)
+    # The GGUF file whose own low-bit weights the lean decoder multiplies with (GENAI_WEIGHTS); None = dense.
+    gguf_weights: Path | None = None
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
     _explainer: BpeExplainer | None = field(default=None, repr=False)
     _explainer_refusal: str | None = field(default=None, repr=False)
@@ -187,6 +189,7 @@ class LanguageModel:
             "vocab_size": self.vocab_size,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "chat_template": self.has_chat_template,
+            "weights": "gguf" if self.gguf_weights is not None else "dense",
             "load_seconds": round(self.load_seconds, 3),
         }
 
@@ -308,6 +311,7 @@ class ModelSource:
     path_or_id: str
     description: str
     revision: str | None = None
+    gguf: Path | None = None  # the GGUF file it was converted from
 
 
 def resolve_model_source(lm_model: str, cache_dir: Path, revision: str | None = None) -> ModelSource:
@@ -316,13 +320,16 @@ def resolve_model_source(lm_model: str, cache_dir: Path, revision: str | None = 
         gguf = embedded_gguf_path()
         folder = convert_gguf(gguf, cache_dir)
         return ModelSource(
-            EMBEDDED_MODEL_NAME, str(folder), f"embedded {gguf.name} ({EMBEDDED_WHEEL}=={_wheel_version()})"
+            EMBEDDED_MODEL_NAME,
+            str(folder),
+            f"embedded {gguf.name} ({EMBEDDED_WHEEL}=={_wheel_version()})",
+            gguf=gguf,
         )
     path = Path(lm_model).expanduser()
     if lm_model.endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GENAI_LM_MODEL={lm_model!r}: no such .gguf file")
-        return ModelSource(path.stem, str(convert_gguf(path, cache_dir)), f"GGUF file {path}")
+        return ModelSource(path.stem, str(convert_gguf(path, cache_dir)), f"GGUF file {path}", gguf=path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -348,8 +355,30 @@ def _hub_failure_message(model_id: str, exc: Exception) -> str:
     )
 
 
+def resolve_weights(setting: str, source: ModelSource, device: torch.device) -> Path | None:
+    """The GGUF file whose low-bit weights to run (GENAI_WEIGHTS), or None for the de-quantized ones.
+
+    `gguf` takes them where there are any (a GGUF source) and the int4 kernels exist (CPU); `auto` is dense
+    until the low-bit path is the measured default."""
+    if setting != "gguf":
+        return None
+    if source.gguf is None:
+        log.info("GENAI_WEIGHTS=gguf: %s is not a GGUF file; running its own weights", source.model_id)
+        return None
+    if device.type != "cpu":
+        log.info("GENAI_WEIGHTS=gguf: the int4 kernels are CPU ones; running de-quantized weights on %s", device)
+        return None
+    return source.gguf
+
+
 def load_language_model(
-    lm_model: str = "", *, device: str = "auto", dtype: str = "auto", cache_dir: Path, revision: str | None = None
+    lm_model: str = "",
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    cache_dir: Path,
+    revision: str | None = None,
+    weights: str = "auto",
 ) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -387,6 +416,7 @@ def load_language_model(
         load_seconds=time.perf_counter() - started,
         eos_token_ids=frozenset(eos_ids),
         special_token_ids=frozenset(int(i) for i in tokenizer.all_special_ids) | frozenset(eos_ids),
+        gguf_weights=resolve_weights(weights, source, torch_device),
     )
     log.info(
         "language model %s loaded from %s on %s (%s) in %.2f s",
