@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sse import parse_sse
@@ -326,6 +328,77 @@ async def test_generation_explained_on_a_phone(phone_page: Any, screenshot_dir: 
     overflow = await phone_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
     await _shot(phone_page, screenshot_dir, "generation-explained-phone", "#generate")
+
+
+# --- the inspection views load when they come into view -----------------------------------------
+
+INSPECT_VIEWS = {"lens": "/inspect/logit-lens", "attention": "/inspect/attention", "tree": "/inspect/tree"}
+
+
+async def _in_view(page: Any, section: str) -> bool:
+    return bool(
+        await page.evaluate(
+            "(id) => { const r = document.getElementById(id).getBoundingClientRect();"
+            " return r.bottom > 0 && r.top < window.innerHeight; }",
+            section,
+        )
+    )
+
+
+async def _scroll_to(page: Any, section: str) -> None:
+    """Jump (no smooth scrolling past other panels) so that the panel's top is the viewport's top."""
+    await page.evaluate(
+        "(id) => document.getElementById(id).scrollIntoView({ block: 'start', behavior: 'instant' })", section
+    )
+
+
+async def test_inspection_views_ask_for_nothing_until_they_come_into_view(page: Any, live_server: str) -> None:
+    asked: Counter[str] = Counter()
+    page.on("request", lambda request: asked.update([urlsplit(request.url).path]))
+    await page.goto(live_server + "/")  # the page again, heard from its first request
+    await page.wait_for_function("() => document.getElementById('service-status').dataset.state === 'ready'")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#tok-chips .chip').length > 0"
+        " && document.querySelectorAll('#nt-candidates .candidate').length > 0"
+    )
+    await page.wait_for_load_state("networkidle")
+    assert asked["/tokenize"] and asked["/next-token-probs"]  # the panels on the first screen asked
+    for section in INSPECT_VIEWS:
+        assert not await _in_view(page, section), f"#{section} is on the first screen"
+    assert [path for path in asked if path.startswith("/inspect/")] == []
+
+    # a short window, so that one panel at a time comes into view: the lens first, and only the lens asks
+    await page.set_viewport_size({"width": 1280, "height": 240})
+    await _scroll_to(page, "lens")
+    await page.wait_for_function(
+        "() => { const g = document.getElementById('lens-grid');"
+        " return g.dataset.prompt === document.getElementById('lens-prompt').value && g.getAttribute('aria-busy') === 'false'; }"
+    )
+    assert await page.locator("#lens-grid .lens-cell").count() > 0
+    assert asked["/inspect/logit-lens"] == 1
+    for section in ("attention", "tree"):
+        assert not await _in_view(page, section)  # not seen yet...
+        assert asked[INSPECT_VIEWS[section]] == 0  # ...so not asked
+    # then the attention view and the tree, each asking once as it comes into view, and drawing its answer
+    await _scroll_to(page, "attention")
+    await page.wait_for_function(
+        "() => { const v = document.getElementById('att-view');"
+        " return v.dataset.prompt === document.getElementById('att-prompt').value && v.getAttribute('aria-busy') === 'false'; }"
+    )
+    assert await page.locator("#att-tokens .att-token").count() > 0
+    assert asked["/inspect/attention"] == 1
+    await _scroll_to(page, "tree")
+    await page.wait_for_function(
+        "() => { const v = document.getElementById('tree-view');"
+        " return v.dataset.prompt === document.getElementById('tree-prompt').value && v.getAttribute('aria-busy') === 'false'; }"
+    )
+    assert await page.locator("#tree-view .tree-node").count() > 0
+    assert asked["/inspect/tree"] == 1
+    # seen once is enough: scrolling away and back asks nothing more
+    await _scroll_to(page, "digits")
+    await _scroll_to(page, "lens")
+    await page.wait_for_load_state("networkidle")
+    assert {path: asked[path] for path in INSPECT_VIEWS.values()} == dict.fromkeys(INSPECT_VIEWS.values(), 1)
 
 
 # --- logit lens ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 "use strict";
 
 (() => {
-  const { $, el, api, debounce, latestOnly, busyWhile, showError, pct, visibleToken } = window.Playground;
+  const { $, el, api, debounce, latestOnly, whenShown, busyWhile, showError, pct, visibleToken } = window.Playground;
 
   const MAX_MATRIX = 64; // tokens up to which the whole map is drawn (the token view works for any length)
   // Shaded by the square root of the weight, so that 1 % is still visible beside a 90 % attention sink.
@@ -167,8 +167,11 @@
       const from = query === null ? n - 1 : query;
       choose(Math.max(0, Math.min(n - 1, from + step)), { focus: true });
     });
-    document.addEventListener("playground:refresh", () => refresh.flush());
-    refresh.flush();
+    // Nothing is asked until the panel scrolls into view (each answer costs the engine forward passes).
+    const seen = whenShown($("attention"), () => refresh.flush());
+    document.addEventListener("playground:refresh", () => {
+      if (seen()) refresh.flush();
+    });
   }
 
   document.addEventListener("DOMContentLoaded", setupAttention);

@@ -1,6 +1,6 @@
 // genai-service playground: what every panel shares (HTTP with readable errors, SSE over fetch, bars, tokens).
 //
-// Loaded first; the panels' scripts (app.js, explain.js, inspect.js) read these from `window.Playground`.
+// Loaded first; the panels' scripts (app.js and one file per view) read these from `window.Playground`.
 // Errors always come back as {"error": {"message", "type", "param", "code"}}; `api()` turns them into
 // ApiError with a readable message. No library, no build step.
 "use strict";
@@ -152,6 +152,32 @@
     return run;
   }
 
+  /**
+   * Load a panel's data only once the panel is on screen: `load()` runs the first time any part of `panel`
+   * scrolls into view (at once in a browser without IntersectionObserver), so the page asks for nothing it
+   * does not show. Returns `seen()`, true from then on: handlers that redo a load (playground:refresh) check
+   * it, so that they never ask for a panel nobody has looked at yet.
+   */
+  function whenShown(panel, load) {
+    let seen = false;
+    const start = () => {
+      if (seen) return;
+      seen = true;
+      load();
+    };
+    if (typeof IntersectionObserver === "undefined") {
+      start();
+    } else {
+      const observer = new IntersectionObserver((entries) => {
+        if (!entries.some((entry) => entry.isIntersecting)) return;
+        observer.disconnect();
+        start();
+      });
+      observer.observe(panel);
+    }
+    return () => seen;
+  }
+
   /** Mark `el` aria-busy (dimmed by the CSS) while any of the promises handed to the result is pending. */
   function busyWhile(el) {
     let pending = 0;
@@ -252,6 +278,6 @@
 
   window.Playground = Object.freeze({
     $, el, ApiError, KEY_STORAGE, authHeaders, describeError, post, api, streamEvents,
-    debounce, latestOnly, busyWhile, showError, pct, visibleToken, barRow, scale,
+    debounce, latestOnly, whenShown, busyWhile, showError, pct, visibleToken, barRow, scale,
   });
 })();

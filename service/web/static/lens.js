@@ -11,7 +11,7 @@
 "use strict";
 
 (() => {
-  const { $, el, api, debounce, latestOnly, busyWhile, showError, pct, visibleToken, barRow } = window.Playground;
+  const { $, el, api, debounce, latestOnly, whenShown, busyWhile, showError, pct, visibleToken, barRow } = window.Playground;
 
   const MAX_POSITIONS = 16; // columns shown: the last ones (a phone scrolls the grid sideways, the page stays put)
 
@@ -169,8 +169,11 @@
     const refresh = debounce(() => busy(run()).catch((err) => showError(errorEl, err)), 400);
     prompt.addEventListener("input", () => refresh());
     topk.addEventListener("change", () => refresh.flush());
-    document.addEventListener("playground:refresh", () => refresh.flush());
-    refresh.flush();
+    // Nothing is asked until the panel scrolls into view (each answer costs the engine forward passes).
+    const seen = whenShown($("lens"), () => refresh.flush());
+    document.addEventListener("playground:refresh", () => {
+      if (seen()) refresh.flush();
+    });
   }
 
   document.addEventListener("DOMContentLoaded", setupLens);

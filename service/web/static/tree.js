@@ -8,7 +8,7 @@
 "use strict";
 
 (() => {
-  const { $, el, api, debounce, latestOnly, busyWhile, showError, pct, visibleToken } = window.Playground;
+  const { $, el, api, debounce, latestOnly, whenShown, busyWhile, showError, pct, visibleToken } = window.Playground;
 
   function nodeRow(node) {
     const row = el("span", "tree-row");
@@ -103,8 +103,11 @@
     branching.addEventListener("change", () => refresh.flush());
     $("tree-expand").addEventListener("click", () => view.querySelectorAll("details").forEach((d) => (d.open = true)));
     $("tree-collapse").addEventListener("click", () => view.querySelectorAll("details").forEach((d) => (d.open = false)));
-    document.addEventListener("playground:refresh", () => refresh.flush());
-    refresh.flush();
+    // Nothing is asked until the panel scrolls into view (each answer costs the engine forward passes).
+    const seen = whenShown($("tree"), () => refresh.flush());
+    document.addEventListener("playground:refresh", () => {
+      if (seen()) refresh.flush();
+    });
   }
 
   document.addEventListener("DOMContentLoaded", setupTree);
