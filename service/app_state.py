@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from service.config import Settings
 from service.digits.reference import ReferenceDigitsCache
+from service.inspect.scheduling import InspectionQueues
 from service.observability.metrics import ServiceMetrics
 from service.state import LoadedModels
 
@@ -30,6 +31,7 @@ class AppState:
     ready: bool = False  # True from the end of start-up until draining begins
     started_at: float = field(default_factory=time.time)  # Unix time the app was built (`created` of /v1/models)
     digit_references: ReferenceDigitsCache = field(default_factory=ReferenceDigitsCache)  # built on the first explain
+    inspection_queues: InspectionQueues = field(default_factory=InspectionQueues)  # inspections' turns on the engine
 
 
 def state_of(app: Starlette) -> AppState:

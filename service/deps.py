@@ -17,6 +17,7 @@ from service.config import Settings
 from service.digits.model import DigitClassifier
 from service.digits.reference import ReferenceDigitsCache
 from service.errors import ModelNotReady
+from service.inspect.scheduling import InspectionQueue
 from service.language.engine import GenerationEngine
 from service.language.model import LanguageModel
 from service.observability.metrics import ServiceMetrics
@@ -60,6 +61,12 @@ async def get_engine(request: Request) -> GenerationEngine:
     return engine
 
 
+async def get_inspection_queue(request: Request) -> InspectionQueue:
+    """The serving engine's inspection queue (scheduling.py), bounded by GENAI_MAX_WAITING_REQUESTS."""
+    state = app_state(request)
+    return state.inspection_queues.of(await get_engine(request), state.settings.max_waiting_requests)
+
+
 async def get_digit_classifier(request: Request) -> DigitClassifier:
     classifier = app_state(request).models.digits
     if classifier is None:
@@ -77,5 +84,6 @@ MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ModelsDep = Annotated[LoadedModels, Depends(get_models)]
 LanguageModelDep = Annotated[LanguageModel, Depends(get_language_model)]
 EngineDep = Annotated[GenerationEngine, Depends(get_engine)]
+InspectionQueueDep = Annotated[InspectionQueue, Depends(get_inspection_queue)]
 DigitClassifierDep = Annotated[DigitClassifier, Depends(get_digit_classifier)]
 DigitReferencesDep = Annotated[ReferenceDigitsCache, Depends(get_digit_references)]

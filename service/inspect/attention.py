@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from service.inspect.forward import ModelInspector, inspector_for
 from service.inspect.limits import AttentionParams
+from service.inspect.scheduling import Passes, run_to_end
 from service.language import token_choice
 from service.language.model import LanguageModel
 
@@ -33,10 +32,12 @@ class AttentionWeights:
     forward: str
 
 
-def attention_weights(
+def attention_passes(
     inspector: ModelInspector, ids: list[int], params: AttentionParams, token_text: token_choice.TokenText
-) -> AttentionWeights:
+) -> Passes[AttentionWeights]:
+    """Two pieces (scheduling.py): the forward pass with its weights, then the maps cut from them."""
     by_layer = inspector.attention(ids, params.layers)  # layer -> [heads, S, S]
+    yield
     heads = list(params.heads)
     maps = []
     for layer in params.layers:
@@ -57,7 +58,16 @@ def attention_weights(
     )
 
 
-def inspect_attention(lm: LanguageModel, lean: bool, ids: list[int], params: AttentionParams) -> AttentionWeights:
-    """`attention_weights` by the forward the engine serves `lm` with; for the engine thread."""
-    with torch.inference_mode():
-        return attention_weights(inspector_for(lm, lean), ids, params, lm.token_text)
+def attention_weights(
+    inspector: ModelInspector, ids: list[int], params: AttentionParams, token_text: token_choice.TokenText
+) -> AttentionWeights:
+    """The weights of `params`, every piece at once on the calling thread."""
+    return run_to_end(attention_passes(inspector, ids, params, token_text))
+
+
+def inspect_attention(
+    lm: LanguageModel, lean: bool, ids: list[int], params: AttentionParams
+) -> Passes[AttentionWeights]:
+    """`attention_passes` by the forward the engine serves `lm` with; each piece for the engine thread (the
+    inspector is chosen in the first)."""
+    return (yield from attention_passes(inspector_for(lm, lean), ids, params, lm.token_text))

@@ -39,7 +39,8 @@ def continuations(inspector: ModelInspector, ids: list[int]) -> Continuations:
     raise TypeError(f"no continuations for {type(inspector).__name__}")
 
 
-def _chunks(paths: Sequence[Sequence[int]], prompt_tokens: int) -> Iterator[Sequence[Sequence[int]]]:
+def chunked(paths: Sequence[Sequence[int]], prompt_tokens: int) -> Iterator[Sequence[Sequence[int]]]:
+    """`paths` (all of one length) in chunks of at most TREE_CHUNK_POSITIONS cached positions (one row at least)."""
     rows = max(1, TREE_CHUNK_POSITIONS // (prompt_tokens + len(paths[0])))
     for start in range(0, len(paths), rows):
         yield paths[start : start + rows]
@@ -63,7 +64,7 @@ class LeanContinuations:
         return self._root
 
     def after(self, paths: Sequence[Sequence[int]]) -> torch.Tensor:
-        return torch.cat([self._chunk(chunk) for chunk in _chunks(paths, self.length)])
+        return torch.cat([self._chunk(chunk) for chunk in chunked(paths, self.length)])
 
     def _chunk(self, paths: Sequence[Sequence[int]]) -> torch.Tensor:
         rows, width, device = len(paths), len(paths[0]), self.decoder.device
@@ -93,7 +94,7 @@ class TransformersContinuations:
         return self._root
 
     def after(self, paths: Sequence[Sequence[int]]) -> torch.Tensor:
-        return torch.cat([self._chunk(chunk) for chunk in _chunks(paths, self.length)])
+        return torch.cat([self._chunk(chunk) for chunk in chunked(paths, self.length)])
 
     def _chunk(self, paths: Sequence[Sequence[int]]) -> torch.Tensor:
         from transformers import DynamicCache

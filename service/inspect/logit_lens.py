@@ -16,6 +16,7 @@ import torch
 
 from service.inspect.forward import ModelInspector, inspector_for
 from service.inspect.limits import LensParams
+from service.inspect.scheduling import Passes, run_to_end
 from service.language import token_choice
 from service.language.events import Candidate
 from service.language.model import LanguageModel
@@ -67,29 +68,40 @@ def lens_layers(
     return final, cells
 
 
-def logit_lens(
+def logit_lens_passes(
     inspector: ModelInspector, ids: list[int], params: LensParams, layer_count: int, token_text: token_choice.TokenText
-) -> LogitLens:
-    """The lens at every requested position; the model's last layer is computed even when not asked for
-    (it names the token whose rank each layer reports) and then left out."""
+) -> Passes[LogitLens]:
+    """The lens at every requested position, a piece each (scheduling.py; the first also runs the forward
+    pass). The model's last layer is computed even when not asked for (it names the token whose rank each
+    layer reports) and then left out."""
     asked = list(params.layers)
     run = asked if asked and asked[-1] == layer_count else [*asked, layer_count]
     positions = []
-    for position, logits in zip(params.positions, inspector.lens(ids, params.positions, run), strict=True):
+    lens = zip(params.positions, inspector.lens(ids, params.positions, run), strict=True)
+    for place, (position, logits) in enumerate(lens):
         final, cells = lens_layers(logits, run, params.top_k, token_text)
         positions.append(
             LensPosition(
                 position=position, token=token_text(ids[position]), final_token=final, layers=cells[: len(asked)]
             )
         )
+        if place < len(params.positions) - 1:
+            yield  # the next position is the next piece
     return LogitLens(
         ids=ids, tokens=[token_text(i) for i in ids], layers=layer_count, positions=positions, forward=inspector.kind
     )
 
 
+def logit_lens(
+    inspector: ModelInspector, ids: list[int], params: LensParams, layer_count: int, token_text: token_choice.TokenText
+) -> LogitLens:
+    """The lens of `params`, every piece at once on the calling thread."""
+    return run_to_end(logit_lens_passes(inspector, ids, params, layer_count, token_text))
+
+
 def inspect_logit_lens(
     lm: LanguageModel, lean: bool, ids: list[int], params: LensParams, layer_count: int
-) -> LogitLens:
-    """`logit_lens` by the forward the engine serves `lm` with; for the engine thread."""
-    with torch.inference_mode():
-        return logit_lens(inspector_for(lm, lean), ids, params, layer_count, lm.token_text)
+) -> Passes[LogitLens]:
+    """`logit_lens_passes` by the forward the engine serves `lm` with; each piece for the engine thread (the
+    inspector is chosen in the first)."""
+    return (yield from logit_lens_passes(inspector_for(lm, lean), ids, params, layer_count, lm.token_text))

@@ -1,17 +1,23 @@
-"""Inspection endpoints: HTTP in, one call on the engine thread, HTTP out."""
+"""Inspection endpoints: HTTP in, the inspection's pieces on the engine thread in its turn
+(scheduling.py), HTTP out. A client that leaves stops its inspection after the piece running then;
+the answer (up to a few MB of JSON) is built and encoded off the event loop, so /health stays quick."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 
 from service.config import Settings
-from service.deps import EngineDep, LanguageModelDep, SettingsDep
+from service.deps import InspectionQueueDep, LanguageModelDep, SettingsDep
+from service.disconnect import ClientDisconnected, cancel_on_disconnect
 from service.inspect.attention import inspect_attention
 from service.inspect.limits import InspectionLimits, ModelShape
 from service.inspect.logit_lens import inspect_logit_lens
+from service.inspect.scheduling import InspectionQueue, Passes
 from service.inspect.schemas import (
     AttentionRequest,
     AttentionResponse,
@@ -22,7 +28,6 @@ from service.inspect.schemas import (
     TreeResponse,
 )
 from service.inspect.tree import inspect_tree
-from service.language.engine import GenerationEngine
 from service.language.model import LanguageModel
 from service.language.validation import encode_prompt
 from service.observability.context import add_usage, note_prompt
@@ -43,22 +48,30 @@ R = TypeVar("R")
 
 
 async def _inspect(
-    engine: GenerationEngine,
+    request: Request,
+    queue: InspectionQueue,
     lm: LanguageModel,
     settings: Settings,
     body: InspectRequest,
     params_of: Callable[[InspectionLimits], P],
-    run: Callable[[LanguageModel, bool, list[int], P], R],
-) -> R:
+    run: Callable[[LanguageModel, bool, list[int], P], Passes[R]],
+    answer: Callable[[R, str], BaseModel],
+) -> Response:
     """Every inspection route's shape: the prompt tokenized and counted, the body checked against the
-    limits for that prompt (`params_of`), then `run` on the engine thread with the parameters."""
+    limits for that prompt (`params_of`), then `run`'s pieces on the engine thread in this request's
+    turn, and `answer`'s JSON."""
     ids = encode_prompt(
         lm, settings, prompt=body.prompt, add_special_tokens=body.add_special_tokens, parse_special=body.parse_special
     )
     note_prompt(body.prompt)
     add_usage(prompt_tokens=len(ids))
     params = params_of(InspectionLimits.of(lm, settings, len(ids)))
-    return await engine.run_on_engine_thread(run, lm, settings.lean_decoder, ids, params)
+    try:
+        result = await cancel_on_disconnect(request, queue.run(run(lm, settings.lean_decoder, ids, params)))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    encoded = await asyncio.to_thread(lambda: answer(result, lm.model_id).model_dump_json().encode())
+    return Response(encoded, media_type="application/json")
 
 
 @router.post(
@@ -68,18 +81,19 @@ async def _inspect(
     summary="The logit lens: each layer's next-token distribution, through the final norm and output layer",
 )
 async def logit_lens(
-    body: LogitLensRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
-) -> LogitLensResponse:
+    request: Request, body: LogitLensRequest, lm: LanguageModelDep, queue: InspectionQueueDep, settings: SettingsDep
+) -> Response:
     layers = ModelShape.of(lm).layers
-    lens = await _inspect(
-        engine,
+    return await _inspect(
+        request,
+        queue,
         lm,
         settings,
         body,
         body.to_lens_params,
         lambda lm, lean, ids, params: inspect_logit_lens(lm, lean, ids, params, layers),
+        LogitLensResponse.of,
     )
-    return LogitLensResponse.of(lens, lm.model_id)
 
 
 @router.post(
@@ -89,10 +103,11 @@ async def logit_lens(
     summary="Attention weights of chosen layers, heads and query positions over the prompt",
 )
 async def attention(
-    body: AttentionRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
-) -> AttentionResponse:
-    weights = await _inspect(engine, lm, settings, body, body.to_attention_params, inspect_attention)
-    return AttentionResponse.of(weights, lm.model_id)
+    request: Request, body: AttentionRequest, lm: LanguageModelDep, queue: InspectionQueueDep, settings: SettingsDep
+) -> Response:
+    return await _inspect(
+        request, queue, lm, settings, body, body.to_attention_params, inspect_attention, AttentionResponse.of
+    )
 
 
 @router.post(
@@ -101,6 +116,7 @@ async def attention(
     responses=_ERRORS,
     summary="The tree of likeliest continuations: `branching` tokens at each step, `depth` steps",
 )
-async def tree(body: TreeRequest, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep) -> TreeResponse:
-    continuations = await _inspect(engine, lm, settings, body, body.to_tree_params, inspect_tree)
-    return TreeResponse.of(continuations, lm.model_id)
+async def tree(
+    request: Request, body: TreeRequest, lm: LanguageModelDep, queue: InspectionQueueDep, settings: SettingsDep
+) -> Response:
+    return await _inspect(request, queue, lm, settings, body, body.to_tree_params, inspect_tree, TreeResponse.of)

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from service.inspect.continuations import chunked
 from service.inspect.continuations import continuations as run_prompt
 from service.inspect.forward import ModelInspector, inspector_for
 from service.inspect.limits import TreeParams
+from service.inspect.scheduling import Passes, run_to_end
 from service.language import token_choice
 from service.language.model import LanguageModel
 
@@ -59,13 +61,14 @@ class _Open:
     children: list[TreeNode]  # where its children go
 
 
-def continuation_tree(
+def tree_passes(
     inspector: ModelInspector,
     ids: list[int],
     params: TreeParams,
     token_text: token_choice.TokenText,
     detokenize: Callable[[list[int]], str],
-) -> ContinuationTree:
+) -> Passes[ContinuationTree]:
+    """The tree in pieces (scheduling.py): the prompt's pass, then each chunk of each level's pass."""
     continuations = run_prompt(inspector, ids)
     roots: list[TreeNode] = []
     level = [_Open(path=[], total=0.0, children=roots)]
@@ -87,7 +90,11 @@ def continuation_tree(
                 following.append(_Open(path=[*parent.path, token_id], total=total, children=node.children))
         level = following
         if step < params.depth:
-            logits = continuations.after([open_path.path for open_path in level])
+            parts = []
+            for chunk in chunked([open_path.path for open_path in level], len(ids)):
+                yield  # the piece before ends here: each chunk's pass is a piece of its own
+                parts.append(continuations.after(chunk))
+            logits = torch.cat(parts)
     leaves = [
         TreeLeaf(
             ids=leaf.path, tokens=[token_text(i) for i in leaf.path], text=detokenize(leaf.path), logprob=leaf.total
@@ -104,7 +111,18 @@ def continuation_tree(
     )
 
 
-def inspect_tree(lm: LanguageModel, lean: bool, ids: list[int], params: TreeParams) -> ContinuationTree:
-    """`continuation_tree` by the forward the engine serves `lm` with; for the engine thread."""
-    with torch.inference_mode():
-        return continuation_tree(inspector_for(lm, lean), ids, params, lm.token_text, lm.detokenize)
+def continuation_tree(
+    inspector: ModelInspector,
+    ids: list[int],
+    params: TreeParams,
+    token_text: token_choice.TokenText,
+    detokenize: Callable[[list[int]], str],
+) -> ContinuationTree:
+    """The tree of `params`, every piece at once on the calling thread."""
+    return run_to_end(tree_passes(inspector, ids, params, token_text, detokenize))
+
+
+def inspect_tree(lm: LanguageModel, lean: bool, ids: list[int], params: TreeParams) -> Passes[ContinuationTree]:
+    """`tree_passes` by the forward the engine serves `lm` with; each piece for the engine thread (the
+    inspector is chosen in the first)."""
+    return (yield from tree_passes(inspector_for(lm, lean), ids, params, lm.token_text, lm.detokenize))

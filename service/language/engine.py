@@ -263,17 +263,30 @@ class GenerationEngine:
         job.future.add_done_callback(lambda _: self._admission.unhold())
         return await asyncio.wrap_future(job.future)
 
-    async def run_on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_on_engine_thread(self, fn: Callable[..., T], *args: Any, held: bool = False) -> T:
         """Run other model work (scoring a prompt, say) on the engine thread between two steps, so that
-        the model is only ever used from one thread."""
+        the model is only ever used from one thread. It takes an admission place for the call, unless the
+        caller `held` one already (`hold_place`: several calls that are one request's work)."""
         self._check_accepting()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._cv:
-            self._hold()
+            if not held:
+                self._hold()
             self._calls.append((lambda: fn(*args), future))
             self._cv.notify_all()
-        future.add_done_callback(lambda _: self._admission.unhold())
+        if not held:
+            future.add_done_callback(lambda _: self._admission.unhold())
         return await asyncio.wrap_future(future)
+
+    def hold_place(self) -> None:
+        """Take one admission place for work made of several engine calls (an inspection's pieces), or raise
+        EngineOverloaded now, before any of it runs; `release_place` gives it back."""
+        self._check_accepting()
+        with self._cv:
+            self._hold()
+
+    def release_place(self) -> None:
+        self._admission.unhold()
 
     async def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
         """Float32 next-token logits [len(prompts), vocab] after each prompt, by the forward pass the engine
