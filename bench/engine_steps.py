@@ -16,7 +16,8 @@ import torch
 
 from service.config import Settings
 from service.language.engine import GenerationEngine
-from service.language.model import LanguageModel, load_language_model
+from service.language.loading import load_language_model
+from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 
 PROMPTS = [

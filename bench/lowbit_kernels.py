@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from service.language.llama_decoder import Linear, _oneDNN_available
+from service.language.loading import embedded_gguf_path
 from service.language.lowbit import GgufWeights, Int4Linear, Int8Linear, Q4Rows, hf_rows, q4_1_blocks
-from service.language.model import embedded_gguf_path
 
 Product = Callable[[torch.Tensor], torch.Tensor]
 

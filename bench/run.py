@@ -65,7 +65,7 @@ class ServerSpec:
 
 def _embedded_gguf() -> str:
     sys.path.insert(0, str(ROOT))
-    from service.language.model import ModelLoadError, embedded_gguf_path
+    from service.language.loading import ModelLoadError, embedded_gguf_path
 
     try:
         return str(embedded_gguf_path())

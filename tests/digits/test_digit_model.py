@@ -17,7 +17,7 @@ from service.digits import train as train_module
 from service.digits.model import DigitClassifier, DigitModelError, metrics_path_for
 from service.digits.provision import load_digit_classifier, provision_digit_model
 from service.digits.train import heldout_split
-from service.language.model import ModelLoadError
+from service.language.loading import ModelLoadError
 
 
 def test_metrics_record_at_least_97_percent_heldout(digits_metrics: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from inspect_helpers import eager_model
 from tiny_models import save_tiny_gpt2, save_tiny_llama, serve_folder
 
 from service.config import Settings
-from service.language.model import resolve_model_source
+from service.language.loading import resolve_model_source
 
 
 @pytest.fixture(scope="session")

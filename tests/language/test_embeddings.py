@@ -20,7 +20,7 @@ from service.language.embeddings import EmbeddingJob, EmbeddingQueue, Pooling
 from service.language.engine import GenerationEngine
 from service.language.exceptions import EngineNotReady
 from service.language.llama_decoder import LlamaDecoder
-from service.language.model import load_language_model
+from service.language.loading import load_language_model
 from service.language.sampling import SamplingParams
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import torch
 from tiny_models import SENTENCES, save_tiny_gpt2, serve_folder
 
 from service.config import Settings
-from service.language.model import ModelLoadError, load_language_model, resolve_model_source
+from service.language.loading import ModelLoadError, load_language_model, resolve_model_source
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ async def test_prompt_and_new_tokens_must_fit_the_context(tiny_client: httpx.Asy
 
 
 def test_a_gguf_path_resolves_to_the_cached_conversion(settings: Settings) -> None:
-    from service.language.model import embedded_gguf_path
+    from service.language.loading import embedded_gguf_path
 
     embedded = resolve_model_source("", settings.cache_dir)
     by_path = resolve_model_source(str(embedded_gguf_path()), settings.cache_dir)

@@ -25,8 +25,9 @@ from service.app import create_app
 from service.config import Settings
 from service.language.engine import GenerationEngine
 from service.language.llama_decoder import Linear, LlamaDecoder
+from service.language.loading import embedded_gguf_path, load_language_model
 from service.language.lowbit import GgufWeights, Int4Linear, Q4Rows, Q8Embedding, hf_rows, q4_1_blocks
-from service.language.model import LanguageModel, embedded_gguf_path, load_language_model
+from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.language.slot_batch import SlotBatch
 from service.state import LoadedModels

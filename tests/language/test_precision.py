@@ -10,7 +10,8 @@ import torch
 
 from service.config import Settings
 from service.language.engine import GenerationEngine
-from service.language.model import LanguageModel, cpu_has_native_bf16, load_language_model, resolve_dtype
+from service.language.loading import cpu_has_native_bf16, load_language_model, resolve_dtype
+from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 
 PROMPTS = [

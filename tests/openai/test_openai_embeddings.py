@@ -155,7 +155,7 @@ async def test_last_token_pooling_by_the_setting(
 
 @pytest.mark.parametrize("save", [save_tiny_gpt2, save_tiny_llama], ids=["gpt2-transformers", "llama-lean"])
 async def test_tiny_models_embed_over_http(save: Callable[[Path], Path], tmp_path: Path) -> None:
-    from service.language.model import load_language_model
+    from service.language.loading import load_language_model
 
     folder = save(tmp_path / "model")
     lm = load_language_model(str(folder), dtype="float32", cache_dir=tmp_path / "cache")
