@@ -68,7 +68,7 @@ async def main() -> None:
     print("| forward | dtype | batch | tokens/s | mean step ms |")
     print("|---|---|---|---|---|")
     for dtype in args.dtypes:
-        lm = load_language_model(settings.lm_model, dtype=dtype, cache_dir=settings.cache_dir)
+        lm = load_language_model(settings.lm_model, dtype=dtype, cache_dir=settings.cache_dir, weights="dense")
         for forward in args.forwards:
             engine = GenerationEngine(
                 lm,

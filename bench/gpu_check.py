@@ -47,7 +47,9 @@ async def main() -> int:
         return 2
     print(torch.cuda.get_device_name(), torch.__version__)
     settings = Settings(max_batch_size=16)
-    cpu = load_language_model(settings.lm_model, device="cpu", dtype="float32", cache_dir=settings.cache_dir)
+    cpu = load_language_model(
+        settings.lm_model, device="cpu", dtype="float32", cache_dir=settings.cache_dir, weights="dense", lean=False
+    )
     ok = True
     print("| dtype | top-1 = fp32 CPU | max |Δp| | batched = alone | tok/s batch 1 | tok/s batch 16 |")
     print("|---|---|---|---|---|---|")
@@ -56,9 +58,9 @@ async def main() -> int:
         agree, worst = 0, 0.0
         for prompt in PROMPTS:
             with torch.inference_mode():
-                ref = torch.softmax(cpu.model(torch.tensor([cpu.encode(prompt)])).logits[0, -1].float(), -1)
+                ref = torch.softmax(cpu.module()(torch.tensor([cpu.encode(prompt)])).logits[0, -1].float(), -1)
                 got = torch.softmax(
-                    lm.model(torch.tensor([lm.encode(prompt)], device="cuda")).logits[0, -1].float(), -1
+                    lm.module()(torch.tensor([lm.encode(prompt)], device="cuda")).logits[0, -1].float(), -1
                 ).cpu()
             agree += int(got.argmax() == ref.argmax())
             worst = max(worst, float((got - ref).abs().max()))

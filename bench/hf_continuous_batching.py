@@ -49,19 +49,19 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
     settings = Settings()
-    lm = load_language_model(settings.lm_model, cache_dir=settings.cache_dir)
+    lm = load_language_model(settings.lm_model, cache_dir=settings.cache_dir, weights="dense", lean=False)
     # transformers leaves GenerationConfig.__init__(**kwargs) unannotated: hence the no-untyped-call ignores
     config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=args.tokens, do_sample=False, eos_token_id=-1, pad_token_id=lm.tokenizer.pad_token_id
     )
     inputs = [lm.encode(p) for p in PROMPTS]
     with torch.inference_mode():
-        lm.model.generate_batch(
+        lm.module().generate_batch(
             inputs=inputs[:2],
             generation_config=GenerationConfig(max_new_tokens=4, do_sample=False),  # type: ignore[no-untyped-call]
         )
         started = time.perf_counter()
-        outputs = lm.model.generate_batch(inputs=inputs, generation_config=config)
+        outputs = lm.module().generate_batch(inputs=inputs, generation_config=config)
         hf_rate = len(PROMPTS) * args.tokens / (time.perf_counter() - started)
     hf_ids = [outputs[k].generated_tokens for k in sorted(outputs, key=lambda k: int(str(k).split("_")[-1]))]
     ours_rate, ours_ids = asyncio.run(engine_run(lm, args.tokens))

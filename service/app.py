@@ -61,6 +61,7 @@ def load_models(settings: Settings) -> LoadedModels:
             cache_dir=settings.cache_dir,
             revision=settings.lm_revision,
             weights=settings.weights,
+            lean=settings.lean_decoder,
         )
         models.load_seconds["language"] = time.perf_counter() - started
     return models

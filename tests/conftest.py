@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """The default settings, as `make serve` uses them (environment variables still apply), but in float32:
-    the exactness tests hold the service to transformers token for token, which only float32 guarantees.
-    tests/language/test_precision.py covers bfloat16, the default on CPUs that have it."""
-    return Settings(dtype="float32")
+    """The default settings, as `make serve` uses them (environment variables still apply), but in float32
+    over the de-quantized weights: the exactness tests hold the service to transformers token for token,
+    which only float32 guarantees. tests/language/test_lowbit.py covers the GGUF's own low-bit weights (the
+    default on CPUs with native bfloat16), tests/language/test_precision.py dense bfloat16."""
+    return Settings(dtype="float32", weights="dense")
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,14 @@ def load_model() -> LanguageModel:
     `generate` in float32 (BENCH_BASELINE_DTYPE=bfloat16 measures the other)."""
     settings = Settings()
     dtype = os.environ.get("BENCH_BASELINE_DTYPE", "float32")
-    return load_language_model(settings.lm_model, device=settings.device, dtype=dtype, cache_dir=settings.cache_dir)
+    return load_language_model(
+        settings.lm_model,
+        device=settings.device,
+        dtype=dtype,
+        cache_dir=settings.cache_dir,
+        weights="dense",
+        lean=False,
+    )
 
 
 def build_app(lm: LanguageModel, generate_fn: GenerateFn, title: str) -> FastAPI:
@@ -83,7 +90,7 @@ def build_app(lm: LanguageModel, generate_fn: GenerateFn, title: str) -> FastAPI
     def next_token_probs(body: NextTokenBody) -> dict[str, Any]:
         ids = lm.encode(body.prompt)
         with torch.inference_mode():
-            logits = lm.model(torch.tensor([ids], device=lm.device)).logits[0, -1].float()
+            logits = lm.module()(torch.tensor([ids], device=lm.device)).logits[0, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)
         top = torch.topk(logprobs, min(body.top_k, logprobs.shape[0]))
         candidates = [

@@ -23,7 +23,7 @@ def generate(
     new_ids: list[int] = []
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            logits = lm.model(sequence, use_cache=False).logits[0, -1]
+            logits = lm.module()(sequence, use_cache=False).logits[0, -1]
             if ignore_eos:
                 logits[list(lm.eos_token_ids)] = float("-inf")
             token = int(torch.argmax(logits))

@@ -34,7 +34,7 @@ def generate(
     first = _FirstToken()
     input_ids = torch.tensor([ids], device=lm.device)
     with torch.inference_mode():
-        out = lm.model.generate(
+        out = lm.module().generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens,

@@ -92,7 +92,7 @@ class TransformersInspector:
 
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
-        self.model = lm.model
+        self.model = lm.module()
         self.vocab = lm.vocab_size
         parameters = inspect.signature(self.model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in parameters

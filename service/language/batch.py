@@ -89,11 +89,12 @@ class DynamicCacheBatch:
 
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
+        self.model = lm.module()  # with its weights (loaded again if the lean decoder holds the only copy)
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._lengths: list[int] = []
         self._pad_id = int(lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0)
-        forward_params = inspect.signature(lm.model.forward).parameters
+        forward_params = inspect.signature(self.model.forward).parameters
         self._supports_logits_to_keep = "logits_to_keep" in forward_params
         # transformers renamed `past_key_values` to `cache` (5.2x); the cache object is updated in place either way.
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
@@ -114,7 +115,7 @@ class DynamicCacheBatch:
             kwargs[self._cache_kwarg] = kv_cache
         if self._supports_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        return self.lm.model(**kwargs)
+        return self.model(**kwargs)
 
     def last_logits(self, prompts: list[list[int]]) -> torch.Tensor:
         ids, mask, positions = self._left_padded(prompts)
@@ -123,14 +124,14 @@ class DynamicCacheBatch:
 
     def prompt_logits(self, ids: list[int]) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
-        logits: torch.Tensor = self.lm.model(input_ids=input_ids, use_cache=False).logits
+        logits: torch.Tensor = self.model(input_ids=input_ids, use_cache=False).logits
         return logits[0].float()
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         from transformers import DynamicCache
 
         ids, mask, positions = self._left_padded(prompts)
-        cache = DynamicCache(config=self.lm.model.config)
+        cache = DynamicCache(config=self.model.config)
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, kv_cache=cache, use_cache=True)
         # Zero the padded slots so nothing but masked zeros ever sits in the cache.
         keep = mask[:, None, :, None].to(self.lm.dtype)

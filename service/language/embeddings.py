@@ -85,7 +85,7 @@ class TransformersHiddenStates:
     kind = "transformers"
 
     def __init__(self, lm: LanguageModel) -> None:
-        self._base = lm.model.base_model
+        self._base = lm.module().base_model
         self._device = lm.device
         self.hidden_size = hidden_size(lm)
 

@@ -93,6 +93,8 @@ class LlamaDecoder:
     def shared(cls, lm: LanguageModel) -> LlamaDecoder:
         """The decoder for `lm`, built once while any engine still uses it (keyed by the model object,
         which the decoder keeps alive)."""
+        if isinstance(lm.weights_holder, LlamaDecoder):  # built at load, holding the only copy of the weights
+            return lm.weights_holder
         with cls._shared_lock:
             decoder = cls._shared.get(id(lm.model))
             if decoder is None or decoder.lm.model is not lm.model:
@@ -150,7 +152,7 @@ class LlamaDecoder:
             else:
                 if lm.gguf_weights is not None:
                     log.info("GENAI_WEIGHTS=gguf needs the CPU int4 kernels; running de-quantized weights")
-                self._load_dense(model, pack)
+                self._load_dense(lm.module(), pack)  # the module with its weights, loaded again if let go
         products: list[Product] = [*self.qkv, *self.o, *self.gate_up, *self.down, self.lm_head]
         self.packed = all(not isinstance(p, Linear) or p.packed for p in products)
 

@@ -7,7 +7,10 @@ the model itself is only ever run by the generation engine's thread (see `engine
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -17,9 +20,11 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from service.language import lowbit
 from service.language.model import LanguageModel
 
 log = logging.getLogger("service.language")
@@ -61,10 +66,15 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(setting: str, device: torch.device, low_bit: bool = False) -> torch.dtype:
     """`auto`: bfloat16 on CUDA and on CPUs with native bfloat16 arithmetic, where it halves the bytes read per
-    token (decode is bound by reading the weights); float32 on other CPUs, where bfloat16 is emulated."""
+    token (decode is bound by reading the weights); float32 on other CPUs, where bfloat16 is emulated. Under
+    the GGUF's own low-bit weights (`low_bit`) the products run in bfloat16 whatever the dtype, and `auto` is
+    float32 for the rest of the step: top-1 agreement with float32 31/32 against bfloat16's 30/32, at 0.84x
+    its speed alone and the same speed batched (bench/precision.py, docs/models.md#precision)."""
     if setting == "auto":
+        if low_bit:
+            return torch.float32
         if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
             return torch.bfloat16
         return torch.float32
@@ -180,20 +190,61 @@ def _hub_failure_message(model_id: str, exc: Exception) -> str:
     )
 
 
-def resolve_weights(setting: str, source: ModelSource, device: torch.device) -> Path | None:
+def resolve_weights(setting: str, source: ModelSource, device: torch.device, lean: bool = True) -> Path | None:
     """The GGUF file whose low-bit weights to run (GENAI_WEIGHTS), or None for the de-quantized ones.
 
-    `gguf` takes them where there are any (a GGUF source) and the int4 kernels exist (CPU); `auto` is dense
-    until the low-bit path is the measured default."""
-    if setting != "gguf":
+    They run in the lean decoder, on CPU, with the int4 kernels; `gguf` takes them wherever that holds (and
+    logs why not elsewhere). `auto` takes them where it was measured the fastest path that keeps top-1
+    agreement with float32 >= 31/32: also a CPU with native bfloat16, the int4 kernels' activations type."""
+    if setting == "dense":
         return None
+    why_not = None
     if source.gguf is None:
-        log.info("GENAI_WEIGHTS=gguf: %s is not a GGUF file; running its own weights", source.model_id)
-        return None
-    if device.type != "cpu":
-        log.info("GENAI_WEIGHTS=gguf: the int4 kernels are CPU ones; running de-quantized weights on %s", device)
+        why_not = f"{source.model_id} is not a GGUF file; running its own weights"
+    elif not lean:
+        why_not = "the low-bit weights run in the lean decoder (GENAI_LEAN_DECODER=false); running de-quantized weights"
+    elif device.type != "cpu" or not lowbit.int4_kernels_available():
+        why_not = f"the int4 kernels are CPU ones and this torch has them on CPU only; running de-quantized weights on {device}"
+    elif setting == "auto" and not cpu_has_native_bf16():
+        why_not = "this CPU computes bfloat16 by emulation, where the low-bit path was not measured; running de-quantized weights"
+    if why_not is not None:
+        if setting == "gguf":
+            log.info("GENAI_WEIGHTS=gguf: %s", why_not)
         return None
     return source.gguf
+
+
+def _load_module(source: ModelSource, dtype: torch.dtype, device: torch.device) -> Any:
+    """transformers' module for `source`, with its (de-quantized) weights, on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path_or_id, revision=source.revision, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_hub_failure_message(source.model_id, exc)) from exc
+    model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of Module.to is typed for its own arguments
+    model.eval()  # type: ignore[no-untyped-call]  # unannotated in transformers
+    return model
+
+
+def _module_skeleton(source: ModelSource, dtype: torch.dtype) -> Any:
+    """transformers' module for `source` without weights (parameters on the meta device: config, shapes and
+    module tree only), for a model whose weights come from elsewhere (the GGUF file). The rotary embedding's
+    inverse frequencies, computed from the config and read by the lean decoder, are built on the CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(source.path_or_id, revision=source.revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]  # unannotated
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is not None:
+        model.model.rotary_emb = type(rotary)(config=model.config)
+    with contextlib.suppress(OSError):  # no generation_config.json: the one derived from the config stands
+        model.generation_config = GenerationConfig.from_pretrained(
+            source.path_or_id, revision=source.revision or "main"
+        )
+    model.eval()
+    return model
 
 
 def load_language_model(
@@ -204,20 +255,25 @@ def load_language_model(
     cache_dir: Path,
     revision: str | None = None,
     weights: str = "auto",
+    lean: bool = True,
 ) -> LanguageModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load the model the settings name. With the lean decoder (`lean`, a Llama-family model), the decoder is
+    built here and holds the only copy of the weights: the GGUF's own low-bit ones (read from the file,
+    transformers' module never gets any) or the de-quantized ones (transformers' module lets go of its own
+    once the decoder has packed them). `LanguageModel.module()` loads them again for a path that needs them."""
+    from transformers import AutoTokenizer
 
     started = time.perf_counter()
     source = resolve_model_source(lm_model, cache_dir, revision)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    gguf = resolve_weights(weights, source, torch_device, lean)
+    torch_dtype = resolve_dtype(dtype, torch_device, low_bit=gguf is not None)
+    reload_module = functools.partial(_load_module, source, torch_dtype, torch_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, revision=source.revision)
-        model = AutoModelForCausalLM.from_pretrained(source.path_or_id, revision=source.revision, dtype=torch_dtype)
+        model = _module_skeleton(source, torch_dtype) if gguf is not None else reload_module()
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure_message(source.model_id, exc)) from exc
-    model.to(torch_device)  # type: ignore[arg-type]  # transformers' wrapper of Module.to is typed for its own arguments
-    model.eval()  # type: ignore[no-untyped-call]  # unannotated in transformers
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids: set[int] = set()
@@ -238,17 +294,52 @@ def load_language_model(
         device=torch_device,
         dtype=torch_dtype,
         context_length=context,
-        load_seconds=time.perf_counter() - started,
+        load_seconds=0.0,
         eos_token_ids=frozenset(eos_ids),
         special_token_ids=frozenset(int(i) for i in tokenizer.all_special_ids) | frozenset(eos_ids),
-        gguf_weights=resolve_weights(weights, source, torch_device),
+        gguf_weights=gguf,
+        reload_module=reload_module,
     )
+    if lean:
+        _hand_weights_to_the_lean_decoder(loaded)
+    return_freed_memory()
+    loaded.load_seconds = time.perf_counter() - started
     log.info(
-        "language model %s loaded from %s on %s (%s) in %.2f s",
+        "language model %s loaded from %s on %s (%s, %s weights) in %.2f s",
         loaded.model_id,
         loaded.source,
         torch_device,
         torch_dtype,
+        "gguf" if loaded.gguf_weights is not None else "dense",
         loaded.load_seconds,
     )
     return loaded
+
+
+def _hand_weights_to_the_lean_decoder(lm: LanguageModel) -> None:
+    """Build the lean decoder where it runs the model, and let it hold the only copy of the weights."""
+    from service.language.llama_decoder import LlamaDecoder
+
+    reason = LlamaDecoder.unsupported_reason(lm)
+    if reason is not None:
+        if lm.gguf_weights is not None:  # the low-bit weights need the lean decoder: transformers' own then
+            log.info(
+                "GENAI_WEIGHTS: the lean decoder cannot run %s (%s); running de-quantized weights", lm.model_id, reason
+            )
+            lm.model, lm.gguf_weights = _load_module_again(lm), None
+        return
+    lm.release_module_weights(LlamaDecoder.shared(lm))
+
+
+def _load_module_again(lm: LanguageModel) -> Any:
+    assert lm.reload_module is not None
+    return lm.reload_module()
+
+
+def return_freed_memory() -> None:
+    """Hand what loading freed back to the system: glibc keeps freed blocks for reuse (torch's large
+    tensors among them, once its mmap threshold has grown), so the weights let go of, the GGUF reader's
+    metadata and the packing's scratch would otherwise stay resident (about 0.4 GB measured here)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

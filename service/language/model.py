@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,12 @@ class LanguageModel:
     special_token_ids: frozenset[int] = field(default_factory=frozenset)
     # The GGUF file whose own low-bit weights the lean decoder multiplies with (GENAI_WEIGHTS); None = dense.
     gguf_weights: Path | None = None
+    # Loads the transformers module with its weights again, for `module()` once `model` is shape-only.
+    reload_module: Callable[[], Any] | None = field(default=None, repr=False)
+    # What holds the weights the serving path multiplies with once `model`'s own are let go (the lean decoder).
+    weights_holder: object | None = field(default=None, repr=False)
+    _module_with_weights: Any = field(default=None, repr=False)
+    _module_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
     _explainer: BpeExplainer | None = field(default=None, repr=False)
     _explainer_refusal: str | None = field(default=None, repr=False)
@@ -55,6 +62,38 @@ class LanguageModel:
         # The embedding matrix can be larger than the tokenizer's vocabulary (padding rows), and the
         # tokenizer can carry added tokens past `vocab_size`; ids valid for both are below the min.
         return min(int(self.model.get_input_embeddings().weight.shape[0]), len(self.tokenizer))
+
+    @property
+    def weights_released(self) -> bool:
+        """Whether `model` is shape-only (its parameters on the meta device): its config, shapes, buffers and
+        module tree are all there, its weights are not; `module()` has them."""
+        return self.weights_holder is not None
+
+    def release_module_weights(self, holder: object) -> None:
+        """Let go of the transformers module's weights once `holder` (the lean decoder) holds every weight the
+        serving path multiplies with, so the process keeps one copy of the model, not two. Nothing happens
+        when nothing could load them again."""
+        if self.reload_module is None:
+            return
+        self.weights_holder = holder
+        for module in self.model.modules():  # parameters only: buffers (RoPE's frequencies) are small and read
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.device.type != "meta":
+                    module.register_parameter(name, torch.nn.Parameter(param.to("meta"), requires_grad=False))
+
+    def module(self) -> Any:
+        """The transformers module with its weights: `model` itself, or, once its weights were let go, a copy
+        loaded again on first use and kept (the generic forward and transformers' references in tests)."""
+        if not self.weights_released:
+            return self.model
+        with self._module_lock:
+            if self._module_with_weights is None:
+                assert self.reload_module is not None
+                log.info(
+                    "loading the transformers module's weights of %s again, for a path that runs it", self.model_id
+                )
+                self._module_with_weights = self.reload_module()
+            return self._module_with_weights
 
     @functools.cached_property
     def _rust_tokenizer(self) -> Any:

@@ -39,7 +39,7 @@ POOLINGS: list[Pooling] = ["mean", "last"]
 def reference(lm: LanguageModel, ids: list[int], pooling: Pooling) -> torch.Tensor:
     """transformers' own forward over the input alone: its last hidden state (after the final norm), pooled."""
     with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        out = lm.module()(input_ids=torch.tensor([ids]), output_hidden_states=True)
     states = out.hidden_states[-1][0].float()  # [S, hidden]
     pooled = states.mean(dim=0) if pooling == "mean" else states[-1]
     return F.normalize(pooled, dim=0)

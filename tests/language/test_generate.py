@@ -28,7 +28,7 @@ PROMPTS = [
 def reference_greedy(language_model: LanguageModel, prompt: str, new_tokens: int) -> list[int]:
     ids = torch.tensor([language_model.encode(prompt)])
     with torch.inference_mode():
-        out = language_model.model.generate(
+        out = language_model.module().generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new_tokens,

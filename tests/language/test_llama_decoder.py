@@ -33,7 +33,7 @@ TOLERANCE = 2e-3  # float32 logits of magnitude ~20, summed in another order
 def reference_logits(lm: LanguageModel, ids: list[int]) -> torch.Tensor:
     """transformers' own forward over the whole sequence, alone: the logits for the next token."""
     with torch.inference_mode():
-        logits: torch.Tensor = lm.model(input_ids=torch.tensor([ids])).logits
+        logits: torch.Tensor = lm.module()(input_ids=torch.tensor([ids])).logits
         return logits[0, -1, : lm.vocab_size].float()
 
 
@@ -216,7 +216,7 @@ def test_prompt_logits_give_transformers_logits_at_every_position(language_model
     batch = make_running_batch(language_model, 4, lean=lean)
     with torch.inference_mode():
         logits = batch.prompt_logits(ids)
-        expected = language_model.model(input_ids=torch.tensor([ids])).logits[0].float()
+        expected = language_model.module()(input_ids=torch.tensor([ids])).logits[0].float()
     assert logits.shape[0] == len(ids)
     assert (
         logits[:, : language_model.vocab_size] - expected[:, : language_model.vocab_size]

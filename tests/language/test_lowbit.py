@@ -103,7 +103,7 @@ def test_every_packed_layer_reconstructs_the_gguf_weights(
 ) -> None:
     largest: tuple[float, str] = (0.0, "")
     worst_ratio = 0.0
-    hf_layers = language_model.model.model.layers
+    hf_layers = language_model.module().model.layers
     for i in range(lowbit_decoder.layers):
         for kind, (names, heads) in PRODUCTS.items():
             product = getattr(lowbit_decoder, kind)[i]

@@ -30,7 +30,7 @@ async def test_matches_a_direct_forward_pass(
     body = (await client.post("/next-token-probs", json=request)).json()
     ids = torch.tensor([language_model.encode(prompt)])
     with torch.inference_mode():
-        logits = language_model.model(ids).logits[0, -1].float()
+        logits = language_model.module()(ids).logits[0, -1].float()
     expected = torch.softmax(logits / (temperature or 1.0), dim=-1)
     top = torch.topk(expected, 20)
     assert [c["id"] for c in body["candidates"]] == top.indices.tolist()

@@ -38,7 +38,7 @@ def test_auto_is_bfloat16_on_cuda_and_on_cpus_with_native_bfloat16() -> None:
 
 @pytest.fixture(scope="module")
 def bf16_model(settings: Settings) -> LanguageModel:
-    return load_language_model(settings.lm_model, dtype="bfloat16", cache_dir=settings.cache_dir)
+    return load_language_model(settings.lm_model, dtype="bfloat16", cache_dir=settings.cache_dir, weights="dense")
 
 
 def next_token_probabilities(engine: GenerationEngine, lm: LanguageModel, prompts: list[str]) -> torch.Tensor:

@@ -54,7 +54,7 @@ async def test_drafted_greedy_output_equals_one_token_steps_and_model_generate(
     assert drafted["ids"] == plain["ids"]
     ids = torch.tensor([language_model.encode(REPETITIVE)])
     with torch.inference_mode():
-        expected = language_model.model.generate(
+        expected = language_model.module().generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=40,

@@ -41,7 +41,7 @@ SAME = 1e-5  # float32: the same input alone or batched
 def reference(lm: LanguageModel, ids: list[int], pooling: str = "mean") -> np.ndarray[Any, np.dtype[np.float32]]:
     """transformers' own forward over the input alone: the last hidden state (after the final norm), pooled, unit length."""
     with torch.inference_mode():
-        states = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].float()
+        states = lm.module()(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].float()
     pooled = states.mean(dim=0) if pooling == "mean" else states[-1]
     vector: np.ndarray[Any, np.dtype[np.float32]] = F.normalize(pooled, dim=0).numpy()
     return vector

@@ -1,0 +1,109 @@
+"""Loading (service/language/loading.py): which weights and dtype `auto` picks, and that the process keeps one
+copy of the weights: the lean decoder's. transformers' module is shape-only once the decoder holds them
+(never loaded at all for the GGUF's own low-bit weights), and `LanguageModel.module()` loads it again for
+the paths that run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.config import Settings
+from service.language import loading
+from service.language.llama_decoder import LlamaDecoder
+from service.language.loading import ModelSource, embedded_gguf_path, load_language_model
+from service.language.lowbit import GgufWeights
+from service.language.model import LanguageModel
+
+GGUF_SOURCE = ModelSource("m", "folder", "a GGUF file", gguf=Path("m.gguf"))
+FOLDER_SOURCE = ModelSource("m", "folder", "a folder")
+CPU = torch.device("cpu")
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of parameters that hold data (meta tensors hold none)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.device.type != "meta")
+
+
+@pytest.mark.parametrize(
+    ("setting", "source", "lean", "native_bf16", "kernels", "expected"),
+    [
+        ("auto", GGUF_SOURCE, True, True, True, Path("m.gguf")),
+        ("auto", GGUF_SOURCE, True, False, True, None),  # bfloat16 emulated: not measured, dense
+        ("auto", FOLDER_SOURCE, True, True, True, None),  # no GGUF: its own weights
+        ("auto", GGUF_SOURCE, False, True, True, None),  # the low-bit weights run in the lean decoder only
+        ("auto", GGUF_SOURCE, True, True, False, None),  # no int4 kernels in this torch
+        ("gguf", GGUF_SOURCE, True, False, True, Path("m.gguf")),  # asked for: taken where it runs at all
+        ("gguf", FOLDER_SOURCE, True, True, True, None),
+        ("dense", GGUF_SOURCE, True, True, True, None),
+    ],
+)
+def test_which_weights_each_setting_runs(
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    source: ModelSource,
+    lean: bool,
+    native_bf16: bool,
+    kernels: bool,
+    expected: Path | None,
+) -> None:
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(loading.lowbit, "int4_kernels_available", lambda: kernels)
+    assert loading.resolve_weights(setting, source, CPU, lean) == expected
+    assert loading.resolve_weights(setting, source, torch.device("cuda"), lean) is None  # int4 kernels: CPU
+
+
+def test_auto_dtype_is_float32_under_the_low_bit_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert loading.resolve_dtype("auto", CPU, low_bit=True) == torch.float32
+    assert loading.resolve_dtype("auto", CPU) == torch.bfloat16
+    assert loading.resolve_dtype("bfloat16", CPU, low_bit=True) == torch.bfloat16  # asked for: kept
+
+
+@pytest.fixture(scope="module")
+def lowbit_default(settings: Settings) -> LanguageModel:
+    """The embedded model as `make serve` loads it on a CPU with native bfloat16 (and int4 kernels)."""
+    return load_language_model(settings.lm_model, cache_dir=settings.cache_dir, weights="gguf")
+
+
+def test_the_low_bit_path_never_loads_transformers_weights(lowbit_default: LanguageModel) -> None:
+    lm = lowbit_default
+    assert lm.dtype == torch.float32 and lm.gguf_weights == embedded_gguf_path()
+    assert weight_bytes(lm.model) == 0 and lm.weights_released
+    assert lm.model.config.num_hidden_layers == 30 and lm.vocab_size == 49152  # shapes and config stay
+    decoder = LlamaDecoder.shared(lm)
+    assert decoder is lm.weights_holder and decoder.weights == "gguf"
+    # RoPE's frequencies, which the decoder reads from the module, are real numbers, not meta tensors.
+    assert decoder.inv_freq.device.type == "cpu" and torch.isfinite(decoder.inv_freq).all()
+    assert lm.describe()["weights"] == "gguf" and lm.describe()["parameters"] > 100_000_000
+
+
+def test_module_loads_the_de_quantized_weights_again_on_demand(lowbit_default: LanguageModel) -> None:
+    module = lowbit_default.module()
+    assert module is lowbit_default.module()  # loaded once, then kept
+    assert module is not lowbit_default.model and weight_bytes(module) > 0
+    gguf = GgufWeights(embedded_gguf_path())
+    expected = gguf.dequantized("blk.0.ffn_down.weight")
+    assert torch.equal(module.model.layers[0].mlp.down_proj.weight.detach(), expected)
+
+
+def test_the_dense_path_keeps_one_copy_the_decoders(language_model: LanguageModel) -> None:
+    """The session's model (float32, dense): the decoder packed the weights, the module let go of its own."""
+    assert language_model.gguf_weights is None and language_model.weights_released
+    assert weight_bytes(language_model.model) == 0
+    decoder = LlamaDecoder.shared(language_model)
+    assert decoder is language_model.weights_holder and decoder.weights == "dense"
+    ids = torch.tensor([language_model.encode("The capital of France is")])
+    with torch.inference_mode():
+        reference = language_model.module()(input_ids=ids).logits[0, -1].float()
+        lean = decoder.forward(ids, torch.arange(ids.shape[1])[None], decoder.new_cache(1, ids.shape[1]), None)[0, -1]
+    assert torch.allclose(lean, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_without_the_lean_decoder_the_module_keeps_its_weights(settings: Settings) -> None:
+    lm = load_language_model(settings.lm_model, dtype="float32", cache_dir=settings.cache_dir, lean=False)
+    assert lm.gguf_weights is None and not lm.weights_released  # auto: low-bit needs the lean decoder
+    assert lm.module() is lm.model and weight_bytes(lm.model) > 0
