@@ -148,7 +148,7 @@ class LlamaDecoder:
             self.inv_freq = model.model.rotary_emb.inv_freq.detach().float()
             self.rope_scaling = float(getattr(model.model.rotary_emb, "attention_scaling", 1.0))
             if lm.gguf_weights is not None and self.device.type == "cpu" and lowbit.int4_kernels_available():
-                self._load_gguf(lm.gguf_weights, pack)
+                self._load_gguf(lm.gguf_weights, lm.lowbit_cache, pack)
             else:
                 if lm.gguf_weights is not None:
                     log.info("GENAI_WEIGHTS=gguf needs the CPU int4 kernels; running de-quantized weights")
@@ -171,13 +171,12 @@ class LlamaDecoder:
         self.norm_final = model.model.norm.weight.detach()
         self.lm_head: Product = Linear(model.lm_head.weight, pack)
 
-    def _load_gguf(self, path: Path, pack: bool) -> None:
-        """The GGUF file's tensors, as lowbit.py packs them (its docstring says which kernel gets what)."""
+    def _load_gguf(self, path: Path, cache: Path | None, pack: bool) -> None:
+        """The GGUF file's tensors, as lowbit.py packs them (its docstring says which kernel gets what), from
+        the packed copy kept in `cache` after the first start."""
         self.weights = "gguf"
-        tensors = lowbit.GgufWeights(path)
-        loaded = lowbit.load_llama_weights(
-            tensors, self.layers, self.heads, self.kv_heads, self.dtype, lambda weight: Linear(weight, pack)
-        )
+        state = lowbit.packed_state(path, cache, self.layers, self.heads, self.kv_heads)
+        loaded = lowbit.build_llama_weights(state, self.layers, self.dtype, lambda weight: Linear(weight, pack))
         self.embed = loaded.embed
         self.qkv, self.o, self.gate_up, self.down = loaded.qkv, loaded.o, loaded.gate_up, loaded.down
         self.norm_attn, self.norm_mlp, self.norm_final = loaded.norm_attn, loaded.norm_mlp, loaded.norm_final

@@ -214,6 +214,11 @@ def resolve_weights(setting: str, source: ModelSource, device: torch.device, lea
     return source.gguf
 
 
+def _lowbit_cache(gguf_path: Path, cache_dir: Path) -> Path:
+    """Beside the file's converted copy (same key: path, size, modification time), per torch version."""
+    return _gguf_cache_dir(gguf_path, cache_dir) / f"lowbit-v{lowbit.STATE_FORMAT}-torch{torch.__version__}.pt"
+
+
 def _load_module(source: ModelSource, dtype: torch.dtype, device: torch.device) -> Any:
     """transformers' module for `source`, with its (de-quantized) weights, on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
@@ -298,6 +303,7 @@ def load_language_model(
         eos_token_ids=frozenset(eos_ids),
         special_token_ids=frozenset(int(i) for i in tokenizer.all_special_ids) | frozenset(eos_ids),
         gguf_weights=gguf,
+        lowbit_cache=None if gguf is None else _lowbit_cache(gguf, cache_dir),
         reload_module=reload_module,
     )
     if lean:

@@ -22,8 +22,11 @@ Rows move whole, so the blocks (which run along a row) move with them unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +151,14 @@ class Int4Linear:
         # [K/32, N, 2]: the kernel's (q - 8)·scale + zero with scale d and zero m + 8·d is d·q + m.
         self.scales_and_zeros = torch.stack([d, m + 8 * d], dim=-1).transpose(0, 1).contiguous().to(dtype)
 
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> Int4Linear:
+        """Over tensors an earlier instance packed (`packed`, `scales_and_zeros`: the cached state)."""
+        layer = cls.__new__(cls)
+        layer.packed, layer.scales_and_zeros, layer.dtype = packed, scales_and_zeros, scales_and_zeros.dtype
+        layer.out_features, layer.in_features = scales_and_zeros.shape[1], scales_and_zeros.shape[0] * GROUP
+        return layer
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -231,6 +242,102 @@ class LlamaWeights:
     kinds: dict[str, int]  # how many products of each kind: "int4", "dense"
 
 
+# What a GGUF file's tensors become before any product is built: plain tensors by name, which
+# `torch.save` can cache (see `packed_state`). Products are "{kind}.{layer}" (kind: qkv, o, gate_up, down),
+# each either ".packed" + ".scales_and_zeros" (int4) or ".weight" (float32, de-quantized); then
+# "embed.q" + "embed.d" (Q8_0) or "embed.table", "head" (bfloat16), "norm_attn.{i}", "norm_mlp.{i}", "norm_final".
+PackedState = dict[str, torch.Tensor]
+PRODUCT_KINDS = ("qkv", "o", "gate_up", "down")
+STATE_FORMAT = 1  # bump when the state's names or meaning change: a cache of another format is rebuilt
+
+
+def read_llama_state(tensors: GgufWeights, layers: int, heads: int, kv_heads: int) -> PackedState:
+    """Q4_1 products (q/k/v and gate/up fused) packed for the int4 kernel; anything else de-quantized to
+    float32, logged once with the tensors it covers; the Q8_0 embedding as its int8 rows and scales; the
+    output head de-quantized to bfloat16 (measured faster in oneDNN bfloat16 than in int8,
+    bench/lowbit_kernels.py)."""
+    state: PackedState = {}
+    fallbacks: list[str] = []
+
+    def product(key: str, names: list[str], permute: list[int | None]) -> None:
+        if all(tensors.type_name(n) == "Q4_1" for n in names):
+            parts = []
+            for name, perm_heads in zip(names, permute, strict=True):
+                rows = Q4Rows(*q4_1_blocks(tensors.raw(name)))
+                parts.append(rows.take(hf_rows(rows.q.shape[0], perm_heads)) if perm_heads else rows)
+            fused = parts[0] if len(parts) == 1 else Q4Rows.cat(parts)
+            if fused.q.shape[1] % GROUP == 0 and fused.q.shape[0] % 8 == 0:
+                layer = Int4Linear(fused)
+                state[key + ".packed"], state[key + ".scales_and_zeros"] = layer.packed, layer.scales_and_zeros
+                return
+        fallbacks.extend(f"{n} ({tensors.type_name(n)})" for n in names)
+        weights = []
+        for name, perm_heads in zip(names, permute, strict=True):
+            weight = tensors.dequantized(name)
+            weights.append(weight[hf_rows(weight.shape[0], perm_heads)] if perm_heads else weight)
+        state[key + ".weight"] = torch.cat(weights)
+
+    for i in range(layers):
+        b = f"blk.{i}."
+        product(f"qkv.{i}", [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"], [heads, kv_heads, None])
+        product(f"o.{i}", [b + "attn_output.weight"], [None])
+        product(f"gate_up.{i}", [b + "ffn_gate.weight", b + "ffn_up.weight"], [None, None])
+        product(f"down.{i}", [b + "ffn_down.weight"], [None])
+        state[f"norm_attn.{i}"] = tensors.dequantized(b + "attn_norm.weight")
+        state[f"norm_mlp.{i}"] = tensors.dequantized(b + "ffn_norm.weight")
+    state["norm_final"] = tensors.dequantized("output_norm.weight")
+    head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    state["head"] = tensors.dequantized(head_name).to(torch.bfloat16)
+    if tensors.type_name("token_embd.weight") == "Q8_0":
+        state["embed.q"], state["embed.d"] = q8_0_blocks(tensors.raw("token_embd.weight"))
+    else:
+        state["embed.table"] = tensors.dequantized("token_embd.weight")
+        fallbacks.append(f"token_embd.weight ({tensors.type_name('token_embd.weight')})")
+    if fallbacks:
+        log.info(
+            "GGUF weights without a low-bit kernel here, de-quantized: %s",
+            ", ".join(fallbacks[:6]) + (f" and {len(fallbacks) - 6} more" if len(fallbacks) > 6 else ""),
+        )
+    return state
+
+
+def build_llama_weights(
+    state: PackedState, layers: int, dtype: torch.dtype, dense: Callable[[torch.Tensor], Product]
+) -> LlamaWeights:
+    """The products over a packed state: `Int4Linear` where it holds int4 rows, else `dense(weight)` over the
+    weight cast to `dtype` (the caller's dense product); the output head `dense` in bfloat16."""
+    kinds = {"int4": 0, "dense": 0}
+
+    def product(key: str) -> Product:
+        if key + ".packed" in state:
+            kinds["int4"] += 1
+            return Int4Linear.from_packed(state[key + ".packed"], state[key + ".scales_and_zeros"])
+        kinds["dense"] += 1
+        return dense(state[key + ".weight"].to(dtype))
+
+    products = {kind: [product(f"{kind}.{i}") for i in range(layers)] for kind in PRODUCT_KINDS}
+    head = dense(state["head"])
+    kinds["dense"] += 1
+    embed: Callable[[torch.Tensor], torch.Tensor]
+    if "embed.q" in state:
+        embed = Q8Embedding(state["embed.q"], state["embed.d"], dtype)
+    else:
+        embed = functools.partial(F.embedding, weight=state["embed.table"].to(dtype))
+    log.info("GGUF weights packed: %d int4 products, %d dense (output head included)", kinds["int4"], kinds["dense"])
+    return LlamaWeights(
+        embed=embed,
+        qkv=products["qkv"],
+        o=products["o"],
+        gate_up=products["gate_up"],
+        down=products["down"],
+        norm_attn=[state[f"norm_attn.{i}"].to(dtype) for i in range(layers)],
+        norm_mlp=[state[f"norm_mlp.{i}"].to(dtype) for i in range(layers)],
+        norm_final=state["norm_final"].to(dtype),
+        lm_head=head if dtype == torch.bfloat16 else InDtype(head, torch.bfloat16),
+        kinds=kinds,
+    )
+
+
 def load_llama_weights(
     tensors: GgufWeights,
     layers: int,
@@ -239,59 +346,35 @@ def load_llama_weights(
     dtype: torch.dtype,
     dense: Callable[[torch.Tensor], Product],
 ) -> LlamaWeights:
-    """Q4_1 products (q/k/v and gate/up fused) to `Int4Linear`; anything else, and the output head, to
-    `dense(weight)` over the de-quantized float32 weight cast to `dtype` (the caller's dense product: the
-    output head measured faster in bfloat16 oneDNN than in int8, bench/lowbit_kernels.py); a Q8_0 embedding
-    to `Q8Embedding`. Every fallback is logged once with the tensors it covers."""
-    kinds = {"int4": 0, "dense": 0}
-    fallbacks: list[str] = []
+    """`build_llama_weights` over `read_llama_state`: the file's tensors, packed now."""
+    return build_llama_weights(read_llama_state(tensors, layers, heads, kv_heads), layers, dtype, dense)
 
-    def product(names: list[str], permute: list[int | None]) -> Product:
-        if all(tensors.type_name(n) == "Q4_1" for n in names):
-            parts = []
-            for name, perm_heads in zip(names, permute, strict=True):
-                rows = Q4Rows(*q4_1_blocks(tensors.raw(name)))
-                parts.append(rows.take(hf_rows(rows.q.shape[0], perm_heads)) if perm_heads else rows)
-            fused = parts[0] if len(parts) == 1 else Q4Rows.cat(parts)
-            if fused.q.shape[1] % GROUP == 0 and fused.q.shape[0] % 8 == 0:
-                kinds["int4"] += 1
-                return Int4Linear(fused)
-        fallbacks.extend(f"{n} ({tensors.type_name(n)})" for n in names)
-        weights = []
-        for name, perm_heads in zip(names, permute, strict=True):
-            weight = tensors.dequantized(name)
-            weights.append(weight[hf_rows(weight.shape[0], perm_heads)] if perm_heads else weight)
-        kinds["dense"] += 1
-        return dense(torch.cat(weights).to(dtype))
 
-    def vector(name: str) -> torch.Tensor:
-        return tensors.dequantized(name).to(dtype)
-
-    qkv, o, gate_up, down, norm_attn, norm_mlp = [], [], [], [], [], []
-    for i in range(layers):
-        b = f"blk.{i}."
-        qkv.append(product([b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"], [heads, kv_heads, None]))
-        o.append(product([b + "attn_output.weight"], [None]))
-        gate_up.append(product([b + "ffn_gate.weight", b + "ffn_up.weight"], [None, None]))
-        down.append(product([b + "ffn_down.weight"], [None]))
-        norm_attn.append(vector(b + "attn_norm.weight"))
-        norm_mlp.append(vector(b + "ffn_norm.weight"))
-    head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
-    head = dense(tensors.dequantized(head_name).to(torch.bfloat16))
-    lm_head = head if dtype == torch.bfloat16 else InDtype(head, torch.bfloat16)
-    kinds["dense"] += 1
-    embed: Callable[[torch.Tensor], torch.Tensor]
-    if tensors.type_name("token_embd.weight") == "Q8_0":
-        embed = Q8Embedding(*q8_0_blocks(tensors.raw("token_embd.weight")), dtype)
-    else:
-        table = tensors.dequantized("token_embd.weight").to(dtype)
-        embed = functools.partial(F.embedding, weight=table)
-        fallbacks.append(f"token_embd.weight ({tensors.type_name('token_embd.weight')})")
-    if fallbacks:
-        log.info(
-            "GGUF weights without a low-bit kernel here, de-quantized to %s: %s",
-            str(dtype).removeprefix("torch."),
-            ", ".join(fallbacks[:6]) + (f" and {len(fallbacks) - 6} more" if len(fallbacks) > 6 else ""),
-        )
-    log.info("GGUF weights packed: %d int4 products, %d dense (output head included)", kinds["int4"], kinds["dense"])
-    return LlamaWeights(embed, qkv, o, gate_up, down, norm_attn, norm_mlp, vector("output_norm.weight"), lm_head, kinds)
+def packed_state(path: Path, cache: Path | None, layers: int, heads: int, kv_heads: int) -> PackedState:
+    """The packed state of the GGUF file at `path`, from `cache` when it holds one of this format and torch
+    (memory-mapped: a second start skips the GGUF reader, which spends seconds parsing the tokenizer's
+    metadata, and the packing), else read and packed now and written there for the next start."""
+    expected = {"format": STATE_FORMAT, "torch": str(torch.__version__), "layers": layers}
+    if cache is not None and cache.is_file():
+        try:
+            cached = torch.load(cache, mmap=True, weights_only=True)
+            if cached.get("about") == expected:
+                state: PackedState = cached["state"]
+                return state
+            log.info("low-bit cache %s is of another format or torch; packing again", cache)
+        except (OSError, RuntimeError, EOFError, KeyError, AttributeError, pickle.UnpicklingError) as exc:
+            log.info("low-bit cache %s unreadable (%s); packing again", cache, exc)
+    state = read_llama_state(GgufWeights(path), layers, heads, kv_heads)
+    if cache is not None:
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        try:
+            torch.save({"about": expected, "state": state}, tmp)
+            tmp.replace(cache)
+        except (
+            OSError,
+            RuntimeError,
+        ) as exc:  # an unwritable cache folder (torch.save raises either): pack every start
+            log.info("could not keep the packed low-bit weights in %s (%s); later starts pack them again", cache, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    return state

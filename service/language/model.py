@@ -46,6 +46,8 @@ class LanguageModel:
     special_token_ids: frozenset[int] = field(default_factory=frozenset)
     # The GGUF file whose own low-bit weights the lean decoder multiplies with (GENAI_WEIGHTS); None = dense.
     gguf_weights: Path | None = None
+    # Where the packed low-bit weights are kept between starts (beside the converted model); None = not kept.
+    lowbit_cache: Path | None = None
     # Loads the transformers module with its weights again, for `module()` once `model` is shape-only.
     reload_module: Callable[[], Any] | None = field(default=None, repr=False)
     # What holds the weights the serving path multiplies with once `model`'s own are let go (the lean decoder).

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from service.config import Settings
-from service.language import loading
+from service.language import loading, lowbit
 from service.language.llama_decoder import LlamaDecoder
 from service.language.loading import ModelSource, embedded_gguf_path, load_language_model
 from service.language.lowbit import GgufWeights
@@ -51,7 +51,7 @@ def test_which_weights_each_setting_runs(
     expected: Path | None,
 ) -> None:
     monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: native_bf16)
-    monkeypatch.setattr(loading.lowbit, "int4_kernels_available", lambda: kernels)
+    monkeypatch.setattr(lowbit, "int4_kernels_available", lambda: kernels)
     assert loading.resolve_weights(setting, source, CPU, lean) == expected
     assert loading.resolve_weights(setting, source, torch.device("cuda"), lean) is None  # int4 kernels: CPU
 
@@ -107,3 +107,51 @@ def test_without_the_lean_decoder_the_module_keeps_its_weights(settings: Setting
     lm = load_language_model(settings.lm_model, dtype="float32", cache_dir=settings.cache_dir, lean=False)
     assert lm.gguf_weights is None and not lm.weights_released  # auto: low-bit needs the lean decoder
     assert lm.module() is lm.model and weight_bytes(lm.model) > 0
+
+
+def test_the_packed_low_bit_weights_are_kept_for_the_next_start(lowbit_default: LanguageModel) -> None:
+    assert lowbit_default.lowbit_cache is not None and lowbit_default.lowbit_cache.is_file()
+    assert lowbit_default.lowbit_cache.parent.name.startswith(embedded_gguf_path().stem)
+
+
+@pytest.fixture(scope="module")
+def packed_now() -> lowbit.PackedState:
+    return lowbit.read_llama_state(GgufWeights(embedded_gguf_path()), 30, 9, 3)
+
+
+def same_state(a: lowbit.PackedState, b: lowbit.PackedState) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cached_state_is_the_state_packed_now(tmp_path: Path, packed_now: lowbit.PackedState) -> None:
+    cache = tmp_path / "lowbit.pt"
+    first = lowbit.packed_state(embedded_gguf_path(), cache, 30, 9, 3)  # packs and keeps it
+    assert cache.is_file() and same_state(first, packed_now)
+    written = cache.stat().st_mtime_ns
+    second = lowbit.packed_state(embedded_gguf_path(), cache, 30, 9, 3)  # read back, not packed again
+    assert cache.stat().st_mtime_ns == written and same_state(second, packed_now)
+    assert sum(key.endswith(".packed") for key in second) == 4 * 30 and "embed.q" in second
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another format", "another torch"])
+def test_a_damaged_or_foreign_cache_is_packed_again(
+    tmp_path: Path, packed_now: lowbit.PackedState, damage: str
+) -> None:
+    cache = tmp_path / "lowbit.pt"
+    about = {"format": lowbit.STATE_FORMAT, "torch": str(torch.__version__), "layers": 30}
+    if damage == "garbage":
+        cache.write_bytes(b"\x80not a torch file")
+    else:
+        about["format" if damage == "another format" else "torch"] = "other"
+        torch.save({"about": about, "state": {"head": torch.zeros(1)}}, cache)
+    state = lowbit.packed_state(embedded_gguf_path(), cache, 30, 9, 3)
+    assert same_state(state, packed_now)
+    assert same_state(torch.load(cache, weights_only=True)["state"], packed_now)  # and kept, replaced
+
+
+def test_an_unwritable_cache_only_costs_the_packing(tmp_path: Path, packed_now: lowbit.PackedState) -> None:
+    """The cache cannot be written (its folder is a file here: a read-only folder does not stop root)."""
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    state = lowbit.packed_state(embedded_gguf_path(), not_a_folder / "lowbit.pt", 30, 9, 3)
+    assert same_state(state, packed_now) and not_a_folder.read_text() == ""
