@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """Prepare the embedded models (convert the GGUF, train digits if missing) so that `serve` starts fast."""
-    from service.language.loading import ModelLoadError, resolve_model_source
+    from service.language.loading import ModelLoadError, provision_low_bit_weights, resolve_model_source
 
     settings = Settings()
     _configure_logging(settings)
@@ -76,6 +76,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
         if settings.load_language_model:
             source = resolve_model_source(settings.lm_model, settings.cache_dir, settings.lm_revision)
             print(f"language model: {source.model_id} ({source.description}) -> {source.path_or_id}")
+            packed = provision_low_bit_weights(
+                source, settings.weights, settings.device, settings.lean_decoder, settings.cache_dir
+            )
+            if packed is not None:
+                print(f"low-bit weights (GENAI_WEIGHTS={settings.weights}): packed -> {packed}")
     except ModelLoadError as exc:
         print(f"genai-service: {exc}", file=sys.stderr)
         return 2

@@ -214,6 +214,24 @@ def resolve_weights(setting: str, source: ModelSource, device: torch.device, lea
     return source.gguf
 
 
+def provision_low_bit_weights(
+    source: ModelSource, settings_weights: str, device: str, lean: bool, cache_dir: Path
+) -> Path | None:
+    """Pack the GGUF's own low-bit weights into their cache now, where the settings will run them (so that
+    the first start is as fast as later ones); the cache file, or None where they will not run."""
+    from transformers import AutoConfig
+
+    gguf = resolve_weights(settings_weights, source, resolve_device(device), lean)
+    if gguf is None:
+        return None
+    config = AutoConfig.from_pretrained(source.path_or_id, revision=source.revision)
+    cache = _lowbit_cache(gguf, cache_dir)
+    lowbit.packed_state(
+        gguf, cache, int(config.num_hidden_layers), int(config.num_attention_heads), int(config.num_key_value_heads)
+    )
+    return cache
+
+
 def _lowbit_cache(gguf_path: Path, cache_dir: Path) -> Path:
     """Beside the file's converted copy (same key: path, size, modification time), per torch version."""
     return _gguf_cache_dir(gguf_path, cache_dir) / f"lowbit-v{lowbit.STATE_FORMAT}-torch{torch.__version__}.pt"

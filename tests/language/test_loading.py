@@ -155,3 +155,14 @@ def test_an_unwritable_cache_only_costs_the_packing(tmp_path: Path, packed_now: 
     not_a_folder.write_text("")
     state = lowbit.packed_state(embedded_gguf_path(), not_a_folder / "lowbit.pt", 30, 9, 3)
     assert same_state(state, packed_now) and not_a_folder.read_text() == ""
+
+
+def test_provisioning_packs_the_low_bit_weights_where_they_will_run(settings: Settings) -> None:
+    """`python -m service provision` (make serve's step) packs them, so the first start is a fast one too."""
+    source = loading.resolve_model_source(settings.lm_model, settings.cache_dir)
+    cache = loading.provision_low_bit_weights(source, "gguf", "cpu", True, settings.cache_dir)
+    assert cache is not None and cache.is_file()
+    state = lowbit.packed_state(embedded_gguf_path(), cache, 30, 9, 3)
+    assert sum(key.endswith(".packed") for key in state) == 4 * 30
+    assert loading.provision_low_bit_weights(source, "dense", "cpu", True, settings.cache_dir) is None
+    assert loading.provision_low_bit_weights(source, "gguf", "cpu", False, settings.cache_dir) is None
