@@ -158,7 +158,9 @@ class LlamaDecoder:
 
     def _load_dense(self, model: Any, pack: bool) -> None:
         """The transformers model's own (de-quantized) weights, prepacked for oneDNN."""
-        embed = model.model.embed_tokens.weight.detach()
+        # Copies, not views: a view of a memory-mapped checkpoint (float32 loads map the whole file) would
+        # keep every page of it resident after the module lets go of its weights.
+        embed = model.model.embed_tokens.weight.detach().clone()
         self.embed: Callable[[torch.Tensor], torch.Tensor] = lambda ids: F.embedding(ids, embed)
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -166,9 +168,9 @@ class LlamaDecoder:
             self.o.append(Linear(attn.o_proj.weight, pack))
             self.gate_up.append(Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), pack))
             self.down.append(Linear(mlp.down_proj.weight, pack))
-            self.norm_attn.append(layer.input_layernorm.weight.detach())
-            self.norm_mlp.append(layer.post_attention_layernorm.weight.detach())
-        self.norm_final = model.model.norm.weight.detach()
+            self.norm_attn.append(layer.input_layernorm.weight.detach().clone())
+            self.norm_mlp.append(layer.post_attention_layernorm.weight.detach().clone())
+        self.norm_final = model.model.norm.weight.detach().clone()
         self.lm_head: Product = Linear(model.lm_head.weight, pack)
 
     def _load_gguf(self, path: Path, cache: Path | None, pack: bool) -> None:
