@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         description="How /v1/embeddings pools the last layer's states (after the final norm) into one vector: "
         "`mean` = the average over the input's tokens; `last` = the last token's state. Either is L2-normalised.",
     )
+    grammar_compile_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Structured output: the longest a JSON schema, regex or choice may take to compile (on a worker "
+        "thread of its own, one at a time); past it the request is refused naming the field (422, 400 under /v1).",
+    )
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
 
     # --- inspection (/inspect/*: each request is one call on the engine thread, which waits for it) ---

@@ -39,14 +39,15 @@ from service.config import Settings
 from service.language import token_choice
 from service.language.admission import AdmissionBound, estimate_retry_after, tokens_until_a_place_frees
 from service.language.batch import RunningBatch, make_running_batch
-from service.language.detokenize import TextAssembler
 from service.language.distributions import DistributionRequest, fail_distributions, serve_distributions
 from service.language.embeddings import Embedder, EmbeddingJob, EmbeddingQueue, fail_embeddings
 from service.language.events import Candidate, Distribution, FinishEvent, GenerationFailed, GenerationHandle
 from service.language.exceptions import EngineNotReady
+from service.language.grammar import CompiledGrammar, GrammarBackend, Grammars
+from service.language.grammar_llguidance import LLGuidanceBackend
 from service.language.model import LanguageModel
 from service.language.running import RunningSequences
-from service.language.sampling import SamplingParams, TokenChooser
+from service.language.sampling import SamplingParams
 from service.language.sequence import FinishReason, GenerationState, interruption
 from service.language.stats import EngineStats
 
@@ -77,9 +78,16 @@ _Call = tuple[Callable[[], Any], concurrent.futures.Future[Any]]  # (work, where
 class GenerationEngine:
     """Owns the model on one thread and batches every request onto it. Thread-safe `submit` / `next_token_distribution`.
 
-    `batch` replaces the forward passes `make_running_batch` would choose (tests pass a scripted one)."""
+    `batch` replaces the forward passes `make_running_batch` would choose (tests pass a scripted one), and
+    `grammar_backend` the grammar library (grammar.py; tests pass a fake)."""
 
-    def __init__(self, lm: LanguageModel, settings: Settings, batch: RunningBatch | None = None) -> None:
+    def __init__(
+        self,
+        lm: LanguageModel,
+        settings: Settings,
+        batch: RunningBatch | None = None,
+        grammar_backend: Callable[[], GrammarBackend] | None = None,
+    ) -> None:
         self.lm = lm
         self.settings = settings
         self.max_batch = min(settings.max_batch_size, settings.max_running_requests)
@@ -99,6 +107,7 @@ class GenerationEngine:
         )
 
         self._embedder = Embedder(lm, settings.embedding_pooling, lean=settings.lean_decoder)
+        self.grammars = Grammars(grammar_backend or (lambda: LLGuidanceBackend(lm)), settings.grammar_compile_timeout_s)
         self._cv = threading.Condition()  # guards the four queues below and `_stopping`
         self._waiting: deque[GenerationState] = deque()
         self._distributions: deque[DistributionRequest] = deque()
@@ -179,6 +188,7 @@ class GenerationEngine:
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.grammars.close()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -206,20 +216,16 @@ class GenerationEngine:
 
     # ---- the request side -----------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
-        """Queue a generation. Raises EngineOverloaded when the admission bound is full (the caller answers 429)."""
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, grammar: CompiledGrammar | None = None
+    ) -> GenerationHandle:
+        """Queue a generation (a constrained one with its `params.constraint` compiled: `grammars.compile`).
+        Raises EngineOverloaded when the admission bound is full (the caller answers 429)."""
         self._check_accepting()
         handle = GenerationHandle(asyncio.get_running_loop(), self._wake)
-        now = time.monotonic()
         timeout = params.timeout_s if params.timeout_s is not None else self.settings.request_timeout_s
-        seq = GenerationState(
-            handle=handle,
-            params=params,
-            prompt_ids=list(prompt_ids),
-            chooser=TokenChooser.create(params),
-            submitted_at=now,
-            deadline=now + timeout if timeout else None,
-            assembler=TextAssembler(self.lm.tokenizer, self.lm.eos_token_ids, params.stop),
+        seq = GenerationState.start(
+            handle, list(prompt_ids), params, self.lm.tokenizer, self.lm.eos_token_ids, timeout, grammar
         )
         with self._cv:
             self._hold()

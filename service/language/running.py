@@ -5,7 +5,11 @@ appends their rows; `step` advances every row by one token in one batched forwar
 plain-greedy rows run, by several: prompt-lookup drafts checked in the same pass, kept while greedy agrees
 with them. Each new token is streamed to its request; finished rows are dropped from the batch (`keep`).
 A row that asked for `explain` is chosen by its own chooser, which also says how (sampler_explain.py),
-drafts or not; the others do no such work. Everything here runs on the engine thread.
+drafts or not; the others do no such work. A constrained row (structured output, grammar.py) takes only
+what its grammar allows, at every position: its drafts are cut to the start its grammar allows, and each
+checked position's greedy choice is the argmax of the masked logits, so its output is what one-token
+steps under the grammar would have given; it stops once its grammar is complete. Everything here runs on
+the engine thread.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from service.language.model import LanguageModel
 from service.language.prompt_lookup import draft_from_context
 from service.language.sequence import FinishReason, GenerationState, interruption, stop_reason
 from service.language.stats import EngineStats
-from service.language.token_choice import alternatives, choose_tokens, explained_choice, greedy_path, logprobs_of
+from service.language.token_choice import (
+    alternatives,
+    choose_tokens,
+    constrained_greedy,
+    explained_choice,
+    greedy_path,
+    logprobs_of,
+)
 
 
 class RunningSequences:
@@ -132,7 +143,8 @@ class RunningSequences:
                 seq.params.max_new_tokens - done - 1,
                 self.lm.context_length - len(seq.prompt_ids) - done - 1,
             )
-            drafts.append(draft_from_context(seq.context, room))
+            draft = draft_from_context(seq.context, room)
+            drafts.append(seq.grammar.valid_prefix(draft) if seq.grammar is not None else draft)
         return drafts if any(drafts) else None
 
     def _take_checked_drafts(self, rows: list[GenerationState], drafts: list[list[int]]) -> None:
@@ -151,6 +163,9 @@ class RunningSequences:
                 token, logprob, explanation = best_ids[row][position], best_logprobs[row][position], None
                 if seq.params.explain:  # greedy too, by the row's chooser, after what it has taken so far
                     token, explanation = explained_choice(seq, logits[row, position], seq.context, self.lm.token_text)
+                    logprob = float(logprobs[row, position, token])
+                elif seq.grammar is not None:  # greedy among what the grammar allows after the tokens taken
+                    token = constrained_greedy(seq, logits[row, position])
                     logprob = float(logprobs[row, position, token])
                 step_alternatives = alternatives(seq, logprobs[row, position], self.lm.token_text)
                 self._append_token(seq, token, logprob, step_alternatives, now, explanation)
@@ -193,11 +208,14 @@ class RunningSequences:
         for listener in self.token_listeners:
             listener(gap)
 
+        if seq.grammar is not None:
+            seq.grammar.advance(token_id)
         increment = seq.assembler.push(token_id)
         reason = stop_reason(
             seq.params,
             token_is_eos=token_id in self.lm.eos_token_ids,
             stop_string_seen=seq.assembler.stopped,
+            grammar_finished=seq.grammar is not None and seq.grammar.finished,
             generated_tokens=len(seq.generated),
             prompt_tokens=len(seq.prompt_ids),
             context_length=self.lm.context_length,

@@ -7,8 +7,9 @@ Reported probabilities are always the model's own distribution (softmax of the r
 1, before any filter), so the numbers mean the same whatever sampling settings a request used; the
 filters only decide which token is drawn.
 
-The sampler's steps run in one order (`sampler_steps`), vLLM's: the model's logits, the logit bias, the
-repetition penalty, the frequency penalty, the presence penalty (these change the logits, so greedy
+The sampler's steps run in one order (`sampler_steps`), vLLM's: the model's logits, the grammar's mask
+of a constrained request (grammar.py: the tokens its grammar does not allow go to -inf, so every later
+step only reshapes and cuts what the grammar allows), the logit bias, the repetition penalty, the frequency penalty, the presence penalty (these change the logits, so greedy
 decoding sees them too), then, when sampling, the temperature, min-p, top-k, top-p. The repetition
 penalty counts every token of the context (prompt and output, as transformers); the frequency and
 presence penalties only the generated tokens (as OpenAI and vLLM define them). A sampled token is drawn by inverse CDF from one uniform number `u` of
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
+from service.language.grammar import Constraint, mask_logits
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), ids distinct
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    constraint: Constraint | None = None  # structured output: a JSON schema, regex or choice (grammar.py)
 
     @property
     def changes_logits(self) -> bool:
@@ -144,6 +148,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 StageName = Literal[
     "model",
+    "grammar",
     "logit_bias",
     "repetition_penalty",
     "frequency_penalty",
@@ -155,6 +160,7 @@ StageName = Literal[
 ]
 STAGE_ORDER: tuple[StageName, ...] = (
     "model",
+    "grammar",
     "logit_bias",
     "repetition_penalty",
     "frequency_penalty",
@@ -183,9 +189,10 @@ def sampler_steps(
     sample: bool,
     record: list[ScoredStage] | None = None,
     generated_ids: list[int] | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply the sampler's steps to one row of float32 `logits` [vocab], in the order the chooser uses
-    (`STAGE_ORDER`): the logit bias, the repetition penalty over `seen_ids` (the whole context), the
+    (`STAGE_ORDER`): the grammar's mask (`allowed`, bool [vocab], when the row is constrained), the logit bias, the repetition penalty over `seen_ids` (the whole context), the
     frequency and presence penalties over `generated_ids` (the output so far; none when not given), then
     (when `sample`) the temperature, min-p, top-k and top-p. Returns the final scores; appends each active
     step's scores to `record` when given ("model" first)."""
@@ -196,6 +203,8 @@ def sampler_steps(
         return scores
 
     stage("model", logits)
+    if allowed is not None:
+        logits = stage("grammar", mask_logits(logits, allowed))
     if params.logit_bias:
         logits = stage("logit_bias", apply_logit_bias(logits, params.logit_bias))
     if params.repetition_penalty != 1.0:
@@ -296,17 +305,28 @@ class TokenChooser:
                 generator.seed()
         return cls(params=params, generator=generator)
 
-    def choose(self, logits: torch.Tensor, seen_ids: list[int], generated_ids: list[int] | None = None) -> int:
+    def choose(
+        self,
+        logits: torch.Tensor,
+        seen_ids: list[int],
+        generated_ids: list[int] | None = None,
+        allowed: torch.Tensor | None = None,
+    ) -> int:
         """Pick the next token from one row of float32 logits [vocab], after the context `seen_ids` of which
-        `generated_ids` is the generated part (for the frequency and presence penalties)."""
-        return self._choose(logits, seen_ids, generated_ids, None)[0]
+        `generated_ids` is the generated part (for the frequency and presence penalties), among the tokens
+        a grammar `allowed` (bool [vocab]; None: all)."""
+        return self._choose(logits, seen_ids, generated_ids, None, allowed)[0]
 
     def choose_explained(
-        self, logits: torch.Tensor, seen_ids: list[int], generated_ids: list[int] | None = None
+        self,
+        logits: torch.Tensor,
+        seen_ids: list[int],
+        generated_ids: list[int] | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> tuple[int, SamplerTrace]:
         """The same choice as `choose` (and the same draw from the generator), with how it was made."""
         record: list[ScoredStage] = []
-        token, u, rank = self._choose(logits, seen_ids, generated_ids, record)
+        token, u, rank = self._choose(logits, seen_ids, generated_ids, record, allowed)
         return token, SamplerTrace(stages=record, u=u, rank=rank)
 
     def _choose(
@@ -315,12 +335,15 @@ class TokenChooser:
         seen_ids: list[int],
         generated_ids: list[int] | None,
         record: list[ScoredStage] | None,
+        allowed: torch.Tensor | None = None,
     ) -> tuple[int, float | None, int]:
         p = self.params
         # Zero is greedy, and so is the limit: a temperature too small for the logits' dtype would
         # divide by zero (NaN probabilities) instead of concentrating all mass on the argmax.
         greedy = not p.do_sample or p.temperature <= torch.finfo(logits.dtype).tiny
-        scores = sampler_steps(logits, seen_ids, p, sample=not greedy, record=record, generated_ids=generated_ids)
+        scores = sampler_steps(
+            logits, seen_ids, p, sample=not greedy, record=record, generated_ids=generated_ids, allowed=allowed
+        )
         if greedy:
             return int(torch.argmax(scores)), None, 0
         u = float(torch.rand((), generator=self.generator, dtype=torch.float64))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from service.language.events import Candidate, Distribution, TokenExplanation
+from service.language.grammar import mask_logits
 from service.language.sampler_explain import TokenText as TokenText  # a token's text as `/tokenize` shows it
 from service.language.sampler_explain import explain_choice, summarize_stages
 from service.language.sampling import SamplingParams, ScoredStage, sampler_steps, temperature_scaled
@@ -25,29 +26,43 @@ def choose_tokens(
     logits: torch.Tensor, rows: Sequence[GenerationState], token_text: TokenText
 ) -> tuple[list[int], list[TokenExplanation | None]]:
     """One token per row of `logits` [rows, vocab]: plain greedy rows that want no explanation by one
-    argmax for all of them, the others by their own chooser (sampling, logit bias, penalties, explanation)
-    over their context: each row with its own settings, so one batch mixes any. Also each row's
-    explanation (None where not asked)."""
+    argmax for all of them (a constrained one's row masked by its grammar first), the others by their own
+    chooser (grammar, sampling, logit bias, penalties, explanation) over their context: each row with its
+    own settings, so one batch mixes any, and a row without a constraint sees its logits untouched. Also
+    each row's explanation (None where not asked)."""
     chosen = [0] * len(rows)
     explained: list[TokenExplanation | None] = [None] * len(rows)
     batch_greedy = [row for row, seq in enumerate(rows) if seq.params.is_plain_greedy and not seq.params.explain]
     if batch_greedy:
-        for row, token in zip(batch_greedy, torch.argmax(logits[batch_greedy], dim=-1).tolist(), strict=True):
+        scores = logits[batch_greedy]  # a copy (advanced indexing): masking it leaves `logits` as it was
+        for at, row in enumerate(batch_greedy):
+            grammar = rows[row].grammar
+            if grammar is not None:
+                scores[at].masked_fill_(~grammar.allowed(), float("-inf"))
+        for row, token in zip(batch_greedy, torch.argmax(scores, dim=-1).tolist(), strict=True):
             chosen[row] = token
     for row, seq in enumerate(rows):
         if seq.params.explain:
             chosen[row], explained[row] = explained_choice(seq, logits[row], seq.context, token_text)
         elif not seq.params.is_plain_greedy:
-            chosen[row] = seq.chooser.choose(logits[row], seq.context, seq.generated)
+            allowed = seq.grammar.allowed() if seq.grammar is not None else None
+            chosen[row] = seq.chooser.choose(logits[row], seq.context, seq.generated, allowed)
     return chosen, explained
+
+
+def constrained_greedy(seq: GenerationState, logits: torch.Tensor) -> int:
+    """Greedy's token for a constrained row from `logits` [vocab]: the argmax of what its grammar allows."""
+    assert seq.grammar is not None
+    return int(torch.argmax(mask_logits(logits, seq.grammar.allowed())))
 
 
 def explained_choice(
     seq: GenerationState, logits: torch.Tensor, context: list[int], token_text: TokenText
 ) -> tuple[int, TokenExplanation]:
     """The row's choice from `logits` [vocab] after `context` (its prompt, then what it generated), by its
-    chooser, and why."""
-    token, trace = seq.chooser.choose_explained(logits, context, context[len(seq.prompt_ids) :])
+    chooser (among what its grammar allows, when constrained: the trace's `grammar` stage), and why."""
+    allowed = seq.grammar.allowed() if seq.grammar is not None else None
+    token, trace = seq.chooser.choose_explained(logits, context, context[len(seq.prompt_ids) :], allowed)
     return token, explain_choice(trace, token, seq.params.top_alternatives, token_text)
 
 

@@ -9,6 +9,7 @@ import pytest
 from scripted_engine import LetterModel, MakeEngine, ScriptedBatch, make_settings
 
 from service.language.engine import GenerationEngine
+from service.language.grammar import GrammarBackend
 from service.language.model import LanguageModel
 
 
@@ -17,10 +18,16 @@ def make_engine() -> Iterator[MakeEngine]:
     started: list[tuple[GenerationEngine, ScriptedBatch]] = []
 
     def make(
-        batch: ScriptedBatch | None = None, model: LetterModel | None = None, **settings: Any
+        batch: ScriptedBatch | None = None,
+        model: LetterModel | None = None,
+        grammar_backend: GrammarBackend | None = None,
+        **settings: Any,
     ) -> tuple[GenerationEngine, ScriptedBatch]:
         batch = batch or ScriptedBatch()
-        engine = GenerationEngine(cast(LanguageModel, model or LetterModel()), make_settings(**settings), batch=batch)
+        backend = (lambda: grammar_backend) if grammar_backend is not None else None
+        engine = GenerationEngine(
+            cast(LanguageModel, model or LetterModel()), make_settings(**settings), batch=batch, grammar_backend=backend
+        )
         engine.start()
         started.append((engine, batch))
         return engine, batch

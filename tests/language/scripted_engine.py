@@ -88,9 +88,10 @@ class ScriptedBatch:
 
     kind = "scripted"
 
-    def __init__(self, script: Script = counting, supports_drafts: bool = False) -> None:
+    def __init__(self, script: Script = counting, supports_drafts: bool = False, greedy_feeds: bool = True) -> None:
         self.script = script
         self.supports_drafts = supports_drafts
+        self.greedy_feeds = greedy_feeds  # False: a grammar may have overruled the argmax a drafting row was fed
         self.rows: list[list[int]] = []  # each row's context: its prompt, then every token fed to it
         self.prefilled: list[list[int]] = []
         self.keep_calls: list[list[int]] = []
@@ -166,7 +167,7 @@ class ScriptedBatch:
         longest = max(len(fed) for fed in inputs)
         out = torch.zeros(len(inputs), longest, VOCAB + PADDING_COLUMNS)
         for r, (row, fed) in enumerate(zip(self.rows, inputs, strict=True)):
-            assert fed[0] == self.script(row), "drafting rows are greedy: fed the argmax after their context"
+            assert fed[0] == self.script(row) or not self.greedy_feeds, "drafting rows are greedy: fed the argmax"
             out[r, : len(fed)] = self._logits([row + fed[: p + 1] for p in range(len(fed))])
         self._pending = inputs
         return out  # [rows, longest, VOCAB + padding]
