@@ -181,6 +181,38 @@ ParseSpecial = Annotated[
     ),
 ]
 
+MAX_CHOICES_CONSTRAINT = 1024
+"""At most this many strings in one `choice` / `guided_choice` constraint."""
+JsonSchemaConstraint = Annotated[
+    dict[str, Any],
+    Field(
+        description="Structured output: the text is one JSON value valid under this JSON Schema (objects, arrays, enums, "
+        "numbers and their bounds, `required`, `$ref`, `anyOf`, patterns, formats), written on one line as "
+        '`json.dumps` writes it. `{"type": "object"}` is any JSON object. The generation stops when the value is '
+        "complete (finish reason `stop`). A schema the grammar library cannot compile is refused naming this field.",
+        examples=[{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}],
+    ),
+]
+RegexConstraint = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Structured output: the whole text matches this regular expression (Rust `regex` syntax, as "
+        "llguidance reads it: no look-around, no backreferences); it may end once it matches, and stops when it can "
+        "go no further.",
+        examples=["[A-Z]{2}-[0-9]{4}"],
+    ),
+]
+ChoiceConstraint = Annotated[
+    list[str],
+    Field(
+        min_length=1,
+        max_length=MAX_CHOICES_CONSTRAINT,
+        description=f"Structured output: the text is exactly one of these strings (at most {MAX_CHOICES_CONSTRAINT}).",
+        examples=[["positive", "negative", "neutral"]],
+    ),
+]
+
 
 # ---- shared by responses ----------------------------------------------------------------------
 

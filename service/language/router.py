@@ -206,7 +206,8 @@ async def generate(
         body.prompt if body.prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in body.messages or [])
     )
     add_usage(prompt_tokens=len(ids))
-    handle = engine.submit(ids, params)
+    grammar = await engine.grammars.compile(params.constraint) if params.constraint is not None else None
+    handle = engine.submit(ids, params, grammar)
     if body.stream:
         try:
             events = await first_event_checked(request, handle.events(), handle.cancel)

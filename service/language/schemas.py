@@ -13,13 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.language.bpe_explain import BpeExplanation
 from service.language.sampling import SamplingParams, StageName
-from service.language.validation import DistributionParams, SamplingLimits, logit_bias_entries
+from service.language.validation import DistributionParams, SamplingLimits, logit_bias_entries, one_constraint
 from service.schemas import (
+    ChoiceConstraint,
     FrequencyPenalty,
+    JsonSchemaConstraint,
     LogitBias,
     MinP,
     ParseSpecial,
     PresencePenalty,
+    RegexConstraint,
     RepetitionPenalty,
     RequestModel,
     Seed,
@@ -192,7 +195,8 @@ class SamplerStage(BaseModel):
 
     name: StageName = Field(
         description=(
-            "The step, in the order the sampler applies them: `model` (softmax of the raw logits), then "
+            "The step, in the order the sampler applies them: `model` (softmax of the raw logits), then `grammar` "
+            "(a constrained request's mask: only the tokens its `json_schema`, `regex` or `choice` allows next), "
             "`logit_bias`, `repetition_penalty`, `frequency_penalty`, `presence_penalty` (on the logits, so greedy "
             "sees them too), `temperature`, `min_p`, `top_k`, `top_p`; only those the request turns on."
         ),
@@ -408,6 +412,16 @@ class GenerateRequest(RequestModel):
                     "presence_penalty": 0.5,
                     "min_p": 0.05,
                 },
+                {
+                    "messages": [{"role": "user", "content": "Name a European capital and its country."}],
+                    "max_new_tokens": 40,
+                    "json_schema": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+                        "required": ["city", "country"],
+                    },
+                },
+                {"prompt": "Is the sky blue? Answer:", "max_new_tokens": 4, "choice": [" yes", " no"]},
             ]
         },
     )
@@ -430,6 +444,9 @@ class GenerateRequest(RequestModel):
     frequency_penalty: FrequencyPenalty = 0.0
     seed: Seed | None = None
     stop: StopStrings = None
+    json_schema: JsonSchemaConstraint | None = None
+    regex: RegexConstraint | None = None
+    choice: ChoiceConstraint | None = None
     ignore_eos: bool = Field(
         default=False, description="Keep generating past the end-of-sequence token (exact lengths for benchmarks)."
     )
@@ -480,6 +497,14 @@ class GenerateRequest(RequestModel):
                 top_alternatives=self.top_alternatives or (min(5, limits.max_top_alternatives) if self.explain else 0),
                 timeout_s=self.timeout_s,
                 explain=self.explain,
+                constraint=one_constraint(
+                    [
+                        ("json_schema", "json_schema", self.json_schema),
+                        ("regex", "regex", self.regex),
+                        ("choice", "choice", self.choice),
+                    ],
+                    limits.max_text_chars,
+                ),
             )
         )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.language.chat import ChatContentError, ContinuationError, encode_chat
 from service.language.exceptions import InvalidRequest
+from service.language.grammar import Constraint, ConstraintKind
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.schemas import MAX_LOGIT_BIAS_ENTRIES
@@ -186,6 +187,31 @@ class SamplingLimits:
                     )
         self.check_logit_bias(params.logit_bias, (names or {}).get("logit_bias", "logit_bias"))
         return params
+
+
+def one_constraint(given: Sequence[tuple[str, ConstraintKind, object]], max_text_chars: int) -> Constraint | None:
+    """The structured-output constraint among a request's `(field, kind, value)` candidates whose value is
+    not None: at most one (else InvalidRequest naming the second), a regex or the choices within
+    GENAI_MAX_TEXT_CHARS. A JSON schema is a dict (its size bound is the body's); a choice a list of strings."""
+    present = [(field, kind, value) for field, kind, value in given if value is not None]
+    if not present:
+        return None
+    if len(present) > 1:
+        names = ", ".join(f"`{field}`" for field, _, _ in present)
+        raise InvalidRequest(present[1][0], f"give at most one constraint; this request gives {names}")
+    field, kind, value = present[0]
+    if kind == "json_schema":
+        return Constraint.json_schema(value, field)
+    if kind == "regex":
+        assert isinstance(value, str)
+        _check_length(value, max_text_chars, field)
+        return Constraint("regex", value, field)
+    assert isinstance(value, list)
+    choices = tuple(str(choice) for choice in value)
+    if "" in choices:
+        raise InvalidRequest(field, f"{field}: a choice must not be empty")
+    _check_length("".join(choices), max_text_chars, field)
+    return Constraint("choice", choices, field)
 
 
 def _check_length(text: str, limit: int, field: str) -> None:
