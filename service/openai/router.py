@@ -27,6 +27,7 @@ from service.openai.serving import (
     check_model,
     choice_specs,
     collect,
+    compiled_grammar,
     completion_prompts,
     completion_response,
     prompt_logprobs,
@@ -103,7 +104,7 @@ async def completions(
         for prompt in prompts:
             echoed[id(prompt)] = await prompt_logprobs(engine, lm, prompt, body.logprobs)
 
-    handles = submit_all(engine, specs)
+    handles = submit_all(engine, specs, await compiled_grammar(engine, specs))
     try:
         if body.stream:
             events = await started_choices(request, handles)
@@ -135,7 +136,7 @@ async def chat_completions(
     annotate(model=model, choices=len(specs))
     add_usage(prompt_tokens=len(prompt.ids))
 
-    handles = submit_all(engine, specs)
+    handles = submit_all(engine, specs, await compiled_grammar(engine, specs))
     try:
         if body.stream:
             events = await started_choices(request, handles)

@@ -5,9 +5,10 @@ Fields follow OpenAI's API reference. Each request turns itself into engine para
 (`to_sampling_params`), with OpenAI's defaults, checked by the native limits under OpenAI's field names. Fields this service cannot honour are refused with a 400 that
 names them (never silently ignored), except `user`, which only labels a request. Unknown fields are
 refused too. `presence_penalty`, `frequency_penalty` and `logit_bias` are OpenAI's, with OpenAI's
-bounds (the native routes share them). `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` and, on
-chat, `add_generation_prompt` / `continue_final_message` are extensions (vLLM's names), sent with the
-`openai` client through `extra_body`.
+bounds (the native routes share them). `response_format` (`json_object`, `json_schema`) constrains the
+output on both endpoints (structured.py). `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
+`guided_json`, `guided_regex`, `guided_choice` and, on chat, `add_generation_prompt` /
+`continue_final_message` are extensions (vLLM's names), sent with the `openai` client through `extra_body`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from service.language.sampling import SamplingParams
 from service.language.validation import FieldNames, SamplingLimits, logit_bias_entries
+from service.openai.structured import ResponseFormat, structured_constraint
 from service.schemas import (
+    ChoiceConstraint,
     FrequencyPenalty,
+    JsonSchemaConstraint,
     LogitBias,
     MinP,
     ParseSpecial,
     PresencePenalty,
+    RegexConstraint,
     RepetitionPenalty,
     RequestModel,
     Seed,
@@ -81,12 +86,26 @@ class _SamplingFields(RequestModel):
     frequency_penalty: FrequencyPenalty | None = None
     logit_bias: LogitBias | None = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description='Structured output: `{"type": "json_object"}` (any JSON object) or `{"type": "json_schema", '
+        '"json_schema": {"name": ..., "schema": {...}}}` (valid under the schema); `{"type": "text"}` = none.',
+    )
     # extensions, as vLLM names them
     top_k: TopK = 0
     min_p: MinP = 0.0
     repetition_penalty: RepetitionPenalty = 1.0
     ignore_eos: bool = Field(default=False, description="Extension: keep generating past the end-of-sequence token.")
     timeout_s: TimeoutSeconds | None = None
+    guided_json: JsonSchemaConstraint | str | None = Field(
+        default=None, description="Extension (vLLM's): a JSON Schema (an object, or its JSON text) the output keeps."
+    )
+    guided_regex: RegexConstraint | None = Field(
+        default=None, description="Extension (vLLM's): a regular expression the whole output matches."
+    )
+    guided_choice: ChoiceConstraint | None = Field(
+        default=None, description="Extension (vLLM's): the output is exactly one of these strings."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +142,9 @@ class _SamplingFields(RequestModel):
             ignore_eos=self.ignore_eos,
             top_alternatives=top_alternatives,
             timeout_s=self.timeout_s,
+            constraint=structured_constraint(
+                self.response_format, self.guided_json, self.guided_regex, self.guided_choice, limits.max_text_chars
+            ),
         )
         return limits.check(params, names)
 
@@ -303,7 +325,6 @@ class ChatCompletionRequest(_SamplingFields):
     functions: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
     function_call: Any = Field(default=None, description="Only `none`.")
     parallel_tool_calls: bool | None = Field(default=None, description="Accepted and ignored.")
-    response_format: dict[str, Any] | None = Field(default=None, description='Only `{"type": "text"}`.')
     # extensions, as vLLM names them
     add_generation_prompt: bool | None = Field(
         default=None,
@@ -328,13 +349,6 @@ class ChatCompletionRequest(_SamplingFields):
     @classmethod
     def _no_tool_choice(cls, value: Any) -> Any:
         return _refuse(value, ("none",), "no tool calling; only `none`")
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") != "text":
-            raise ValueError('not supported by this server (only {"type": "text"})')
-        return value
 
     @field_validator("continue_final_message")
     @classmethod

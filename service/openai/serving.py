@@ -26,6 +26,7 @@ from service.language.events import (
     GenerationHandle,
     TokenEvent,
 )
+from service.language.grammar import CompiledGrammar
 from service.language.model import LanguageModel
 from service.language.sampling import SamplingParams
 from service.language.validation import (
@@ -156,12 +157,21 @@ class ChoiceResult:
     finish: FinishEvent | None = None
 
 
-def submit_all(engine: GenerationEngine, specs: list[ChoiceSpec]) -> dict[int, GenerationHandle]:
+async def compiled_grammar(engine: GenerationEngine, specs: list[ChoiceSpec]) -> CompiledGrammar | None:
+    """The compiled grammar of the request's structured-output constraint, which every choice shares (None
+    without one); compiled off the event loop, a refusal naming the field (400)."""
+    constraint = next((s.params.constraint for s in specs if s.params is not None and s.params.constraint), None)
+    return await engine.grammars.compile(constraint) if constraint is not None else None
+
+
+def submit_all(
+    engine: GenerationEngine, specs: list[ChoiceSpec], grammar: CompiledGrammar | None = None
+) -> dict[int, GenerationHandle]:
     handles: dict[int, GenerationHandle] = {}
     try:
         for spec in specs:
             if spec.params is not None:
-                handles[spec.index] = engine.submit(spec.prompt.ids, spec.params)
+                handles[spec.index] = engine.submit(spec.prompt.ids, spec.params, grammar)
     except BaseException:
         for handle in handles.values():
             handle.cancel()
