@@ -1,0 +1,428 @@
+"""Structured output's cost: which grammar library computes token masks fastest on this CPU, and what a
+JSON-schema constraint adds to a decode step of the engine.
+
+    .venv/bin/python bench/grammar_masks.py libraries   # mask time per step per library (those installed)
+    .venv/bin/python bench/grammar_masks.py engine      # engine step time with and without a constraint
+    .venv/bin/python bench/grammar_masks.py engine --save   # ... and append that table to bench/RESULTS.md
+
+`libraries` compiles one nested JSON schema (objects, arrays, enums, numbers, a pattern, required fields)
+for the embedded SmolLM2 tokenizer (49,152 tokens) with each of llguidance, xgrammar and outlines-core
+(the ones importable: `pip install xgrammar outlines-core` beside the service's llguidance to compare),
+then walks the tokens of a document that satisfies it: at each step the library writes the next-token
+bitmask (timed), then takes the token. It prints the compile time and the mask time per step (median,
+p95, max over the steps of 5 walks after a first, cold one), what it requires, and which features each compiles (regex, choice, JSON-schema
+keywords). `engine` runs the engine with no HTTP, greedy, prompt lookup off, at batch 1 and 8: the mean
+decode-step time while every row is unconstrained, and while every row is under the same schema
+(through service/language/grammar.py, as /generate's `json_schema` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import git_commit, machine_info
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "scores": {"type": "array", "items": {"type": "number"}, "maxItems": 5},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+        "tags": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"key": {"type": "string", "maxLength": 20}, "weight": {"type": "number"}},
+                "required": ["key"],
+                "additionalProperties": False,
+            },
+            "maxItems": 4,
+        },
+    },
+    "required": ["name", "age", "role", "address"],
+    "additionalProperties": False,
+}
+DOCUMENT = {
+    "name": "Ada Lovelace",
+    "age": 36,
+    "role": "admin",
+    "scores": [9.5, 7, 8.25],
+    "address": {"city": "London", "zip": "12345"},
+    "tags": [{"key": "math", "weight": 1.0}, {"key": "poetry"}],
+}
+FEATURES: dict[str, dict[str, Any]] = {
+    "enum + const": {"type": "object", "properties": {"a": {"enum": [1, "x"]}, "b": {"const": 3}}},
+    "anyOf": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+    "$ref / $defs (recursive)": {
+        "$defs": {
+            "node": {"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}}}
+        },
+        "$ref": "#/$defs/node",
+    },
+    "pattern": {"type": "string", "pattern": "^[A-Z][a-z]+$"},
+    "format: date-time": {"type": "string", "format": "date-time"},
+    "minItems / maxItems": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 3},
+    "minimum / maximum": {"type": "integer", "minimum": 3, "maximum": 17},
+    "type list (nullable)": {"type": ["string", "null"]},
+}
+REGEX = r"[A-Z]{2}-\d{3,4}"
+CHOICES = ["red", "green", "blue"]
+BAD_REGEX = "(unclosed"
+
+
+def load_tokenizer() -> Any:
+    from service.config import Settings
+
+    folders = sorted((Settings().cache_dir / "converted").glob("SmolLM2-135M-Instruct*/tokenizer.json"))
+    if not folders:
+        raise SystemExit("no provisioned SmolLM2 tokenizer: run `.venv/bin/python -m service provision` first")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folders[-1].parent)
+
+
+class Library:
+    """One library behind four calls: compile a JSON schema / regex / choice, and walk a matcher."""
+
+    name = ""
+
+    def json_schema(self, schema: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def regex(self, pattern: str) -> Any:
+        raise NotImplementedError
+
+    def choice(self, choices: list[str]) -> Any:
+        raise NotImplementedError
+
+    def walk(self, compiled: Any, tokens: list[int]) -> list[float]:
+        """Seconds each step's mask took while feeding `tokens`."""
+        raise NotImplementedError
+
+
+class LLGuidance(Library):
+    name = "llguidance"
+
+    def __init__(self, tokenizer: Any, vocab: int) -> None:
+        import llguidance
+        import torch
+
+        self.ll, self.torch = llguidance, torch
+        backend = tokenizer.backend_tokenizer
+        self.tokenizer = llguidance.LLTokenizer(backend.to_str(), n_vocab=vocab, eos_token=tokenizer.eos_token_id)
+        self.words = (vocab + 31) // 32
+
+    def _matcher(self, grammar: str) -> Any:
+        error = self.ll.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        if error:
+            raise ValueError(error)
+        return self.ll.LLMatcher(self.tokenizer, grammar, log_level=0)
+
+    def json_schema(self, schema: dict[str, Any]) -> Any:
+        grammar = self.ll.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+        )
+        return self._matcher(grammar)
+
+    def regex(self, pattern: str) -> Any:
+        return self._matcher(self.ll.LLMatcher.grammar_from_regex(pattern))
+
+    def choice(self, choices: list[str]) -> Any:
+        return self._matcher(self.ll.grammar_from("choice", json.dumps(choices)))
+
+    def walk(self, compiled: Any, tokens: list[int]) -> list[float]:
+        matcher = compiled.deep_copy()
+        mask = self.torch.zeros(self.words, dtype=self.torch.int32)
+        times = []
+        for token in tokens:
+            started = time.perf_counter()
+            matcher.unsafe_compute_mask_ptr(mask.data_ptr(), self.words * 4)
+            times.append(time.perf_counter() - started)
+            assert matcher.consume_token(token), matcher.get_error()
+        return times
+
+
+class XGrammar(Library):
+    name = "xgrammar"
+
+    def __init__(self, tokenizer: Any, vocab: int) -> None:
+        import xgrammar
+
+        self.xgr = xgrammar
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
+        self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self.vocab = vocab
+
+    def json_schema(self, schema: dict[str, Any]) -> Any:
+        return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
+
+    def regex(self, pattern: str) -> Any:
+        return self.compiler.compile_regex(pattern)
+
+    def choice(self, choices: list[str]) -> Any:
+        return self.compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in choices))
+
+    def walk(self, compiled: Any, tokens: list[int]) -> list[float]:
+        matcher = self.xgr.GrammarMatcher(compiled)
+        mask = self.xgr.allocate_token_bitmask(1, self.vocab)
+        times = []
+        for token in tokens:
+            started = time.perf_counter()
+            matcher.fill_next_token_bitmask(mask)
+            times.append(time.perf_counter() - started)
+            assert matcher.accept_token(token)
+        return times
+
+
+class OutlinesCore(Library):
+    name = "outlines-core"
+
+    def __init__(self, tokenizer: Any, vocab: int) -> None:
+        import outlines_core
+        import torch
+
+        self.oc, self.torch = outlines_core, torch
+        decoder = {v: k for k, v in _bytes_to_unicode().items()}
+        eos = tokenizer.eos_token_id
+        special = set(tokenizer.all_special_ids)
+        tokens: dict[bytes, list[int]] = {}
+        for piece, token_id in tokenizer.get_vocab().items():
+            if token_id < vocab and token_id not in special:
+                tokens.setdefault(bytes(decoder[ch] for ch in piece), []).append(token_id)
+        self.vocabulary = outlines_core.Vocabulary(eos, tokens)
+        self.words = (vocab + 31) // 32
+
+    def json_schema(self, schema: dict[str, Any]) -> Any:
+        return self.regex(self.oc.json_schema.build_regex_from_schema(json.dumps(schema), r"[ ]?"))
+
+    def regex(self, pattern: str) -> Any:
+        return self.oc.Index(pattern, self.vocabulary)
+
+    def choice(self, choices: list[str]) -> Any:
+        import re
+
+        return self.regex("|".join(re.escape(c) for c in choices))
+
+    def walk(self, compiled: Any, tokens: list[int]) -> list[float]:
+        guide = self.oc.Guide(compiled)
+        mask = self.torch.zeros(self.words, dtype=self.torch.int32)
+        times = []
+        for token in tokens:
+            started = time.perf_counter()
+            guide.write_mask_into(mask.data_ptr(), self.words, 4)
+            times.append(time.perf_counter() - started)
+            guide.advance(token, return_tokens=False)
+        return times
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as the printable character its tokenizer spells it with."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def _requirements(distribution: str) -> str:
+    """What installing the library pulls in (its wheel's non-optional requirements)."""
+    from importlib import metadata
+
+    needs = [
+        r.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in metadata.requires(distribution) or []
+    ]
+    kept = [r for r, spec in zip(needs, metadata.requires(distribution) or [], strict=True) if "extra ==" not in spec]
+    return ", ".join(kept) or "nothing"
+
+
+def _try(fn: Callable[[], Any]) -> tuple[Any, str]:
+    try:
+        return fn(), "yes"
+    except Exception as exc:  # a library's refusal, reported in the table
+        return None, f"no ({type(exc).__name__}: {str(exc).splitlines()[0][:60]})"
+
+
+def libraries() -> list[str]:
+    tokenizer = load_tokenizer()
+    vocab = min(len(tokenizer), 49152)
+    text = json.dumps(DOCUMENT)
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    lines = [
+        f"Tokenizer: SmolLM2's, {vocab} tokens. Document walked: {len(text)} characters, {len(tokens)} tokens.",
+        "",
+    ]
+    rows, features = [], []
+    for cls in (LLGuidance, XGrammar, OutlinesCore):
+        started = time.perf_counter()
+        try:
+            library = cls(tokenizer, vocab)
+        except ImportError:
+            lines.append(f"- {cls.name}: not installed, skipped")
+            continue
+        setup = time.perf_counter() - started
+        started = time.perf_counter()
+        compiled, ok = _try(functools.partial(library.json_schema, SCHEMA))
+        compile_s = time.perf_counter() - started
+        if compiled is None:
+            rows.append(f"| {cls.name} | {setup:.2f} | {ok} | | | | | | |")
+            continue
+        cold = library.walk(compiled, tokens)  # the first walk after compiling: lazily built state included
+        ms = sorted(t * 1000 for _ in range(5) for t in library.walk(compiled, tokens))
+        rows.append(
+            f"| {cls.name} | {setup:.2f} | {compile_s * 1000:.0f} | {statistics.fmean(cold) * 1000:.3f} | "
+            f"{statistics.median(ms):.3f} | {ms[int(0.95 * (len(ms) - 1))]:.3f} | {ms[-1]:.3f} | "
+            f"{statistics.fmean(ms):.3f} | {_requirements(cls.name)} |"
+        )
+        cells = [_try(functools.partial(library.json_schema, schema))[1] for schema in FEATURES.values()]
+        cells.append(_try(functools.partial(library.regex, REGEX))[1])
+        cells.append(_try(functools.partial(library.choice, CHOICES))[1])
+        bad = _try(functools.partial(library.regex, BAD_REGEX))[1]
+        cells.append("refused" if bad.startswith("no") else "accepted (!)")
+        features.append(f"| {cls.name} | " + " | ".join(cells) + " |")
+    names = [*FEATURES, f"regex `{REGEX}`", f"choice {CHOICES}", f"bad regex `{BAD_REGEX}`"]
+    header = (
+        "| library | tokenizer setup (s) | compile (ms) | first walk: mask mean (ms) | mask p50 (ms) | mask p95 (ms) "
+        "| mask max (ms) | mask mean (ms) | requires |"
+    )
+    return [
+        *lines,
+        header,
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "| library | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *features,
+    ]
+
+
+def _model_loader() -> Any:
+    """`load_language_model`, wherever this checkout keeps it (loading.py, or model.py before that split)."""
+    import importlib
+    import importlib.util
+
+    for module in ("service.language.loading", "service.language.model"):
+        if importlib.util.find_spec(module) is not None:
+            loader = getattr(importlib.import_module(module), "load_language_model", None)
+            if loader is not None:
+                return loader
+    raise SystemExit("no load_language_model in service.language")
+
+
+async def engine_steps(batches: list[int], tokens: int) -> list[str]:
+    import torch
+
+    from service.config import Settings
+    from service.language.engine import GenerationEngine
+    from service.language.grammar import Constraint
+    from service.language.sampling import SamplingParams
+
+    settings = Settings()
+    torch.set_num_threads(1)  # only the engine thread runs torch in parallel (see GenerationEngine.start)
+    lm = _model_loader()(settings.lm_model, dtype=settings.dtype, cache_dir=settings.cache_dir)
+    engine = GenerationEngine(
+        lm,
+        settings.model_copy(
+            update={"max_batch_size": max(batches), "max_running_requests": max(batches), "prompt_lookup_tokens": 0}
+        ),
+    )
+    engine.start()
+    constraint = Constraint("json_schema", json.dumps(SCHEMA), "json_schema")
+    started = time.perf_counter()
+    grammar = await engine.grammars.compile(constraint)
+    compile_s = time.perf_counter() - started
+    prompt = lm.encode("A JSON record of a person:\n")
+    rows = []
+    for batch in batches:
+        figures = []
+        for constrained in (False, True):
+            params = SamplingParams(
+                max_new_tokens=tokens, ignore_eos=not constrained, constraint=constraint if constrained else None
+            )
+            full: list[float] = []
+
+            def listener(size: int, seconds: float, batch: int = batch, full: list[float] = full) -> None:
+                if size == batch:  # steps with every row running
+                    full.append(seconds)
+
+            for attempt in range(2):  # the first is a warm-up
+                engine.step_listeners.append(listener)
+                handles = [engine.submit(prompt, params, grammar if constrained else None) for _ in range(batch)]
+                finishes = [(await h.result())[1] for h in handles]
+                engine.step_listeners.pop()
+                if attempt == 0:
+                    full.clear()
+            figures.append((statistics.fmean(full) * 1000 if full else float("nan"), len(full), finishes))
+        (plain, n_plain, _), (constrained_ms, n_constrained, finishes) = figures
+        lengths = sorted(f.completion_tokens for f in finishes)
+        rows.append(
+            f"| {batch} | {plain:.2f} ({n_plain}) | {constrained_ms:.2f} ({n_constrained}) | "
+            f"{constrained_ms - plain:+.2f} ({(constrained_ms / plain - 1) * 100:+.0f}%) | "
+            f"{(constrained_ms - plain) / batch:+.2f} | {lengths[0]}–{lengths[-1]} |"
+        )
+    engine.shutdown()
+    header = [
+        f"Grammar: llguidance, the nested schema of bench/grammar_masks.py, compiled in {compile_s * 1000:.0f} ms "
+        f"(first compile: the tokenizer's setup included). dtype {settings.dtype}, greedy, prompt lookup off.",
+        "",
+        "| batch | step ms, no constraint (steps) | step ms, every row constrained (steps) | added per step | added per row "
+        "and step (ms) | constrained lengths (tokens) |",
+        "|---|---|---|---|---|---|",
+    ]
+    return header + rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["libraries", "engine"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--save", action="store_true", help="append the table to bench/RESULTS.md")
+    args = parser.parse_args()
+    started = time.time()
+    if args.what == "libraries":
+        title, lines = "structured output: token-mask time per grammar library", libraries()
+    else:
+        title = "the cost of a JSON-schema constraint per decode step"
+        lines = asyncio.run(engine_steps(args.batches, args.tokens))
+    print("\n".join(lines))
+    if args.save:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        with RESULTS.open("a") as results:
+            results.write(
+                f"\n\n## {stamp} — {title}\n\n"
+                f"Commit {git_commit()}. Machine: {machine_info()}. Command: `bench/grammar_masks.py {args.what}`. "
+                f"Took {(time.time() - started) / 60:.1f} min.\n\n" + "\n".join(lines) + "\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
