@@ -3,17 +3,18 @@ JSON-schema constraint adds to a decode step of the engine.
 
     .venv/bin/python bench/grammar_masks.py libraries   # mask time per step per library (those installed)
     .venv/bin/python bench/grammar_masks.py engine      # engine step time with and without a constraint
-    .venv/bin/python bench/grammar_masks.py engine --save   # ... and append that table to bench/RESULTS.md
+    .venv/bin/python bench/grammar_masks.py engine --save   # either: ... and append its table to bench/RESULTS.md
 
 `libraries` compiles one nested JSON schema (objects, arrays, enums, numbers, a pattern, required fields)
 for the embedded SmolLM2 tokenizer (49,152 tokens) with each of llguidance, xgrammar and outlines-core
-(the ones importable: `pip install xgrammar outlines-core` beside the service's llguidance to compare),
-then walks the tokens of a document that satisfies it: at each step the library writes the next-token
-bitmask (timed), then takes the token. It prints the compile time and the mask time per step (median,
-p95, max over the steps of 5 walks after a first, cold one), what it requires, and which features each compiles (regex, choice, JSON-schema
-keywords). `engine` runs the engine with no HTTP, greedy, prompt lookup off, at batch 1 and 8: the mean
-decode-step time while every row is unconstrained, and while every row is under the same schema
-(through service/language/grammar.py, as /generate's `json_schema` runs it).
+(the ones importable: the service installs llguidance; to compare, put the other two in a scratch venv
+that also sees the project's packages, e.g. through a .pth file), then walks the tokens of a document
+that satisfies it: at each step the library writes the next-token bitmask (timed), then takes the token.
+It prints the compile time and the mask time per step (the mean of a first, cold walk; median, p95, max
+and mean over 5 walks after it), what each requires, and which features each compiles (regex, choice,
+JSON-schema keywords). `engine` runs the engine with no HTTP, greedy, prompt lookup off, at batch 1 and
+8: the mean decode-step time while every row is unconstrained, and while every row is under the same
+schema (through service/language/grammar.py, as /generate's `json_schema` runs it).
 """
 
 from __future__ import annotations
