@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from service.language.sampling import SamplingParams
 from service.language.validation import FieldNames, SamplingLimits, logit_bias_entries
-from service.openai.structured import ResponseFormat, structured_constraint
+from service.openai.structured import JSON_SCHEMA_EXAMPLE, ResponseFormat, structured_constraint
 from service.schemas import (
     ChoiceConstraint,
     FrequencyPenalty,
@@ -302,6 +302,7 @@ class ChatCompletionRequest(_SamplingFields):
                     "temperature": 0,
                     "continue_final_message": True,
                 },
+                {"messages": [{"role": "user", "content": "Name a capital."}], "response_format": JSON_SCHEMA_EXAMPLE},
             ]
         },
     )

@@ -20,6 +20,17 @@ from service.language.validation import one_constraint
 from service.schemas import RequestModel
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
+JSON_SCHEMA_EXAMPLE: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "capital",
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+            "required": ["city", "country"],
+        },
+    },
+}
 
 
 class JsonSchemaFormat(RequestModel):
@@ -39,24 +50,7 @@ class JsonSchemaFormat(RequestModel):
 
 
 class ResponseFormat(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"type": "json_object"},
-                {
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": "capital",
-                        "schema": {
-                            "type": "object",
-                            "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-                            "required": ["city", "country"],
-                        },
-                    },
-                },
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"type": "json_object"}, JSON_SCHEMA_EXAMPLE]})
 
     type: Literal["text", "json_object", "json_schema"] = Field(
         description="`text`: no constraint; `json_object`: any JSON object; `json_schema`: valid under `json_schema.schema`."
