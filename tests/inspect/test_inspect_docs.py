@@ -66,7 +66,7 @@ async def _regenerate() -> None:
     from service.app import create_app, load_models
     from service.config import Settings
 
-    settings = Settings(dtype="float32")
+    settings = Settings(dtype="float32", weights="dense")  # what the doc tests run: the session app
     app = create_app(settings, models=load_models(settings))
     text = DOC.read_text()
     transport = httpx.ASGITransport(app=app)

@@ -124,7 +124,7 @@ async def regenerate(docs: list[Path]) -> None:
     from service.app import create_app, load_models
     from service.config import Settings
 
-    settings = Settings(dtype="float32")
+    settings = Settings(dtype="float32", weights="dense")  # what the doc tests run: the session app
     models = load_models(settings)
     examples, _ = collect(docs)
     broken = [f"{e.name}: {e.problem}" for e in examples if e.problem]
