@@ -14,7 +14,7 @@ from service.inspect.logit_lens import LogitLens
 from service.inspect.tree import ContinuationTree
 from service.inspect.tree import TreeNode as ModelTreeNode
 from service.language.events import Candidate
-from service.language.schemas import TokenCandidate
+from service.language.explain_schemas import TokenCandidate
 from service.schemas import ParseSpecial, RequestModel
 
 _PROMPT = "The text to inspect (at most GENAI_INSPECT_MAX_PROMPT_TOKENS tokens)."

@@ -22,20 +22,19 @@ from service.language.events import (
     TokenEvent,
     TokenExplanation,
 )
+from service.language.explain_schemas import SamplerDraw, SamplerStage, StepExplanation, TokenCandidate
 from service.language.model import LanguageModel
 from service.language.schemas import (
-    DetokenizeRequest,
-    DetokenizeResponse,
     GenerateRequest,
     GenerateResponse,
     NextTokenRequest,
     NextTokenResponse,
-    SamplerDraw,
-    SamplerStage,
     StepDetail,
-    StepExplanation,
     Timing,
-    TokenCandidate,
+)
+from service.language.tokenize_schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
     TokenizeExplanation,
     TokenizeRequest,
     TokenizeResponse,

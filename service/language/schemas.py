@@ -1,4 +1,5 @@
-"""Request and response bodies of the language endpoints (/tokenize, /detokenize, /next-token-probs, /generate).
+"""Request and response bodies of /next-token-probs and /generate (tokenize_schemas.py: /tokenize and
+/detokenize; explain_schemas.py: the `explain` trace both of these answer with).
 
 Static bounds here reject nonsense early. Each request turns itself into engine parameters
 (`to_sampling_params`, `to_distribution_params`), checked against the configured limits (`GENAI_MAX_*`,
@@ -11,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.language.bpe_explain import BpeExplanation
-from service.language.sampling import SamplingParams, StageName
+from service.language.explain_schemas import SamplerStage, StepExplanation, TokenCandidate, absent
+from service.language.sampling import SamplingParams
 from service.language.validation import DistributionParams, SamplingLimits, logit_bias_entries, one_constraint
 from service.schemas import (
     ChoiceConstraint,
@@ -33,251 +34,6 @@ from service.schemas import (
     TopP,
     Usage,
 )
-
-
-class TokenizeRequest(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"text": "Hello, world!"}, {"text": "Hello, world!", "explain": True}]}
-    )
-
-    text: str = Field(description="Text to split into tokens (at most GENAI_MAX_TEXT_CHARS characters).")
-    add_special_tokens: bool = Field(
-        default=False,
-        description="Add the tokenizer's special tokens (BOS and the like), as the model would see a prompt.",
-    )
-    parse_special: ParseSpecial = True
-    explain: bool = Field(
-        default=False,
-        description=(
-            "Also show how the text became these tokens: the pieces the tokenizer cuts it into, and for each the "
-            "byte-pair merges applied, in order. Byte-pair-encoding (BPE) tokenizers only (SmolLM2's, GPT-2's, "
-            "Llama 3's); others are refused with a 422 naming `explain`."
-        ),
-    )
-
-
-class BpeMerge(BaseModel):
-    rank: int = Field(
-        description="The merge's place in the tokenizer's merge list: the lowest-ranked pair of neighbours is merged first.",
-        examples=[653],
-    )
-    left: str = Field(examples=["Ġwor"])
-    right: str = Field(examples=["ld"])
-    merged: str = Field(description="The new symbol, a vocabulary entry.", examples=["Ġworld"])
-    symbols: list[str] = Field(description="The piece's symbols after this merge.", examples=[["Ġworld"]])
-
-
-class TokenizePiece(BaseModel):
-    text: str = Field(
-        description="The piece as it stands in `normalized` (empty for a token the tokenizer adds around the text).",
-        examples=[" world"],
-    )
-    start: int = Field(description="[start, end) character span of the piece in `normalized`.", examples=[6])
-    end: int = Field(examples=[12])
-    special: bool = Field(
-        description="An added token (`<|im_end|>` and the like, with `parse_special`) or one added around the text (`add_special_tokens`): taken whole, no merges.",
-        examples=[False],
-    )
-    byte_level: str = Field(
-        description="The piece as the BPE sees it: for byte-level BPE each byte is one printable character (a space is `Ġ`, `é` is `Ã©`).",
-        examples=["Ġworld"],
-    )
-    utf8: list[int] = Field(description="The piece's UTF-8 bytes.", examples=[[32, 119, 111, 114, 108, 100]])
-    initial: list[str] = Field(
-        description="The symbols before any merge (one per byte-level character).",
-        examples=[["Ġ", "w", "o", "r", "l", "d"]],
-    )
-    merges: list[BpeMerge] = Field(description="Each merge applied, in order.")
-    whole_word: bool = Field(
-        description="The piece was in the vocabulary as a whole, so merges were skipped (tokenizers with `ignore_merges`).",
-        examples=[False],
-    )
-    tokens: list[str] = Field(
-        description="The vocabulary entries the piece ends as (in the byte-level spelling).", examples=[["Ġworld"]]
-    )
-    ids: list[int] = Field(examples=[[905]])
-
-
-class TokenizeExplanation(BaseModel):
-    normalized: str = Field(
-        description="The text after the tokenizer's normalizer (the text itself when it has none, as SmolLM2's); the pieces' offsets are into it.",
-        examples=["Hello, world!"],
-    )
-    byte_level: bool = Field(
-        description="Whether pieces are spelled in the byte-level alphabet (GPT-2's, SmolLM2's).", examples=[True]
-    )
-    pieces: list[TokenizePiece] = Field(description="In order; their ids, one after the other, are the answer's `ids`.")
-
-    @classmethod
-    def of(cls, explanation: BpeExplanation, byte_level: bool) -> TokenizeExplanation:
-        return cls(
-            normalized=explanation.normalized,
-            byte_level=byte_level,
-            pieces=[
-                TokenizePiece(
-                    text=p.text,
-                    start=p.start,
-                    end=p.end,
-                    special=p.special,
-                    byte_level=p.byte_level,
-                    utf8=p.utf8,
-                    initial=p.initial,
-                    merges=[
-                        BpeMerge(rank=m.rank, left=m.left, right=m.right, merged=m.merged, symbols=m.symbols)
-                        for m in p.merges
-                    ],
-                    whole_word=p.whole_word,
-                    tokens=p.tokens,
-                    ids=p.ids,
-                )
-                for p in explanation.pieces
-            ],
-        )
-
-
-class TokenizeResponse(BaseModel):
-    ids: list[int] = Field(examples=[[19556, 28, 905, 17]])
-    tokens: list[str] = Field(
-        description="The text each token stands for, in order.", examples=[["Hello", ",", " world", "!"]]
-    )
-    offsets: list[tuple[int, int]] = Field(
-        description="[start, end) character span of each token in `text`.",
-        examples=[[[0, 5], [5, 6], [6, 12], [12, 13]]],
-    )
-    count: int = Field(examples=[4])
-    model: str = Field(examples=["SmolLM2-135M-Instruct"])
-    explain: TokenizeExplanation | None = Field(
-        default=None, description="How the text became the tokens (present when `explain` was asked)."
-    )
-
-
-class DetokenizeRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": [19556, 28, 905, 17]}]})
-
-    ids: list[int] = Field(description="Token ids, each in [0, vocab_size).")
-    skip_special_tokens: bool = False
-
-
-class DetokenizeResponse(BaseModel):
-    text: str = Field(examples=["Hello, world!"])
-    model: str = Field(examples=["SmolLM2-135M-Instruct"])
-
-
-class TokenCandidate(BaseModel):
-    id: int = Field(examples=[7042])
-    token: str = Field(examples=[" Paris"])
-    probability: float = Field(ge=0, le=1, examples=[0.7725])
-    logprob: float = Field(examples=[-0.2581])
-
-
-def _absent(value: object) -> bool:
-    return value is None
-
-
-class SamplerStage(BaseModel):
-    """One step of the sampler and the distribution after it (service/language/sampler_explain.py)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "top_p",
-                    "kept": 2,
-                    "removed_mass": 0.1352,
-                    "top": [
-                        {"id": 7042, "token": " Paris", "probability": 0.9229, "logprob": -0.0802},
-                        {"id": 260, "token": " the", "probability": 0.0771, "logprob": -2.5627},
-                    ],
-                }
-            ]
-        }
-    )
-
-    name: StageName = Field(
-        description=(
-            "The step, in the order the sampler applies them: `model` (softmax of the raw logits), then `grammar` "
-            "(a constrained request's mask: only the tokens its `json_schema`, `regex` or `choice` allows next), "
-            "`logit_bias`, `repetition_penalty`, `frequency_penalty`, `presence_penalty` (on the logits, so greedy "
-            "sees them too), `temperature`, `min_p`, `top_k`, `top_p`; only those the request turns on."
-        ),
-        examples=["top_p"],
-    )
-    kept: int = Field(description="Tokens with nonzero probability after this step.", examples=[2])
-    removed_mass: float = Field(
-        ge=0,
-        le=1,
-        description=(
-            "Probability mass this step took away: the total variation distance from the step before, "
-            "sum over tokens of max(0, before - after). For a cut (`min_p`, `top_k`, `top_p`) it is exactly the "
-            "mass of the tokens cut (the rest is renormalized); for a reshaping step (`logit_bias`, the penalties, "
-            "`temperature`) the mass moved from the tokens that lost some to the others. 0 for `model`."
-        ),
-        examples=[0.1352],
-    )
-    top: list[TokenCandidate] = Field(
-        description=(
-            "Its likeliest tokens with nonzero probability (at most `top_alternatives`; on /next-token-probs "
-            "`top_k`) and their probability after this step, likeliest first, ties by lower id: the order a draw walks."
-        )
-    )
-
-
-class SamplerDraw(BaseModel):
-    greedy: bool = Field(
-        description="Greedy: the last stage's most likely token (ties: the lower id), no random number."
-    )
-    u: float | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description=(
-            "Sampled: the uniform number in [0, 1) drawn from the request's seeded generator. The token is the "
-            "first of the last stage's tokens, likeliest first, whose running total of probability exceeds `u`."
-        ),
-        examples=[0.5231],
-    )
-    rank: int = Field(
-        description="The token's place in the last stage, likeliest first (0 = the most likely).", examples=[0]
-    )
-
-
-class StepExplanation(BaseModel):
-    """Why a step's token was chosen: the model's distribution, each sampler step, and the draw."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "entropy": 1.3812,
-                    "surprisal": 0.2581,
-                    "margin": 0.7080,
-                    "stages": [
-                        {
-                            "name": "model",
-                            "kept": 49152,
-                            "removed_mass": 0.0,
-                            "top": [{"id": 7042, "token": " Paris", "probability": 0.7725, "logprob": -0.2581}],
-                        }
-                    ],
-                    "draw": {"greedy": True, "rank": 0},
-                }
-            ]
-        }
-    )
-
-    entropy: float = Field(
-        description="Entropy, in nats, of the model's full distribution (softmax of the raw logits, temperature 1).",
-        examples=[1.3812],
-    )
-    surprisal: float = Field(
-        description="-log p of the chosen token under the model's distribution, in nats.", examples=[0.2581]
-    )
-    margin: float = Field(
-        description="The probability of the model's likeliest token minus that of the second.", examples=[0.708]
-    )
-    stages: list[SamplerStage] = Field(
-        description="The distribution after each sampler step, in order; the last is the one the token was drawn from."
-    )
-    draw: SamplerDraw
 
 
 class NextTokenRequest(RequestModel):
@@ -368,7 +124,7 @@ class NextTokenResponse(BaseModel):
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
     stages: list[SamplerStage] | None = Field(
         default=None,
-        exclude_if=_absent,
+        exclude_if=absent,
         description="With `explain`: the distribution after each sampler step, in order (`model` first), as /generate's sampler would shape this token.",
     )
 
@@ -519,7 +275,7 @@ class StepDetail(BaseModel):
         default=None, description="The most likely tokens at this step (present when `top_alternatives` > 0)."
     )
     explain: StepExplanation | None = Field(
-        default=None, exclude_if=_absent, description="Why this token was chosen (present with `explain`)."
+        default=None, exclude_if=absent, description="Why this token was chosen (present with `explain`)."
     )
 
 
@@ -546,7 +302,7 @@ class GenerateResponse(BaseModel):
     model: str = Field(examples=["SmolLM2-135M-Instruct"])
     perplexity: float | None = Field(
         default=None,
-        exclude_if=_absent,
+        exclude_if=absent,
         description="With `explain`: exp of the mean surprisal of the generated tokens under the model's distribution (1 = no surprise at all).",
         examples=[1.84],
     )
