@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import tokenizers
+from tiny_models import save_tiny_tokenizer
 
 from service.language.bpe_explain import BpeExplainer, TokenizerNotExplainable
-from tests.language.tiny_models import save_tiny_tokenizer
 
 TEXTS = [
     "Hello world",
