@@ -20,7 +20,7 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
 
@@ -83,10 +83,26 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text (valid under the tool's `parameters` once whole).")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=_unset)
 
 
 class ChatChoice(BaseModel):
@@ -100,8 +116,19 @@ class ChatCompletionResponse(_Response[ChatChoice]):
     object: Literal["chat.completion"] = "chat.completion"
 
 
-def _unset(value: Any) -> bool:
-    return value is None
+class FunctionDelta(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_unset)
+    arguments: str | None = Field(default=None, exclude_if=_unset)
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a streamed call, as OpenAI streams them: `id`, `type` and `function.name` in its first
+    chunk, then `function.arguments` pieces; `index` says which call of the message it belongs to."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_unset)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_unset)
+    function: FunctionDelta
 
 
 class ChatDelta(BaseModel):
@@ -109,6 +136,7 @@ class ChatDelta(BaseModel):
 
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
     content: str | None = Field(default=None, exclude_if=_unset)
+    tool_calls: list[ToolCallDelta] | None = Field(default=None, exclude_if=_unset)
 
 
 class ChatChunkChoice(BaseModel):

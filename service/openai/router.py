@@ -34,6 +34,7 @@ from service.openai.serving import (
     submit_all,
 )
 from service.openai.streams import chat_chunks, completion_chunks, started_choices
+from service.openai.tool_calls import tool_reader
 from service.security import ApiKey
 from service.streaming import event_stream_response
 
@@ -124,7 +125,7 @@ async def completions(
     "/chat/completions",
     response_model=ChatCompletionResponse,
     responses={**_ERRORS_GENERATING, 200: _stream_doc("chat.completion.chunk")},
-    summary="Chat through the model's chat template: logprobs, stream",
+    summary="Chat through the model's chat template: logprobs, stream, structured output, tool calls",
 )
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, lm: LanguageModelDep, engine: EngineDep, settings: SettingsDep
@@ -136,12 +137,13 @@ async def chat_completions(
     annotate(model=model, choices=len(specs))
     add_usage(prompt_tokens=len(prompt.ids))
 
+    tools = await tool_reader(engine, lm, body.tool_use())
     handles = submit_all(engine, specs, await compiled_grammar(engine, specs))
     try:
         if body.stream:
             events = await started_choices(request, handles)
-            return event_stream_response(chat_chunks(body, specs, handles, events, model, prompt, lm), settings)
+            return event_stream_response(chat_chunks(body, specs, handles, events, model, prompt, lm, tools), settings)
         results = await cancel_on_disconnect(request, collect(specs, handles))
     except ClientDisconnected:
         return Response(status_code=499)
-    return chat_response(body, results, model, len(prompt.ids), lm)
+    return chat_response(body, results, model, len(prompt.ids), lm, tools)

@@ -6,20 +6,23 @@ Fields follow OpenAI's API reference. Each request turns itself into engine para
 names them (never silently ignored), except `user`, which only labels a request. Unknown fields are
 refused too. `presence_penalty`, `frequency_penalty` and `logit_bias` are OpenAI's, with OpenAI's
 bounds (the native routes share them). `response_format` (`json_object`, `json_schema`) constrains the
-output on both endpoints (structured.py). `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
+output on both endpoints (structured.py); on chat, `tools` and `tool_choice` ask for tool calls (tools.py,
+tool_calls.py) and the messages may carry them (messages.py). `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
 `guided_json`, `guided_regex`, `guided_choice` and, on chat, `add_generation_prompt` /
 `continue_final_message` are extensions (vLLM's names), sent with the `openai` client through `extra_body`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.language.sampling import SamplingParams
 from service.language.validation import FieldNames, SamplingLimits, logit_bias_entries
+from service.openai.messages import ChatMessageIn
 from service.openai.structured import JSON_SCHEMA_EXAMPLE, ResponseFormat, structured_constraint
+from service.openai.tools import TOOL_EXAMPLE, ToolChoice, ToolDef, ToolUse
 from service.schemas import (
     ChoiceConstraint,
     FrequencyPenalty,
@@ -123,6 +126,7 @@ class _SamplingFields(RequestModel):
         default_max_tokens: int,
         top_alternatives: int,
         names: FieldNames,
+        forced_call: dict[str, Any] | None = None,
     ) -> SamplingParams:
         """OpenAI's defaults (temperature 1 samples; no `max_tokens` = the default, fitted into the context)."""
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -143,7 +147,12 @@ class _SamplingFields(RequestModel):
             top_alternatives=top_alternatives,
             timeout_s=self.timeout_s,
             constraint=structured_constraint(
-                self.response_format, self.guided_json, self.guided_regex, self.guided_choice, limits.max_text_chars
+                self.response_format,
+                self.guided_json,
+                self.guided_regex,
+                self.guided_choice,
+                limits.max_text_chars,
+                forced_call,
             ),
         )
         return limits.check(params, names)
@@ -240,41 +249,6 @@ class CompletionRequest(_SamplingFields):
         )
 
 
-class TextPart(RequestModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessageIn(RequestModel):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = Field(default=None, description="Accepted and ignored.")
-
-    @model_validator(mode="after")
-    def _check(self) -> ChatMessageIn:
-        if self.role in ("tool", "function"):
-            raise ValueError(f"role `{self.role}` is not supported by this server (no tool calling)")
-        if self.content is None:
-            raise ValueError("content is required")
-        if isinstance(self.content, list):
-            for part in self.content:
-                if part.get("type") != "text":
-                    raise ValueError(f"content parts of type `{part.get('type')}` are not supported (text only)")
-                TextPart.model_validate(part)
-        return self
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(str(part["text"]) for part in self.content or [])
-
-    def template_role(self) -> Literal["system", "user", "assistant"]:
-        """The role the chat template knows (`developer` is OpenAI's newer `system`; tools are refused above)."""
-        if self.role in ("system", "developer"):
-            return "system"
-        return "user" if self.role == "user" else "assistant"
-
-
 class ChatCompletionRequest(_SamplingFields):
     model_config = ConfigDict(
         extra="forbid",
@@ -303,6 +277,11 @@ class ChatCompletionRequest(_SamplingFields):
                     "continue_final_message": True,
                 },
                 {"messages": [{"role": "user", "content": "Name a capital."}], "response_format": JSON_SCHEMA_EXAMPLE},
+                {
+                    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+                    "tools": [TOOL_EXAMPLE],
+                    "tool_choice": "required",
+                },
             ]
         },
     )
@@ -321,11 +300,20 @@ class ChatCompletionRequest(_SamplingFields):
         le=MAX_LOGPROBS,
         description=f"With `logprobs`, the top alternatives per token (0..{MAX_LOGPROBS}).",
     )
-    tools: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
-    tool_choice: Any = Field(default=None, description="Only `none`.")
+    tools: list[ToolDef] | None = Field(
+        default=None, description="Functions the model may call (shown in its prompt; see `tool_choice`)."
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description='`"none"` (the default without tools), `"auto"` (the default with them: the model decides), '
+        '`"required"` (a call to one of the tools, its arguments under its schema), or '
+        '`{"type": "function", "function": {"name": ...}}` (a call to that one).',
+    )
     functions: list[Any] | None = Field(default=None, description="Refused (no tool calling).")
     function_call: Any = Field(default=None, description="Only `none`.")
-    parallel_tool_calls: bool | None = Field(default=None, description="Accepted and ignored.")
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="Accepted: a forced call is one call; `auto` may answer several."
+    )
     # extensions, as vLLM names them
     add_generation_prompt: bool | None = Field(
         default=None,
@@ -339,17 +327,21 @@ class ChatCompletionRequest(_SamplingFields):
         "`add_generation_prompt: true`.",
     )
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+    def _no_functions(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
-            raise ValueError("not supported by this server (no tool calling)")
+            raise ValueError("not supported by this server (OpenAI's deprecated form: send `tools`)")
         return value
 
-    @field_validator("tool_choice", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _no_tool_choice(cls, value: Any) -> Any:
-        return _refuse(value, ("none",), "no tool calling; only `none`")
+    def _no_function_call(cls, value: Any) -> Any:
+        return _refuse(value, ("none",), "OpenAI's deprecated form: send `tool_choice`")
+
+    def tool_use(self) -> ToolUse:
+        """The tools and what `tool_choice` makes of them (InvalidRequest naming the field that is wrong)."""
+        return ToolUse.of(self.tools, self.tool_choice)
 
     @field_validator("continue_final_message")
     @classmethod
@@ -396,4 +388,5 @@ class ChatCompletionRequest(_SamplingFields):
                 "max_new_tokens": "max_completion_tokens" if only_new_name else "max_tokens",
                 "top_alternatives": "top_logprobs",
             },
+            forced_call=self.tool_use().forced_schema(),
         )

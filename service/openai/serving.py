@@ -37,6 +37,7 @@ from service.language.validation import (
     encode_prompt,
 )
 from service.observability.context import add_usage
+from service.openai.messages import template_messages
 from service.openai.responses import (
     ChatChoice,
     ChatCompletionResponse,
@@ -50,6 +51,7 @@ from service.openai.responses import (
     TopLogprob,
 )
 from service.openai.schemas import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
+from service.openai.tool_calls import ToolReader
 from service.schemas import Usage
 from service.streaming import raise_if_failed_before_first_token
 
@@ -119,7 +121,7 @@ def chat_prompt(body: ChatCompletionRequest, lm: LanguageModel, settings: Settin
     text, ids = encode_messages(
         lm,
         settings,
-        [{"role": m.template_role(), "content": m.text()} for m in body.messages],
+        template_messages(body.messages, body.tool_use().prompt()),
         add_generation_prompt=body.opens_assistant_turn(),
         continue_final_message=body.continue_final_message,
     )
@@ -351,17 +353,27 @@ def completion_response(
 
 
 def chat_response(
-    body: ChatCompletionRequest, results: list[ChoiceResult], model: str, prompt_tokens: int, lm: LanguageModel
+    body: ChatCompletionRequest,
+    results: list[ChoiceResult],
+    model: str,
+    prompt_tokens: int,
+    lm: LanguageModel,
+    tools: ToolReader | None = None,
 ) -> ChatCompletionResponse:
     def choice(result: ChoiceResult) -> ChatChoice:
         logprobs = None
         if body.logprobs:
             logprobs = ChoiceLogprobs(content=[event_logprob(e, lm) for e in result.tokens if not is_end_token(e, lm)])
+        text, reason = result.finish.text if result.finish else "", finish_reason(result.finish)
+        content: str | None = text
+        calls = None
+        if tools is not None:
+            content, calls, reason = tools.whole(text, reason)
         return ChatChoice(
             index=result.spec.index,
-            message=ChatMessageOut(content=result.finish.text if result.finish else ""),
+            message=ChatMessageOut(content=content, tool_calls=calls),
             logprobs=logprobs,
-            finish_reason=finish_reason(result.finish),
+            finish_reason=reason,
         )
 
     return ChatCompletionResponse(

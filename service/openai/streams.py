@@ -38,6 +38,7 @@ from service.openai.serving import (
     new_id,
     now,
 )
+from service.openai.tool_calls import ToolCallStream, ToolReader
 from service.schemas import Usage
 from service.streaming import first_event_checked
 
@@ -99,7 +100,7 @@ async def stream_chunks(
     model: str,
     envelope: Callable[..., Chunk],
     id_prefix: str,
-    choice: Callable[[int, str | None, LogprobsT | None, FinishReason | None], ChoiceT],
+    choice: Callable[[int, str | None, LogprobsT | None, FinishReason | None], ChoiceT | None],
     token_logprobs: Callable[[int, TokenEvent], LogprobsT | None],
     opening: Iterable[ChoiceT] = (),
 ) -> AsyncIterator[str]:
@@ -111,7 +112,8 @@ async def stream_chunks(
 
     The endpoints give only what their chunks differ in: the chunk model (`envelope`) and its id's prefix,
     how a choice is made from its index, the text it adds (None: none, as in a finish chunk), its logprobs
-    and its finish reason, and a token's logprobs (a token with neither text nor logprobs sends nothing).
+    and its finish reason (None: nothing to send yet, as a tool call's held text), and a token's logprobs
+    (a token with neither text nor logprobs sends nothing).
     Every chunk carries the stream's id, `created` and model, one choice, and the usage so far."""
     chunk_id, created = new_id(id_prefix), now()
     usage = StreamUsage(options, prompt_tokens)
@@ -128,12 +130,15 @@ async def stream_chunks(
                 if is_end_token(event, lm):
                     continue  # counted, not shown: the finish chunk's usage includes it
                 logprobs = token_logprobs(index, event)
-                if event.text or logprobs is not None:
-                    yield chunk([choice(index, event.text, logprobs, None)], usage.so_far())
+                made = choice(index, event.text, logprobs, None) if event.text or logprobs is not None else None
+                if made is not None:
+                    yield chunk([made], usage.so_far())
             elif isinstance(event, FinishEvent):
                 usage.count(index, event.completion_tokens)
                 add_usage(completion_tokens=event.completion_tokens)
-                yield chunk([choice(index, None, None, finish_reason(event))], usage.so_far())
+                finished = choice(index, None, None, finish_reason(event))
+                assert finished is not None  # a finish always makes its chunk
+                yield chunk([finished], usage.so_far())
             elif isinstance(event, ErrorEvent):
                 yield StreamError(error=StreamErrorDetail(message=event.message)).model_dump_json()
                 yield DONE  # as vLLM: readers that wait for the terminator stop cleanly
@@ -204,11 +209,22 @@ def chat_chunks(
     model: str,
     prompt: Prompt,
     lm: LanguageModel,
+    tools: ToolReader | None = None,
 ) -> AsyncIterator[str]:
+    """Chat chunks; with tools, each choice's text goes through its ToolCallStream (tool_calls.py)."""
+    calls = {spec.index: ToolCallStream(tools) for spec in specs} if tools is not None else {}
+
     def choice(
         index: int, text: str | None, logprobs: ChoiceLogprobs | None, reason: FinishReason | None
-    ) -> ChatChunkChoice:
-        return ChatChunkChoice(index=index, delta=ChatDelta(content=text), logprobs=logprobs, finish_reason=reason)
+    ) -> ChatChunkChoice | None:
+        delta: ChatDelta | None = ChatDelta(content=text)
+        if index in calls and reason is not None:
+            delta, reason = calls[index].finish(reason)
+        elif index in calls:
+            delta = calls[index].add(text or "")
+        if delta is None and reason is None and logprobs is None:
+            return None
+        return ChatChunkChoice(index=index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason)
 
     def token_logprobs(_index: int, event: TokenEvent) -> ChoiceLogprobs | None:
         return ChoiceLogprobs(content=[event_logprob(event, lm)]) if body.logprobs else None

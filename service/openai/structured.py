@@ -80,8 +80,10 @@ def structured_constraint(
     guided_regex: str | None,
     guided_choice: list[str] | None,
     max_text_chars: int,
+    forced_call: dict[str, Any] | None = None,
 ) -> Constraint | None:
-    """The constraint the request's structured-output fields ask for, if any (at most one may)."""
+    """The constraint the request's structured-output fields ask for, if any (at most one may); a forced tool
+    call's schema (`tool_choice`, tools.py) is one too."""
     if isinstance(guided_json, str):
         try:
             guided_json = json.loads(guided_json)
@@ -95,6 +97,7 @@ def structured_constraint(
             ("guided_json", "json_schema", guided_json),
             ("guided_regex", "regex", guided_regex),
             ("guided_choice", "choice", guided_choice),
+            ("tool_choice", "json_schema", forced_call),
         ],
         max_text_chars,
     )

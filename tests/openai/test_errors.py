@@ -49,7 +49,7 @@ def _assert_openai_error(response: httpx.Response, status: int, param: str | Non
         (
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
-            "tools",
+            "tools.0.function",
         ),
         (
             "/v1/chat/completions",
