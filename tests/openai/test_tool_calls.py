@@ -329,3 +329,16 @@ def test_a_langchain_agent_calls_a_python_function(threaded_server: str, model_i
     final = llm.bind_tools([get_weather], tool_choice="none").invoke([*messages, called, result])
     assert isinstance(final, AIMessage) and not final.tool_calls
     assert isinstance(final.content, str) and final.content.strip()
+
+
+async def test_the_openapi_example_is_answered_with_a_call(client: httpx.AsyncClient) -> None:
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    (example,) = [e for e in schemas["ChatCompletionRequest"]["examples"] if "tools" in e]
+    response = await client.post("/v1/chat/completions", json={**example, "temperature": 0, "max_tokens": 40})
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    (tool,) = example["tools"]
+    assert call["function"]["name"] == tool["function"]["name"]
+    jsonschema.validate(json.loads(call["function"]["arguments"]), tool["function"]["parameters"])
