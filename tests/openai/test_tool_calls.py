@@ -11,7 +11,11 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionToolParam,
+)
 
 from service.language.grammar import Constraint
 from service.language.grammar_llguidance import LLGuidanceBackend
@@ -125,6 +129,21 @@ async def test_a_stream_gives_the_same_call(aclient: openai.AsyncOpenAI, model_i
         assert streamed[:3] == (name, whole.choices[0].message.tool_calls[0].function.arguments, "tool_calls")
         assert json.loads(streamed[1]) == arguments
         assert streamed[3] > 1, "the arguments come in pieces, as they are generated"
+
+
+async def test_a_call_cut_short_is_length_whole_and_streamed(aclient: openai.AsyncOpenAI, model_id: str) -> None:
+    named: ChatCompletionNamedToolChoiceParam = {"type": "function", "function": {"name": "get_weather"}}
+    whole = await aclient.chat.completions.create(
+        model=model_id, messages=QUESTION, tools=TOOLS, tool_choice=named, temperature=0, max_tokens=3
+    )
+    choice = whole.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
+    arguments = call.function.arguments
+    assert arguments.startswith("{") and not arguments.endswith("}")  # a start of the arguments, not whole
+    streamed = await _streamed_call(aclient, model_id, tools=TOOLS, tool_choice=named, temperature=0, max_tokens=3)
+    assert streamed[:3] == ("get_weather", arguments, "length")
 
 
 async def test_none_gives_content_and_hides_the_tools(aclient: openai.AsyncOpenAI, model_id: str) -> None:
