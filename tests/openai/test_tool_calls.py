@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jsonschema
@@ -16,6 +16,7 @@ from openai.types.chat import (
     ChatCompletionNamedToolChoiceParam,
     ChatCompletionToolParam,
 )
+from pydantic import BaseModel, Field
 
 from service.language.grammar import Constraint
 from service.language.grammar_llguidance import LLGuidanceBackend
@@ -144,6 +145,34 @@ async def test_a_call_cut_short_is_length_whole_and_streamed(aclient: openai.Asy
     assert arguments.startswith("{") and not arguments.endswith("}")  # a start of the arguments, not whole
     streamed = await _streamed_call(aclient, model_id, tools=TOOLS, tool_choice=named, temperature=0, max_tokens=3)
     assert streamed[:3] == ("get_weather", arguments, "length")
+
+
+class GetWeather(BaseModel):
+    """The weather in a city."""
+
+    city: str = Field(max_length=20)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+async def test_the_sdk_parses_strict_pydantic_tools(aclient: openai.AsyncOpenAI, model_id: str) -> None:
+    """`parse` with `pydantic_function_tool` reads the arguments back into the model; the `stream` helper
+    assembles the same call from the deltas."""
+    tools = [openai.pydantic_function_tool(GetWeather)]
+    parsed = await aclient.chat.completions.parse(
+        model=model_id, messages=QUESTION, tools=tools, tool_choice="required", temperature=0, max_tokens=40
+    )
+    (call,) = parsed.choices[0].message.tool_calls or []
+    assert call.function.name == "GetWeather" and isinstance(call.function.parsed_arguments, GetWeather)
+    async with aclient.chat.completions.stream(
+        model=model_id, messages=QUESTION, tools=tools, tool_choice="required", temperature=0, max_tokens=40
+    ) as stream:
+        final = await stream.get_final_completion()
+    (streamed,) = final.choices[0].message.tool_calls or []
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert (streamed.function.name, streamed.function.parsed_arguments) == (
+        call.function.name,
+        call.function.parsed_arguments,
+    )
 
 
 async def test_none_gives_content_and_hides_the_tools(aclient: openai.AsyncOpenAI, model_id: str) -> None:
