@@ -350,14 +350,10 @@ def _hand_weights_to_the_lean_decoder(lm: LanguageModel) -> None:
             log.info(
                 "GENAI_WEIGHTS: the lean decoder cannot run %s (%s); running de-quantized weights", lm.model_id, reason
             )
-            lm.model, lm.gguf_weights = _load_module_again(lm), None
+            assert lm.reload_module is not None  # set by load_language_model, the only caller
+            lm.model, lm.gguf_weights = lm.reload_module(), None
         return
     lm.release_module_weights(LlamaDecoder.shared(lm))
-
-
-def _load_module_again(lm: LanguageModel) -> Any:
-    assert lm.reload_module is not None
-    return lm.reload_module()
 
 
 def return_freed_memory() -> None:

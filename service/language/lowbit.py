@@ -338,18 +338,6 @@ def build_llama_weights(
     )
 
 
-def load_llama_weights(
-    tensors: GgufWeights,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    dtype: torch.dtype,
-    dense: Callable[[torch.Tensor], Product],
-) -> LlamaWeights:
-    """`build_llama_weights` over `read_llama_state`: the file's tensors, packed now."""
-    return build_llama_weights(read_llama_state(tensors, layers, heads, kv_heads), layers, dtype, dense)
-
-
 def packed_state(path: Path, cache: Path | None, layers: int, heads: int, kv_heads: int) -> PackedState:
     """The packed state of the GGUF file at `path`, from `cache` when it holds one of this format and torch
     (memory-mapped: a second start skips the GGUF reader, which spends seconds parsing the tokenizer's
