@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     grammar_compile_timeout_s: float = Field(
         default=10.0,
         gt=0,
-        description="Structured output: the longest a JSON schema, regex or choice may take to compile (on a worker "
-        "thread of its own, one at a time); past it the request is refused naming the field (422, 400 under /v1).",
+        description="Structured output: the longest a request waits for its JSON schema, regex or choice to compile (on "
+        "a worker thread of its own, one at a time, queueing included); past it the request is refused naming the field "
+        "(422, 400 under /v1) while the compile runs on and is kept for the next request with the same constraint.",
     )
     stream_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on silent streams.")
 

@@ -12,8 +12,8 @@ Three layers, so that the engine never sees a library:
     after each token, `finished` once the grammar takes nothing more, and `valid_prefix` for drafts.
 
 `Grammars` compiles on one worker thread of its own, never on the event loop nor on the engine thread
-(which would stall every running row), keeps the latest compiled grammars, and refuses a compile that
-takes longer than GENAI_GRAMMAR_COMPILE_TIMEOUT_S. A constraint the backend cannot compile is an
+(which would stall every running row), keeps the latest compiled grammars, and refuses a request whose
+compile takes longer than GENAI_GRAMMAR_COMPILE_TIMEOUT_S (the compile itself runs on and is kept). A constraint the backend cannot compile is an
 `InvalidRequest` naming the field, with the backend's reason.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ from service.language.exceptions import InvalidRequest
 
 ConstraintKind = Literal["json_schema", "regex", "choice"]
 _CACHED_GRAMMARS = 64  # compiled grammars kept for reuse (a client sends the same schema again and again)
+_GrammarKey = tuple[ConstraintKind, str | tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -144,19 +146,49 @@ class Grammars:
     """Compiles constraints for one model on a worker thread of its own, and keeps the recent ones.
 
     `backend` makes the backend on that thread the first time one is needed (building a library's view of
-    a 49,152-token vocabulary takes about a second)."""
+    a 49,152-token vocabulary takes about a second). A compile cannot be interrupted, so one that outlives
+    its request's time limit runs on: requests for the same constraint meanwhile wait on that same compile
+    rather than queue another, and its grammar is kept when it finishes, so a client's retry gets it at once.
+    The limit counts from the request's arrival, queueing behind other compiles included."""
 
     def __init__(self, backend: Callable[[], GrammarBackend], timeout_s: float) -> None:
         self._make_backend = backend
         self._backend: GrammarBackend | None = None
         self._timeout_s = timeout_s
-        self._cache: OrderedDict[tuple[ConstraintKind, str | tuple[str, ...]], CompiledGrammar] = OrderedDict()
+        self._cache: OrderedDict[_GrammarKey, CompiledGrammar] = OrderedDict()
+        self._compiling: dict[_GrammarKey, concurrent.futures.Future[CompiledGrammar]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compile")
 
     def _compile_now(self, constraint: Constraint) -> CompiledGrammar:
         if self._backend is None:
             self._backend = self._make_backend()
         return self._backend.compile(constraint)
+
+    def _keep(self, key: _GrammarKey, compiled: CompiledGrammar) -> None:
+        self._cache[key] = compiled
+        self._cache.move_to_end(key)
+        while len(self._cache) > _CACHED_GRAMMARS:
+            self._cache.popitem(last=False)
+
+    def _finished(self, key: _GrammarKey, future: concurrent.futures.Future[CompiledGrammar]) -> None:
+        """On the event loop, whoever waited or not: keep the grammar, forget the compile."""
+        self._compiling.pop(key, None)
+        if not future.cancelled() and future.exception() is None:
+            self._keep(key, future.result())
+
+    def _start(self, key: _GrammarKey, constraint: Constraint) -> concurrent.futures.Future[CompiledGrammar]:
+        future = self._compiling.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._executor.submit(self._compile_now, constraint)
+            self._compiling[key] = future
+
+            def finished_on_the_loop(done: concurrent.futures.Future[CompiledGrammar]) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed first (shutdown mid-compile)
+                    loop.call_soon_threadsafe(self._finished, key, done)
+
+            future.add_done_callback(finished_on_the_loop)
+        return future
 
     async def compile(self, constraint: Constraint) -> CompiledGrammar:
         """The compiled grammar (from the cache when the same constraint came before); InvalidRequest
@@ -166,20 +198,18 @@ class Grammars:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._compile_now, constraint)
+        future = self._start(key, constraint)
         try:
-            compiled = await asyncio.wait_for(future, self._timeout_s)
+            # shield: a request that stops waiting leaves the compile (and whoever else waits on it) alone
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self._timeout_s)
         except asyncio.TimeoutError as exc:  # TimeoutError from Python 3.11 on
             raise InvalidRequest(
                 constraint.field,
-                f"{constraint.field}: compiling it took longer than {self._timeout_s:g} s (GENAI_GRAMMAR_COMPILE_TIMEOUT_S)",
+                f"{constraint.field}: compiling it took longer than {self._timeout_s:g} s (GENAI_GRAMMAR_COMPILE_TIMEOUT_S); "
+                "it goes on compiling, and the same constraint sent again once it is done is served at once",
             ) from exc
         except GrammarError as exc:
             raise InvalidRequest(constraint.field, f"{constraint.field} cannot be used as a constraint: {exc}") from exc
-        self._cache[key] = compiled
-        while len(self._cache) > _CACHED_GRAMMARS:
-            self._cache.popitem(last=False)
-        return compiled
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

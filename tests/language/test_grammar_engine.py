@@ -6,6 +6,7 @@ and rows without a constraint left exactly as they are alone. No model, no gramm
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -194,6 +195,32 @@ async def test_compiles_are_cached_refused_naming_the_field_and_bounded_in_time(
             await grammars.compile(choice("slow", field="response_format.json_schema.schema"))
         assert slow.value.field == "response_format.json_schema.schema"
         assert "GENAI_GRAMMAR_COMPILE_TIMEOUT_S" in slow.value.message
+    finally:
+        grammars.close()
+
+
+async def test_a_compile_past_the_limit_runs_on_once_for_every_waiter_and_is_kept_for_the_retry() -> None:
+    backend = FakeBackend(slow_s=0.6)
+    grammars = Grammars(lambda: backend, timeout_s=0.1)
+    slow = choice("slow", "words")
+    try:
+        started = time.monotonic()
+        refusals = await asyncio.gather(grammars.compile(slow), grammars.compile(slow), return_exceptions=True)
+        assert time.monotonic() - started < 0.5  # each refused at its limit, not when the compile ended
+        assert all(isinstance(r, InvalidRequest) and "goes on compiling" in r.message for r in refusals)
+        assert backend.compiles == 1  # the second request waited on the first one's compile
+        # a waiter that goes away (a client disconnecting) does not cancel the compile either
+        waiter = asyncio.create_task(grammars.compile(choice("slow", "again")))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        await asyncio.sleep(1.4)  # both compiles done (one after the other on the compile thread)
+        started = time.monotonic()
+        kept = await grammars.compile(slow)
+        again = await grammars.compile(choice("slow", "again"))
+        assert time.monotonic() - started < 0.05 and backend.compiles == 2  # both retries from the cache
+        matchers = (kept.new_matcher(), again.new_matcher())
+        assert all(isinstance(m, WordsMatcher) for m in matchers)
+        assert [m.words for m in matchers if isinstance(m, WordsMatcher)] == [("slow", "words"), ("slow", "again")]
     finally:
         grammars.close()
 

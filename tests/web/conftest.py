@@ -1,6 +1,6 @@
 """Browser fixtures: the real service on a free localhost port, and Debian's chromium driven by Playwright.
 
-The service runs in a thread (uvicorn.Server) on the models the session already loaded. Chromium is the
+The service runs in a thread (tests/servers.py `serve`) on the models the session already loaded. Chromium is the
 system one (`/usr/bin/chromium`, `apt-get install chromium`); Playwright's own browser download is never
 used. Without chromium the tests skip on a developer machine and fail in CI (`CI` set), where `.ci/run`
 installs it.
@@ -8,21 +8,16 @@ installs it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from servers import serve
 
-from service.app import create_app
 from service.config import Settings
 from service.state import LoadedModels
 
@@ -64,41 +59,6 @@ def find_chromium() -> str | None:
 
 
 # --- the service -----------------------------------------------------------------------------
-
-
-class _ThreadedServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29; newer ones skip this off the main thread
-        pass
-
-
-@contextlib.contextmanager
-def serve(settings: Settings, loaded_models: LoadedModels) -> Iterator[str]:
-    """Run the real app on 127.0.0.1:<free port> in a thread; yield its base URL.
-
-    The app gets its own `LoadedModels` (same model objects, engine None) so that its lifespan starts and
-    stops its own generation engine without touching the engine of the in-process `app` fixture.
-    """
-    models = dataclasses.replace(loaded_models, engine=None, load_seconds=dict(loaded_models.load_seconds))
-    app = create_app(settings, models=models)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = _ThreadedServer(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"live-server-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the live server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 @pytest.fixture(scope="session")
