@@ -96,15 +96,15 @@ class LlamaDecoder:
         if isinstance(lm.weights_holder, LlamaDecoder):  # built at load, holding the only copy of the weights
             return lm.weights_holder
         with cls._shared_lock:
-            decoder = cls._shared.get(id(lm.model))
-            if decoder is None or decoder.lm.model is not lm.model:
-                decoder = cls._shared[id(lm.model)] = cls(lm)
+            decoder = cls._shared.get(id(lm))
+            if decoder is None or decoder.lm is not lm:
+                decoder = cls._shared[id(lm)] = cls(lm)
             return decoder
 
     @staticmethod
     def unsupported_reason(lm: LanguageModel) -> str | None:
         """None when `forward` computes exactly what the model's own forward does; else why not."""
-        cfg = lm.model.config
+        cfg = lm.config
         if getattr(cfg, "model_type", None) != "llama":
             return f"model type {getattr(cfg, 'model_type', None)!r} (only llama)"
         if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
@@ -114,15 +114,14 @@ class LlamaDecoder:
         rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
         if (rope.get("rope_type") or rope.get("type") or "default") != "default":
             return f"rope type {rope.get('rope_type') or rope.get('type')!r}"
-        if getattr(lm.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
+        if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
             return "attention implementation"
         if lm.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return f"dtype {lm.dtype}"
         return None
 
     def __init__(self, lm: LanguageModel) -> None:
-        model = lm.model
-        cfg = model.config
+        cfg = lm.config
         self.lm = lm
         self.device = lm.device
         self.dtype = lm.dtype
@@ -145,8 +144,13 @@ class LlamaDecoder:
         self.norm_attn: list[torch.Tensor] = []
         self.norm_mlp: list[torch.Tensor] = []
         with torch.inference_mode():
-            self.inv_freq = model.model.rotary_emb.inv_freq.detach().float()
-            self.rope_scaling = float(getattr(model.model.rotary_emb, "attention_scaling", 1.0))
+            # RoPE's default frequencies (unsupported_reason refuses the other types), as transformers'
+            # LlamaRotaryEmbedding computes them: 1 / theta^(2i / head_dim), no attention scaling.
+            rope = getattr(cfg, "rope_parameters", None) or {}
+            theta = float(rope.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0)
+            steps = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=self.device) / self.head_dim
+            self.inv_freq = 1.0 / (theta**steps)  # [head_dim / 2]
+            self.rope_scaling = 1.0
             if lm.gguf_weights is not None and self.device.type == "cpu" and lowbit.int4_kernels_available():
                 self._load_gguf(lm.gguf_weights, lm.lowbit_cache, pack)
             else:
@@ -183,6 +187,16 @@ class LlamaDecoder:
         self.qkv, self.o, self.gate_up, self.down = loaded.qkv, loaded.o, loaded.gate_up, loaded.down
         self.norm_attn, self.norm_mlp, self.norm_final = loaded.norm_attn, loaded.norm_mlp, loaded.norm_final
         self.lm_head = loaded.lm_head
+
+    def parameter_count(self) -> int:
+        """The model's parameters as transformers counts them (a tied output head once), from its shapes: the
+        count /info reports without building transformers' module."""
+        cfg = self.lm.config
+        hidden, vocab = int(cfg.hidden_size), int(cfg.vocab_size)
+        attention = hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * hidden
+        mlp = 3 * hidden * self.intermediate
+        head = 0 if getattr(cfg, "tie_word_embeddings", False) else vocab * hidden
+        return vocab * hidden + self.layers * (attention + mlp + 2 * hidden) + hidden + head
 
     def new_cache(self, rows: int, capacity: int) -> torch.Tensor:
         """[layers, 2 (keys, values), rows, kv_heads, capacity, head_dim], zeroed (masked slots must be finite)."""

@@ -250,24 +250,30 @@ def _load_module(source: ModelSource, dtype: torch.dtype, device: torch.device) 
     return model
 
 
-def _module_skeleton(source: ModelSource, dtype: torch.dtype) -> Any:
+def _module_skeleton(source: ModelSource, config: Any, dtype: torch.dtype, generation_config: Any) -> Any:
     """transformers' module for `source` without weights (parameters on the meta device: config, shapes and
-    module tree only), for a model whose weights come from elsewhere (the GGUF file). The rotary embedding's
-    inverse frequencies, computed from the config and read by the lean decoder, are built on the CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    module tree only), for a model whose weights come from elsewhere (the GGUF file). Built on first use
+    (`LanguageModel.model`): the serving path never needs it."""
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source.path_or_id, revision=source.revision)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]  # unannotated
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
-    if rotary is not None:
+    if rotary is not None:  # its inverse frequencies, computed from the config, on the CPU
         model.model.rotary_emb = type(rotary)(config=model.config)
-    with contextlib.suppress(OSError):  # no generation_config.json: the one derived from the config stands
-        model.generation_config = GenerationConfig.from_pretrained(
-            source.path_or_id, revision=source.revision or "main"
-        )
+    model.generation_config = generation_config
     model.eval()
     return model
+
+
+def _generation_config(source: ModelSource, config: Any) -> Any:
+    """The model's generation_config.json, or the one transformers derives from its config where it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(source.path_or_id, revision=source.revision or "main")
+    except OSError:
+        return GenerationConfig.from_model_config(config)
 
 
 def load_language_model(
@@ -284,7 +290,7 @@ def load_language_model(
     built here and holds the only copy of the weights: the GGUF's own low-bit ones (read from the file,
     transformers' module never gets any) or the de-quantized ones (transformers' module lets go of its own
     once the decoder has packed them). `LanguageModel.module()` loads them again for a path that needs them."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     started = time.perf_counter()
     source = resolve_model_source(lm_model, cache_dir, revision)
@@ -294,22 +300,28 @@ def load_language_model(
     reload_module = functools.partial(_load_module, source, torch_dtype, torch_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, revision=source.revision)
-        model = _module_skeleton(source, torch_dtype) if gguf is not None else reload_module()
+        if gguf is not None:
+            model = None  # the weights come from the GGUF: transformers' module is built only if asked for
+            config = AutoConfig.from_pretrained(source.path_or_id, revision=source.revision)
+            generation_config = _generation_config(source, config)
+        else:
+            model = reload_module()
+            config, generation_config = model.config, model.generation_config
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure_message(source.model_id, exc)) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids: set[int] = set()
-    for candidate in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    for candidate in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
         if isinstance(candidate, int):
             eos_ids.add(candidate)
         elif isinstance(candidate, (list, tuple)):
             eos_ids.update(int(c) for c in candidate)
-    context = int(
-        getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048
-    )
+    context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
     loaded = LanguageModel(
-        model=model,
+        config=config,
+        built_module=model,
+        build_module=functools.partial(_module_skeleton, source, config, torch_dtype, generation_config),
         tokenizer=tokenizer,
         model_id=source.model_id,
         source=source.description,
@@ -352,8 +364,11 @@ def _hand_weights_to_the_lean_decoder(lm: LanguageModel) -> None:
             )
             assert lm.reload_module is not None  # set by load_language_model, the only caller
             lm.model, lm.gguf_weights = lm.reload_module(), None
+            lm.config = lm.model.config
         return
-    lm.release_module_weights(LlamaDecoder.shared(lm))
+    decoder = LlamaDecoder.shared(lm)
+    lm.parameter_count = decoder.parameter_count()
+    lm.release_module_weights(decoder)
 
 
 def return_freed_memory() -> None:

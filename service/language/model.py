@@ -33,7 +33,7 @@ class TokenizedText:
 class LanguageModel:
     """A loaded causal LM with its tokenizer, and what `/info` reports about it."""
 
-    model: Any  # transformers.PreTrainedModel
+    config: Any  # transformers.PretrainedConfig
     tokenizer: Any  # transformers.PreTrainedTokenizerBase
     model_id: str
     source: str
@@ -52,6 +52,12 @@ class LanguageModel:
     reload_module: Callable[[], Any] | None = field(default=None, repr=False)
     # What holds the weights the serving path multiplies with once `model`'s own are let go (the lean decoder).
     weights_holder: object | None = field(default=None, repr=False)
+    # transformers' module, once there is one; `build_module` makes a shape-only one when first asked for.
+    built_module: Any = field(default=None, repr=False)
+    build_module: Callable[[], Any] | None = field(default=None, repr=False)
+    # Parameters the model has (as transformers counts them: tied ones once), where the weights holder knows.
+    parameter_count: int | None = field(default=None, repr=False)
+    _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _module_with_weights: Any = field(default=None, repr=False)
     _module_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
@@ -60,10 +66,31 @@ class LanguageModel:
     _explainer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def model(self) -> Any:
+        """transformers' module (transformers.PreTrainedModel). Where the weights come from elsewhere (the GGUF's
+        low-bit ones in the lean decoder) it is shape-only and built on first use: importing transformers'
+        modeling code alone takes over a second, which the serving path never needs."""
+        if self.built_module is None:
+            with self._build_lock:
+                if self.built_module is None:
+                    assert self.build_module is not None, "a LanguageModel needs a module or a way to build one"
+                    self.built_module = self.build_module()
+        return self.built_module
+
+    @model.setter
+    def model(self, module: Any) -> None:
+        self.built_module = module
+
+    @property
     def vocab_size(self) -> int:
         # The embedding matrix can be larger than the tokenizer's vocabulary (padding rows), and the
         # tokenizer can carry added tokens past `vocab_size`; ids valid for both are below the min.
-        return min(int(self.model.get_input_embeddings().weight.shape[0]), len(self.tokenizer))
+        rows = (
+            int(self.config.vocab_size)  # a module not built yet is built from this config
+            if self.built_module is None
+            else int(self.built_module.get_input_embeddings().weight.shape[0])
+        )
+        return min(rows, len(self.tokenizer))
 
     @property
     def weights_released(self) -> bool:
@@ -78,7 +105,9 @@ class LanguageModel:
         if self.reload_module is None:
             return
         self.weights_holder = holder
-        for module in self.model.modules():  # parameters only: buffers (RoPE's frequencies) are small and read
+        if self.built_module is None:  # shape-only whenever it is built: nothing to let go of
+            return
+        for module in self.built_module.modules():  # parameters only: buffers (RoPE's frequencies) are small and read
             for name, param in list(module.named_parameters(recurse=False)):
                 if param.device.type != "meta":
                     module.register_parameter(name, torch.nn.Parameter(param.to("meta"), requires_grad=False))
@@ -209,12 +238,12 @@ class LanguageModel:
             "model_id": self.model_id,
             "source": self.source,
             "revision": self.revision,
-            "architecture": type(self.model).__name__,
+            "architecture": (getattr(self.config, "architectures", None) or [type(self.model).__name__])[0],
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "context_length": self.context_length,
             "vocab_size": self.vocab_size,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": self.parameter_count or sum(p.numel() for p in self.model.parameters()),
             "chat_template": self.has_chat_template,
             "weights": "gguf" if self.gguf_weights is not None else "dense",
             "load_seconds": round(self.load_seconds, 3),

@@ -1,6 +1,6 @@
 """Loading (service/language/loading.py): which weights and dtype `auto` picks, and that the process keeps one
 copy of the weights: the lean decoder's. transformers' module is shape-only once the decoder holds them
-(never loaded at all for the GGUF's own low-bit weights), and `LanguageModel.module()` loads it again for
+(for the GGUF's own low-bit weights never loaded, nor built unless asked for), and `LanguageModel.module()` loads it again for
 the paths that run it.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import save_tiny_llama
 
 from service.config import Settings
 from service.language import loading, lowbit
@@ -69,16 +70,36 @@ def lowbit_default(settings: Settings) -> LanguageModel:
     return load_language_model(settings.lm_model, cache_dir=settings.cache_dir, weights="gguf")
 
 
-def test_the_low_bit_path_never_loads_transformers_weights(lowbit_default: LanguageModel) -> None:
+def test_the_low_bit_path_never_loads_transformers_weights_nor_builds_its_module(
+    lowbit_default: LanguageModel,
+) -> None:
     lm = lowbit_default
     assert lm.dtype == torch.float32 and lm.gguf_weights == embedded_gguf_path()
-    assert weight_bytes(lm.model) == 0 and lm.weights_released
-    assert lm.model.config.num_hidden_layers == 30 and lm.vocab_size == 49152  # shapes and config stay
+    # Serving needs neither the module nor transformers' modeling code (over a second to import): /info and
+    # the vocabulary come from the config, the count of parameters from the decoder's shapes.
+    info = lm.describe()
+    assert lm.built_module is None and lm.vocab_size == 49152
+    assert info["weights"] == "gguf" and info["architecture"] == "LlamaForCausalLM"
     decoder = LlamaDecoder.shared(lm)
-    assert decoder is lm.weights_holder and decoder.weights == "gguf"
-    # RoPE's frequencies, which the decoder reads from the module, are real numbers, not meta tensors.
-    assert decoder.inv_freq.device.type == "cpu" and torch.isfinite(decoder.inv_freq).all()
-    assert lm.describe()["weights"] == "gguf" and lm.describe()["parameters"] > 100_000_000
+    assert decoder is lm.weights_holder and decoder.weights == "gguf" and lm.built_module is None
+    # Asked for, the module is built shape-only (weights on the meta device), and agrees with what was reported.
+    assert weight_bytes(lm.model) == 0 and lm.weights_released and lm.built_module is not None
+    assert lm.model.config.num_hidden_layers == 30 and lm.model.get_input_embeddings().weight.shape[0] == 49152
+    assert info["parameters"] == sum(p.numel() for p in lm.model.parameters()) > 100_000_000
+    assert type(lm.model).__name__ == info["architecture"]
+    # RoPE's frequencies, which the decoder computes from the config, are transformers' own.
+    rotary = lm.model.model.rotary_emb
+    assert decoder.inv_freq.device.type == "cpu" and torch.equal(decoder.inv_freq, rotary.inv_freq.float())
+    assert decoder.rope_scaling == rotary.attention_scaling
+
+
+def test_the_decoder_counts_the_parameters_transformers_counts(language_model: LanguageModel, tmp_path: Path) -> None:
+    """The embedded model (output head tied to the embedding) and a tiny Llama with its own head."""
+    tiny = load_language_model(str(save_tiny_llama(tmp_path)), dtype="float32", cache_dir=tmp_path)
+    for lm in (language_model, tiny):
+        assert LlamaDecoder.shared(lm).parameter_count() == sum(p.numel() for p in lm.module().parameters())
+        assert lm.describe()["parameters"] == lm.parameter_count
+    assert not tiny.config.tie_word_embeddings and language_model.config.tie_word_embeddings
 
 
 def test_module_loads_the_de_quantized_weights_again_on_demand(lowbit_default: LanguageModel) -> None:
