@@ -19,7 +19,7 @@ template's end of that turn (`<|im_end|>` and what follows) is left out and the 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 _PLACEHOLDER = "\ue000genai-content-{}\ue001"  # private-use code points: no template or tokenizer gives them meaning
 _PLACEHOLDER_PATTERN = re.compile("\ue000genai-content-(\\d+)\ue001")
@@ -28,7 +28,12 @@ _PLACEHOLDER_PATTERN = re.compile("\ue000genai-content-(\\d+)\ue001")
 class ChatTokenizer(Protocol):
     """What this module needs of a loaded model (service.language.model.LanguageModel has it)."""
 
-    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str: ...
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str: ...
 
     def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]: ...
 
@@ -49,13 +54,18 @@ class ContinuationError(ValueError):
 
 
 def _split_template(
-    lm: ChatTokenizer, messages: list[dict[str, str]], rendered: str, add_generation_prompt: bool = True
+    lm: ChatTokenizer,
+    messages: list[dict[str, Any]],
+    rendered: str,
+    add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[tuple[str, bool]] | None:
     """The rendered chat as (piece, is_content) pairs, or None where the template does not just place each
     content once, unchanged and in order."""
     skeleton = lm.render_chat(
         [{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)],
         add_generation_prompt=add_generation_prompt,
+        tools=tools,
     )
     pieces: list[tuple[str, bool]] = []
     cursor = 0
@@ -87,19 +97,23 @@ def _cut_after_final_content(rendered: str, content: str) -> str:
 
 def encode_chat(
     lm: ChatTokenizer,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     *,
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[int]]:
     """The rendered prompt and its ids: the template's control tokens as tokens, message contents as text.
 
     `add_generation_prompt` ends it with the opening of an assistant turn; `continue_final_message` (never
-    with it) ends it right after the last message's content instead, for the model to continue."""
+    with it) ends it right after the last message's content instead, for the model to continue. `tools`
+    (OpenAI-shaped definitions) go to a template that renders them itself: what it writes of them, and of
+    the messages' `tool_calls`, is outside the contents, so the caller makes sure it holds no special-token
+    text."""
     if continue_final_message and add_generation_prompt:
         raise ContinuationError("a final message cannot be continued after a generation prompt")
-    rendered = lm.render_chat(messages, add_generation_prompt=add_generation_prompt)
-    pieces = _split_template(lm, messages, rendered, add_generation_prompt)
+    rendered = lm.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+    pieces = _split_template(lm, messages, rendered, add_generation_prompt, tools)
     if pieces is not None and continue_final_message:
         pieces = pieces[:-1]  # the template's text after the last content: that turn's end
         rendered = "".join(piece for piece, _ in pieces)

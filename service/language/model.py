@@ -226,12 +226,32 @@ class LanguageModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         if not self.has_chat_template:
             raise ValueError(f"the model {self.model_id!r} has no chat template; send `prompt` instead of `messages`")
         return str(
-            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            self.tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         )
+
+    @functools.cached_property
+    def renders_tools(self) -> bool:
+        """Whether the chat template has a tools section (it writes a tool's definition it is given), as
+        Qwen's and Hermes' do; SmolLM2's, like many small models', renders roles and contents only."""
+        if not self.has_chat_template:
+            return False
+        probe = {"type": "function", "function": {"name": "genai_probe_tool", "parameters": {"type": "object"}}}
+        try:
+            rendered = self.render_chat([{"role": "user", "content": "hi"}], tools=[probe])
+        except Exception:  # a template that fails on `tools` does not render them
+            return False
+        return "genai_probe_tool" in rendered
 
     def describe(self) -> dict[str, Any]:
         return {

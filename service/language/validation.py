@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from service.config import Settings
 from service.language.chat import ChatContentError, ContinuationError, encode_chat
@@ -230,20 +231,23 @@ def prompt_token_limit(lm: LanguageModel, settings: Settings) -> int:
 def encode_messages(
     lm: LanguageModel,
     settings: Settings,
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[int]]:
-    """Render a chat (`role` and `content` of each message) with the model's template and tokenize it
-    (contents as plain text, see chat.py), enforcing the prompt limits. Returns the rendered text and its ids.
-    `continue_final_message` leaves the last message open for the model to continue (chat.py)."""
+    """Render a chat (`role` and `content` of each message, and what else the template reads of it:
+    `tool_calls`, `tool_call_id`) with the model's template and tokenize it (contents as plain text, see
+    chat.py), enforcing the prompt limits. Returns the rendered text and its ids. `continue_final_message`
+    leaves the last message open for the model to continue; `tools` go to a template with a tools section."""
     try:
         text, ids = encode_chat(
             lm,
-            [{"role": m["role"], "content": m["content"]} for m in messages],
+            [dict(m) for m in messages],
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
+            tools=tools,
         )
     except ChatContentError as exc:
         raise InvalidRequest(f"messages.{exc.index}.content", f"messages[{exc.index}].content {exc}") from exc

@@ -11,8 +11,11 @@ already places:
     lines after its content;
   * a `tool` message (a tool's result) becomes a user turn `<tool_response>...</tool_response>`.
 
-A model whose template does render tools would get them the same way (contents only), which every
-ChatML-style template shows verbatim.
+A model whose template has a tools section (Qwen's, Hermes', Llama 3.1's: it writes the definitions it is
+given as `tools`) gets them its own way instead: the definitions as `tools`, an assistant message's calls
+as its `tool_calls` (arguments as an object) and a tool's result as a `tool` message with its
+`tool_call_id`, as transformers' chat templates take them (`template_messages` with `native_tools`). The
+answer is read the same way either way (tool_calls.py): the `<tool_call>` blocks such templates ask for.
 """
 
 from __future__ import annotations
@@ -99,18 +102,39 @@ class ChatMessageIn(RequestModel):
 
 
 def _call_text(call: ToolCallIn) -> str:
-    try:
-        arguments: Any = json.loads(call.function.arguments)
-    except ValueError:
-        arguments = call.function.arguments  # shown as the client sent it
-    body = json.dumps({"name": call.function.name, "arguments": arguments}, ensure_ascii=False)
+    body = json.dumps({"name": call.function.name, "arguments": _arguments(call)}, ensure_ascii=False)
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
-def template_messages(messages: list[ChatMessageIn], tools_prompt: str | None) -> list[dict[str, str]]:
-    """The messages as the chat template takes them (`role`, `content`), the tools' system prompt (if any)
-    appended to the first system message or put before the conversation."""
-    rendered = [{"role": m.template_role(), "content": m.template_content()} for m in messages]
+def _native_message(message: ChatMessageIn) -> dict[str, Any]:
+    """A message as a template with a tools section takes it (transformers' convention)."""
+    if message.role == "tool":
+        return {"role": "tool", "content": message.text(), "tool_call_id": message.tool_call_id}
+    native: dict[str, Any] = {"role": message.template_role(), "content": message.text()}
+    if message.tool_calls:
+        native["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": _arguments(call)}}
+            for call in message.tool_calls
+        ]
+    return native
+
+
+def _arguments(call: ToolCallIn) -> Any:
+    try:
+        return json.loads(call.function.arguments)
+    except ValueError:
+        return call.function.arguments  # shown as the client sent it
+
+
+def template_messages(
+    messages: list[ChatMessageIn], tools_prompt: str | None, *, native_tools: bool = False
+) -> list[dict[str, Any]]:
+    """The messages as the chat template takes them: `role` and `content`, the tools' system prompt (if any)
+    appended to the first system message or put before the conversation; or, for a template with a tools
+    section (`native_tools`), with their calls and results in its own fields and no tools prompt."""
+    if native_tools:
+        return [_native_message(m) for m in messages]
+    rendered: list[dict[str, Any]] = [{"role": m.template_role(), "content": m.template_content()} for m in messages]
     if tools_prompt is None:
         return rendered
     if rendered and rendered[0]["role"] == "system":

@@ -9,10 +9,12 @@ request's `to_sampling_params`), so both APIs enforce the same limits, each nami
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from service.config import Settings
 from service.errors import GenerationError, InvalidInput, ModelNotFound
@@ -118,14 +120,42 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
 
 
 def chat_prompt(body: ChatCompletionRequest, lm: LanguageModel, settings: Settings) -> Prompt:
+    """The chat rendered with the model's template: tools in its own tools section where it has one
+    (messages.py), else in the default format inside the contents."""
+    use = body.tool_use()
+    tools = use.definitions() if lm.renders_tools else None
+    if lm.renders_tools:
+        refuse_special_text_outside_contents(body, tools, lm)
     text, ids = encode_messages(
         lm,
         settings,
-        template_messages(body.messages, body.tool_use().prompt()),
+        template_messages(body.messages, use.prompt(), native_tools=lm.renders_tools),
         add_generation_prompt=body.opens_assistant_turn(),
         continue_final_message=body.continue_final_message,
+        tools=tools,
     )
     return Prompt(ids=ids, text=text)
+
+
+def refuse_special_text_outside_contents(
+    body: ChatCompletionRequest, tools: list[dict[str, Any]] | None, lm: LanguageModel
+) -> None:
+    """A template with a tools section writes the definitions and earlier calls itself, outside the contents
+    that are encoded as plain text: a special token's text there would become the control token (a turn
+    ended, a role forged), so it is refused, naming the field."""
+    fields: list[tuple[str, Any]] = [(f"tools.{i}", tool) for i, tool in enumerate(tools or [])]
+    fields += [(f"messages.{i}.tool_calls", m.model_dump()["tool_calls"]) for i, m in enumerate(body.messages)]
+    for name, value in fields:
+        if value is None:
+            continue
+        text = json.dumps(value, ensure_ascii=False)
+        found = sorted(t for t in lm.special_token_texts if t and t in text)
+        if found:
+            raise InvalidInput(
+                f"{name} contains the special-token text {found[0]!r}, which this model's chat template would "
+                "write outside the message contents, as a control token",
+                param=name,
+            )
 
 
 def seeded(params: SamplingParams, offset: int) -> SamplingParams:

@@ -138,6 +138,12 @@ class ToolUse:
     def function(self, name: str) -> FunctionDef | None:
         return next((f for f in self.functions if f.name == name), None)
 
+    def definitions(self) -> list[dict[str, Any]] | None:
+        """The definitions for a template with a tools section (None under `none`: not shown)."""
+        if self.mode == "none" or not self.functions:
+            return None
+        return [f.shown() for f in self.functions]
+
     def prompt(self) -> str | None:
         """The system prompt that shows the tools (None under `none`)."""
         if self.mode == "none" or not self.functions:

@@ -50,7 +50,12 @@ class _TrimmingTemplate:
 
     special_token_texts = frozenset({"<|end|>"})
 
-    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         return "".join(f"<|{m['role']}|>{m['content'].strip()}<|end|>" for m in messages)
 
     def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:

@@ -53,11 +53,15 @@ def save_tiny_gpt2(folder: Path) -> Path:
     return folder
 
 
-def save_tiny_llama(folder: Path) -> Path:
-    """Grouped-query attention (4 query heads on 2 key/value heads) and an untied output layer, unlike SmolLM2."""
+def save_tiny_llama(folder: Path, *, chat_template: str | None = None, max_positions: int = 128) -> Path:
+    """Grouped-query attention (4 query heads on 2 key/value heads) and an untied output layer, unlike SmolLM2;
+    `chat_template` gives its tokenizer one."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = save_tiny_tokenizer(folder)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+        tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -67,7 +71,7 @@ def save_tiny_llama(folder: Path) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
