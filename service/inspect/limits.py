@@ -24,7 +24,7 @@ class ModelShape:
 
     @classmethod
     def of(cls, lm: LanguageModel) -> ModelShape:
-        config = lm.model.config
+        config = lm.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         return cls(layers=int(text.num_hidden_layers), heads=int(text.num_attention_heads), vocab=lm.vocab_size)
 

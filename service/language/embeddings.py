@@ -109,7 +109,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def hidden_size(lm: LanguageModel) -> int:
     """The length of the model's vectors (its hidden size; GPT-2 calls it `n_embd`)."""
-    return int(lm.model.config.hidden_size)
+    return int(lm.config.hidden_size)
 
 
 def hidden_states_for(lm: LanguageModel, lean: bool = True) -> HiddenStates:

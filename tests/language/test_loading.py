@@ -187,3 +187,40 @@ def test_provisioning_packs_the_low_bit_weights_where_they_will_run(settings: Se
     assert sum(key.endswith(".packed") for key in state) == 4 * 30
     assert loading.provision_low_bit_weights(source, "dense", "cpu", True, settings.cache_dir) is None
     assert loading.provision_low_bit_weights(source, "gguf", "cpu", False, settings.cache_dir) is None
+
+
+def test_serving_the_low_bit_weights_imports_none_of_transformers_llama_code(settings: Settings) -> None:
+    """In a fresh process: load the embedded model as `make serve` does and answer /info's question; neither
+    the Llama config class nor the modeling code (together ~2 s and ~60 MB to import here) is imported."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from service.language.loading import load_language_model; "
+        f"lm = load_language_model({settings.lm_model!r}, cache_dir=__import__('pathlib').Path({str(settings.cache_dir)!r}), weights='gguf'); "
+        "lm.describe(); print(lm.gguf_weights is not None, sorted(m for m in sys.modules if 'llama' in m and m.startswith('transformers')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.split()[:1] == ["True"] and out.strip().endswith("[]"), out
+
+
+@pytest.mark.parametrize("which", ["embedded", "tiny-llama"])
+def test_the_direct_tokenizer_is_the_one_autotokenizer_builds(
+    which: str, language_model: LanguageModel, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    folder = Path(language_model.tokenizer.name_or_path) if which == "embedded" else save_tiny_llama(tmp_path)
+    source = ModelSource(str(folder), str(folder), "a folder")
+    direct, auto = loading._load_tokenizer(source), AutoTokenizer.from_pretrained(str(folder))
+    assert type(direct) is type(auto) and direct.all_special_ids == auto.all_special_ids and len(direct) == len(auto)
+    for text in [
+        "The capital of France is",
+        " two  spaces\n\nand lines ",
+        "ünïcödé 日本語 🤖",
+        "<|im_start|>x<|endoftext|>",
+    ]:
+        assert direct(text)["input_ids"] == auto(text)["input_ids"]
+    if auto.chat_template:
+        chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+        assert direct.apply_chat_template(chat, tokenize=False) == auto.apply_chat_template(chat, tokenize=False)

@@ -66,7 +66,10 @@ ADD: dict[str, Any] = {
     "required": ["a", "b"],
     "additionalProperties": False,
 }
-TOOL = {"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": ADD}}
+TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "add", "description": "Add two integers.", "parameters": ADD},
+}
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "What is 1 + 2?"},
@@ -84,7 +87,10 @@ CONVERSATION: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def tools_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-tools"), chat_template=TOOLS_TEMPLATE, max_positions=1024)
+    folder: Path = save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-tools"), chat_template=TOOLS_TEMPLATE, max_positions=1024
+    )
+    return folder
 
 
 @pytest.fixture(scope="module")
