@@ -28,21 +28,26 @@ def serve_in_thread(application: FastAPI) -> Iterator[str]:
     """A started app (models and engine running) behind a real uvicorn on a free localhost port, in a
     thread of this process; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    with _running(uvicorn.Server(config), {}, timeout=30):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def _running(server: uvicorn.Server, run_args: dict[str, object], timeout: float) -> Iterator[None]:
+    """`server.run(**run_args)` in a daemon thread until it has started; stopped on the way out."""
+    thread = threading.Thread(target=server.run, kwargs=run_args, name="uvicorn-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the threaded uvicorn did not start")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=30)
 
 
 class _ThreadedServer(uvicorn.Server):
@@ -64,17 +69,8 @@ def serve(settings: Settings, loaded_models: LoadedModels) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = _ThreadedServer(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"live-server-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the live server did not start")
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with _running(_ThreadedServer(config), {"sockets": [sock]}, timeout=60):
+            yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         sock.close()
