@@ -62,8 +62,10 @@ train-digits: install
 	$(PY) -m service train-digits $(ARGS)
 
 # Benchmarks: run on demand on a quiet machine; each appends its table to bench/RESULTS.md.
+# The table (W1-W5 against the references), then what a JSON-schema constraint costs a decode step.
 bench: install-dev provision bench-tools
 	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/grammar_masks.py engine --save
 
 # What the full table needs beside the service: wrk for W4 (Debian's package) and llama.cpp's server for
 # the llama columns (built once from the llama-cpp-python sdist, ~8-15 min). A fresh clone gets both here.
