@@ -218,9 +218,12 @@ async def engine_steps(batches: list[int], tokens: int) -> list[str]:
     rows = []
     for batch in batches:
         figures = []
-        for constrained in (False, True):
+        length = tokens
+        # Constrained first: the unconstrained rows then generate as many tokens as the constrained ones
+        # did, so both sides' steps run over the same cache lengths (attention grows with them).
+        for constrained in (True, False):
             params = SamplingParams(
-                max_new_tokens=tokens, ignore_eos=not constrained, constraint=constraint if constrained else None
+                max_new_tokens=length, ignore_eos=not constrained, constraint=constraint if constrained else None
             )
             full: list[float] = []
 
@@ -236,7 +239,8 @@ async def engine_steps(batches: list[int], tokens: int) -> list[str]:
                 if attempt == 0:
                     full.clear()
             figures.append((statistics.fmean(full) * 1000 if full else float("nan"), len(full), finishes))
-        (plain, n_plain, _), (constrained_ms, n_constrained, finishes) = figures
+            length = min(f.completion_tokens for f in finishes)
+        (constrained_ms, n_constrained, finishes), (plain, n_plain, _) = figures
         lengths = sorted(f.completion_tokens for f in finishes)
         rows.append(
             f"| {batch} | {plain:.2f} ({n_plain}) | {constrained_ms:.2f} ({n_constrained}) | "
