@@ -192,13 +192,52 @@ def _model_loader() -> Any:
     raise SystemExit("no load_language_model in service.language")
 
 
+ROUNDS = 4  # alternated constrained/unconstrained pairs per batch size
+
+
+async def _alternated_steps(
+    engine: Any, prompt: list[int], constraint: Any, grammar: Any, batch: int, tokens: int
+) -> tuple[dict[bool, list[float]], list[Any]]:
+    """Step times (s) of `batch` rows constrained (True) and not (False): a warm-up of each, then ROUNDS
+    alternated pairs (this machine's speed drifts within seconds). The unconstrained rows generate as
+    many tokens as the constrained ones did, so both sides' steps run over the same cache lengths."""
+    from service.language.sampling import SamplingParams
+
+    steps: dict[bool, list[float]] = {True: [], False: []}
+    recording: list[bool] = []  # the side being recorded, when one is
+
+    def listener(size: int, seconds: float) -> None:
+        if size == batch and recording:  # steps with every row running
+            steps[recording[0]].append(seconds)
+
+    async def run(constrained: bool, length: int) -> list[Any]:
+        params = SamplingParams(
+            max_new_tokens=length, ignore_eos=not constrained, constraint=constraint if constrained else None
+        )
+        handles = [engine.submit(prompt, params, grammar if constrained else None) for _ in range(batch)]
+        return [(await h.result())[1] for h in handles]
+
+    engine.step_listeners.append(listener)
+    try:
+        finishes = await run(True, tokens)
+        length = min(f.completion_tokens for f in finishes)
+        await run(False, length)
+        for _ in range(ROUNDS):
+            for constrained in (True, False):
+                recording[:] = [constrained]
+                await run(constrained, length)
+                recording.clear()
+    finally:
+        engine.step_listeners.pop()
+    return steps, finishes
+
+
 async def engine_steps(batches: list[int], tokens: int) -> list[str]:
     import torch
 
     from service.config import Settings
     from service.language.engine import GenerationEngine
     from service.language.grammar import Constraint
-    from service.language.sampling import SamplingParams
 
     settings = Settings()
     torch.set_num_threads(1)  # only the engine thread runs torch in parallel (see GenerationEngine.start)
@@ -217,40 +256,19 @@ async def engine_steps(batches: list[int], tokens: int) -> list[str]:
     prompt = lm.encode("A JSON record of a person:\n")
     rows = []
     for batch in batches:
-        figures = []
-        length = tokens
-        # Constrained first: the unconstrained rows then generate as many tokens as the constrained ones
-        # did, so both sides' steps run over the same cache lengths (attention grows with them).
-        for constrained in (True, False):
-            params = SamplingParams(
-                max_new_tokens=length, ignore_eos=not constrained, constraint=constraint if constrained else None
-            )
-            full: list[float] = []
-
-            def listener(size: int, seconds: float, batch: int = batch, full: list[float] = full) -> None:
-                if size == batch:  # steps with every row running
-                    full.append(seconds)
-
-            for attempt in range(2):  # the first is a warm-up
-                engine.step_listeners.append(listener)
-                handles = [engine.submit(prompt, params, grammar if constrained else None) for _ in range(batch)]
-                finishes = [(await h.result())[1] for h in handles]
-                engine.step_listeners.pop()
-                if attempt == 0:
-                    full.clear()
-            figures.append((statistics.fmean(full) * 1000 if full else float("nan"), len(full), finishes))
-            length = min(f.completion_tokens for f in finishes)
-        (constrained_ms, n_constrained, finishes), (plain, n_plain, _) = figures
+        steps, finishes = await _alternated_steps(engine, prompt, constraint, grammar, batch, tokens)
+        constrained_ms, plain = (statistics.median(steps[c]) * 1000 for c in (True, False))
         lengths = sorted(f.completion_tokens for f in finishes)
         rows.append(
-            f"| {batch} | {plain:.2f} ({n_plain}) | {constrained_ms:.2f} ({n_constrained}) | "
+            f"| {batch} | {plain:.2f} ({len(steps[False])}) | {constrained_ms:.2f} ({len(steps[True])}) | "
             f"{constrained_ms - plain:+.2f} ({(constrained_ms / plain - 1) * 100:+.0f}%) | "
             f"{(constrained_ms - plain) / batch:+.2f} | {lengths[0]}–{lengths[-1]} |"
         )
     engine.shutdown()
     header = [
         f"Grammar: llguidance, the nested schema of bench/grammar_masks.py, compiled in {compile_s * 1000:.0f} ms "
-        f"(first compile: the tokenizer's setup included). dtype {settings.dtype}, greedy, prompt lookup off.",
+        f"(first compile: the tokenizer's setup included). dtype {settings.dtype}, greedy, prompt lookup off; "
+        f"step times: the median over {ROUNDS} alternated constrained and unconstrained runs after a warm-up of each.",
         "",
         "| batch | step ms, no constraint (steps) | step ms, every row constrained (steps) | added per step | added per row "
         "and step (ms) | constrained lengths (tokens) |",
