@@ -122,14 +122,14 @@ def completion_prompts(body: CompletionRequest, lm: LanguageModel, settings: Set
 def chat_prompt(body: ChatCompletionRequest, lm: LanguageModel, settings: Settings) -> Prompt:
     """The chat rendered with the model's template: tools in its own tools section where it has one
     (messages.py), else in the default format inside the contents."""
-    use = body.tool_use()
-    tools = use.definitions() if lm.renders_tools else None
-    if lm.renders_tools:
+    use, native = body.tool_use(), lm.renders_tools
+    tools = use.definitions() if native else None
+    if native:
         refuse_special_text_outside_contents(body, tools, lm)
     text, ids = encode_messages(
         lm,
         settings,
-        template_messages(body.messages, use.prompt(), native_tools=lm.renders_tools),
+        template_messages(body.messages, use.prompt(), native_tools=native),
         add_generation_prompt=body.opens_assistant_turn(),
         continue_final_message=body.continue_final_message,
         tools=tools,
