@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from service.config import Settings
-from service.language.engine import GenerationEngine
+from service.language.engine import GenerationEngine, engine_threads
 from service.language.llama_decoder import LlamaDecoder
 from service.language.loading import embedded_gguf_path, load_language_model
 from service.language.model import LanguageModel
@@ -162,6 +162,11 @@ async def follows_llama(engine: GenerationEngine, prompts: list[list[int]], thei
     return f"{same}/{total} ({same / total:.1%})"
 
 
+def describe_path(decoder: LlamaDecoder) -> str:
+    """What ran: the weights, and whether the layers ran compiled (a compile that failed runs eagerly)."""
+    return decoder.weights + (", compiled" if decoder.compiled is not None else "")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -171,12 +176,23 @@ async def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     torch.set_num_threads(1)  # only the engine thread runs torch in parallel (see GenerationEngine.start)
-    paths = [("float32", "dense"), ("bfloat16", "dense"), ("float32", "gguf"), ("bfloat16", "gguf")]
+    paths = [
+        ("float32", "dense", False),
+        ("bfloat16", "dense", False),
+        ("float32", "gguf", False),
+        ("float32", "gguf", True),
+        ("bfloat16", "gguf", False),
+    ]
     models = {
-        f"{dtype}, {weights}": load_language_model(
-            settings.lm_model, device=args.device, dtype=dtype, cache_dir=settings.cache_dir, weights=weights
+        f"{dtype}, {weights}{', compiled' if compiled else ''}": load_language_model(
+            settings.lm_model,
+            device=args.device,
+            dtype=dtype,
+            cache_dir=settings.cache_dir,
+            weights=weights,
+            compiled_step=engine_threads(settings) if compiled else 0,
         )
-        for dtype, weights in paths
+        for dtype, weights, compiled in paths
     }
     any_lm = next(iter(models.values()))
     llama = llama_greedy([any_lm.encode(p) for p in PROMPTS], args.llama_tokens)
@@ -199,7 +215,7 @@ async def main() -> None:
         engine.shutdown()
         differ = sum(a != b for a, b in zip(alone, batched, strict=True))
         rows.append(
-            f"| {path} ({LlamaDecoder.shared(lm).weights}) | {agree}/{len(PROMPTS)} | {worst:.4f} | {differ}/8 | {against_llama(longer, llama)} | {followed} | {rate1:.1f} | {rate8:.1f} |"
+            f"| {path} ({describe_path(LlamaDecoder.shared(lm))}) | {agree}/{len(PROMPTS)} | {worst:.4f} | {differ}/8 | {against_llama(longer, llama)} | {followed} | {rate1:.1f} | {rate8:.1f} |"
         )
     table = "\n".join(
         [

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.digits.model import DigitModelError
 from service.digits.provision import load_digit_classifier
 from service.errors import install_error_handlers
-from service.language.engine import GenerationEngine
+from service.language.engine import GenerationEngine, engine_threads
 from service.language.loading import ModelLoadError, load_language_model
 from service.limits import BodySizeLimitMiddleware
 from service.observability.metrics import ServiceMetrics
@@ -62,6 +62,7 @@ def load_models(settings: Settings) -> LoadedModels:
             revision=settings.lm_revision,
             weights=settings.weights,
             lean=settings.lean_decoder,
+            compiled_step=engine_threads(settings) if settings.compiled_step == "on" else 0,
         )
         models.load_seconds["language"] = time.perf_counter() - started
     return models

@@ -81,6 +81,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
             )
             if packed is not None:
                 print(f"low-bit weights (GENAI_WEIGHTS={settings.weights}): packed -> {packed}")
+                if settings.compiled_step == "on":
+                    print(f"compiled step: {_provision_compiled_step(settings)}")
     except ModelLoadError as exc:
         print(f"genai-service: {exc}", file=sys.stderr)
         return 2
@@ -88,6 +90,29 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if provision_digits is not None:
         print(f"digit model: {provision_digits(settings)}")
     return 0
+
+
+def _provision_compiled_step(settings: Settings) -> str:
+    """Compile the decoder layer now (loading the model compiles it where no compiled copy is cached), so
+    that the first `serve` does not; what became of it."""
+    from service.language.engine import engine_threads
+    from service.language.llama_decoder import LlamaDecoder
+    from service.language.loading import load_language_model
+
+    lm = load_language_model(
+        settings.lm_model,
+        device=settings.device,
+        dtype=settings.dtype,
+        cache_dir=settings.cache_dir,
+        revision=settings.lm_revision,
+        weights=settings.weights,
+        lean=settings.lean_decoder,
+        compiled_step=engine_threads(settings),
+    )
+    holder = lm.weights_holder
+    compiled = holder.compiled if isinstance(holder, LlamaDecoder) else None
+    path = getattr(compiled, "path", None)
+    return f"-> {path}" if path is not None else "unavailable here, the eager layer runs (see the log above)"
 
 
 def _digits_provisioner() -> Callable[[Settings], str] | None:

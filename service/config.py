@@ -105,6 +105,15 @@ class Settings(BaseSettings):
         description="Run Llama-family models through the built-in lean forward pass (prepacked weights, preallocated KV cache); "
         "false = transformers' own forward for every model.",
     )
+    compiled_step: Literal["off", "on"] = Field(
+        default="off",
+        description="Under GENAI_WEIGHTS=gguf on CPU: `on` = run each decoder layer as one ahead-of-time compiled "
+        "call (AOTInductor: about 1.8x the tokens/s of one stream here; compiled once, 15-40 s on two cores, by "
+        "`python -m service provision` or the first start, and kept in cache_dir; needs a C++ compiler, else the "
+        "eager layer runs and a log line says why). Off by default: its float rounding differs from the eager "
+        "layer's, and on bench/precision.py's 32 prompts its next token was float32's 29 times, under the 31 the "
+        "default must keep (docs/models.md).",
+    )
     embedding_pooling: Literal["mean", "last"] = Field(
         default="mean",
         description="How /v1/embeddings pools the last layer's states (after the final norm) into one vector: "

@@ -55,6 +55,11 @@ log = logging.getLogger("service.engine")
 T = TypeVar("T")
 
 
+def engine_threads(settings: Settings) -> int:
+    """The threads the engine's thread runs torch with: GENAI_TORCH_THREADS, else `default_torch_threads`."""
+    return settings.torch_threads or default_torch_threads()
+
+
 def default_torch_threads() -> int:
     """OMP_NUM_THREADS when set (containers set it from their CPU limit); else the CPUs this process may
     run on, capped by a cgroup v2 CPU quota (`docker --cpus`), since affinity alone shows the host's."""
@@ -317,7 +322,7 @@ class GenerationEngine:
     # ---- the engine thread ----------------------------------------------------------------
 
     def _loop_forever(self) -> None:
-        torch.set_num_threads(self.settings.torch_threads or default_torch_threads())
+        torch.set_num_threads(engine_threads(self.settings))
         try:
             with torch.inference_mode():
                 while True:

@@ -34,6 +34,11 @@ from service.language.model import LanguageModel
 
 log = logging.getLogger("service.language")
 Product = Callable[[torch.Tensor], torch.Tensor]  # x [..., in] -> x Wᵀ [..., out]
+# (layer, x, cos, sin, mask, layer_cache, rows, positions) -> x after that layer: `decoder_layer` compiled
+CompiledLayers = Callable[
+    [int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    torch.Tensor,
+]
 
 
 def _oneDNN_available() -> bool:
@@ -159,6 +164,11 @@ class LlamaDecoder:
                 self._load_dense(lm.module(), pack)  # the module with its weights, loaded again if let go
         products: list[Product] = [*self.qkv, *self.o, *self.gate_up, *self.down, self.lm_head]
         self.packed = all(not isinstance(p, Linear) or p.packed for p in products)
+        self.geometry = LayerGeometry(
+            self.heads, self.kv_heads, self.head_dim, self.intermediate, self.eps, self.dtype, self.cache_dtype
+        )
+        # Set by loading.py where compiled_layer.py could compile `decoder_layer` for these weights (GGUF, CPU).
+        self.compiled: CompiledLayers | None = None
 
     def _load_dense(self, model: Any, pack: bool) -> None:
         """The transformers model's own (de-quantized) weights, prepacked for oneDNN."""
@@ -205,8 +215,10 @@ class LlamaDecoder:
         )
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # As transformers' LlamaRMSNorm: in float32, then back to the model's dtype, then the weight.
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(self.dtype)
+        return rms_norm(x, weight, self.eps, self.dtype)
+
+    def layer_weights(self, i: int) -> LayerWeights:
+        return LayerWeights(self.norm_attn[i], self.norm_mlp[i], self.qkv[i], self.o[i], self.gate_up[i], self.down[i])
 
     def forward(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, last: torch.Tensor | None
@@ -216,8 +228,8 @@ class LlamaDecoder:
         `last[b]` of each row, or [n, S, vocab] at every column when `last` is None. Keys at positions above
         a query's are masked, so what a row's cache holds beyond its own length is never read."""
         n, s = ids.shape
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        group = heads // kv_heads
+        kv_heads = self.kv_heads
+        group = self.heads // kv_heads
         span = int(positions.max()) + 1  # keys 0..span-1 are visible to someone
         x = self.embed(ids)  # [n, S, hidden]
 
@@ -235,37 +247,30 @@ class LlamaDecoder:
         mask = mask[:, None, None].expand(n, kv_heads, group, s, span).reshape(n * kv_heads, group * s, span)
 
         rows = torch.arange(n, device=ids.device)[:, None]
-        half = dim // 2
+        compiled = self._compiled_for(positions, cache, span)
+        if compiled is not None:
+            positions = positions.contiguous()  # laid out as traced (an expanded row would be read as a full one)
         for i in range(self.layers):
-            h = self._rms(x, self.norm_attn[i])
-            qkv = self.qkv[i](h).view(n, s, heads + 2 * kv_heads, dim)
-            qk = qkv[:, :, : heads + kv_heads]
-            rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
-            qk = qk * cos + rotated * sin
-            q = qk[:, :, :heads].to(self.cache_dtype)
-            kv_new = (
-                torch.cat([qk[:, :, heads:], qkv[:, :, heads + kv_heads :]], dim=2)
-                .view(n, s, 2, kv_heads, dim)
-                .to(self.cache_dtype)
-            )
-            layer_cache = cache[i]  # [2, n, kv_heads, capacity, dim]
-            layer_cache[:, rows, :, positions] = kv_new
-            keys = layer_cache[0, :, :, :span].reshape(n * kv_heads, span, dim)  # a view: rows are strided alike
-            values = layer_cache[1, :, :, :span].reshape(n * kv_heads, span, dim)
-            # Query heads grouped by the key/value head they share (GQA), queries of a group side by side.
-            q = q.reshape(n, s, kv_heads, group, dim).permute(0, 2, 3, 1, 4).reshape(n * kv_heads, group * s, dim)
-            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=self.scale)
-            probs = torch.softmax(scores.float(), dim=-1).to(self.cache_dtype)
-            attended = torch.bmm(probs, values)  # [n*kv_heads, group*S, dim]
-            attended = attended.view(n, kv_heads, group, s, dim).permute(0, 3, 1, 2, 4).reshape(n, s, heads * dim)
-            attended = attended.to(self.dtype)
-            x = x + self.o[i](attended)
-            h = self._rms(x, self.norm_mlp[i])
-            gate_up = self.gate_up[i](h)
-            x = x + self.down[i](F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :])
+            if compiled is not None:
+                x = compiled(i, x, cos, sin, mask, cache[i], rows, positions)
+            else:
+                x = decoder_layer(self.geometry, x, cos, sin, mask, cache[i], rows, positions, self.layer_weights(i))
         if last is not None:
             x = x[torch.arange(n, device=ids.device), last]  # [n, hidden]: only the positions whose logits are wanted
         return self.lm_head(self._rms(x, self.norm_final)).float()
+
+    def _compiled_for(self, positions: torch.Tensor, cache: torch.Tensor, span: int) -> CompiledLayers | None:
+        """The compiled layer where this call's cache is laid out as it was traced for (any row stride, the
+        rest contiguous) and its positions are in range (the compiled bounds checks abort the process where
+        the eager indexing raises an IndexError); else None: the eager layer."""
+        if self.compiled is None or positions.dtype != torch.long:
+            return None
+        kv_heads, capacity, dim = cache.shape[3:]
+        if cache.stride()[2:] != (kv_heads * capacity * dim, capacity * dim, dim, 1):
+            return None
+        if span > capacity or int(positions.min()) < 0:
+            return None
+        return self.compiled
 
     # ---- inspection: not on the serving path -----------------------------------------------
 
@@ -317,6 +322,81 @@ class LlamaDecoder:
         """The final norm and the output layer applied to any layer's states [..., hidden]: float32 [..., vocab]
         (the logit lens; of the last layer's output, what `forward` returns)."""
         return self.lm_head(self._rms(states, self.norm_final)).float()
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """The sizes and precisions one decoder layer runs with (`decoder_layer`'s constants)."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    dtype: torch.dtype  # the residual stream's and the norms'
+    cache_dtype: torch.dtype  # keys, values and attention's
+
+
+@dataclass
+class LayerWeights:
+    """One layer's norms and products."""
+
+    norm_attn: torch.Tensor
+    norm_mlp: torch.Tensor
+    qkv: Product
+    o: Product
+    gate_up: Product
+    down: Product
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """As transformers' LlamaRMSNorm: in float32, then back to the model's dtype, then the weight."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(dtype)
+
+
+def decoder_layer(
+    g: LayerGeometry,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor,
+    layer_cache: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    w: LayerWeights,
+) -> torch.Tensor:
+    """One layer of `LlamaDecoder.forward` over x [n, S, hidden]: the residual stream after it, [n, S, hidden].
+
+    cos, sin [n, S, 1, head_dim]; mask [n*kv_heads, group*S, span] (additive: 0 where a query sees a key);
+    layer_cache [2, n, kv_heads, capacity, head_dim], written at `positions` [n, S] of rows `rows` [n, 1].
+    A plain function of tensors so that compiled_layer.py can compile it as it is."""
+    n, s = x.shape[0], x.shape[1]
+    heads, kv_heads, dim = g.heads, g.kv_heads, g.head_dim
+    group, half, span = heads // kv_heads, g.head_dim // 2, mask.shape[-1]
+    h = rms_norm(x, w.norm_attn, g.eps, g.dtype)
+    qkv = w.qkv(h).view(n, s, heads + 2 * kv_heads, dim)
+    qk = qkv[:, :, : heads + kv_heads]
+    rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+    qk = qk * cos + rotated * sin
+    q = qk[:, :, :heads].to(g.cache_dtype)
+    kv_new = (
+        torch.cat([qk[:, :, heads:], qkv[:, :, heads + kv_heads :]], dim=2)
+        .view(n, s, 2, kv_heads, dim)
+        .to(g.cache_dtype)
+    )
+    layer_cache[:, rows, :, positions] = kv_new
+    keys = layer_cache[0, :, :, :span].reshape(n * kv_heads, span, dim)  # a view: rows are strided alike
+    values = layer_cache[1, :, :, :span].reshape(n * kv_heads, span, dim)
+    # Query heads grouped by the key/value head they share (GQA), queries of a group side by side.
+    q = q.reshape(n, s, kv_heads, group, dim).permute(0, 2, 3, 1, 4).reshape(n * kv_heads, group * s, dim)
+    scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=dim**-0.5)
+    probs = torch.softmax(scores.float(), dim=-1).to(g.cache_dtype)
+    attended = torch.bmm(probs, values)  # [n*kv_heads, group*S, dim]
+    attended = attended.view(n, kv_heads, group, s, dim).permute(0, 3, 1, 2, 4).reshape(n, s, heads * dim)
+    x = x + w.o(attended.to(g.dtype))
+    h = rms_norm(x, w.norm_mlp, g.eps, g.dtype)
+    gate_up = w.gate_up(h)
+    return x + w.down(F.silu(gate_up[..., : g.intermediate]) * gate_up[..., g.intermediate :])
 
 
 @dataclass

@@ -316,6 +316,7 @@ def load_language_model(
     revision: str | None = None,
     weights: str = "auto",
     lean: bool = True,
+    compiled_step: int = 0,
 ) -> LanguageModel:
     """Load the model the settings name. With the lean decoder (`lean`, a Llama-family model), the decoder is
     built here and holds the only copy of the weights: the GGUF's own low-bit ones (read from the file,
@@ -363,6 +364,8 @@ def load_language_model(
         special_token_ids=frozenset(int(i) for i in tokenizer.all_special_ids) | frozenset(eos_ids),
         gguf_weights=gguf,
         lowbit_cache=None if gguf is None else _lowbit_cache(gguf, cache_dir),
+        compiled_step_dir=cache_dir / "compiled" if compiled_step > 0 and gguf is not None else None,
+        compiled_step_threads=max(1, compiled_step),
         reload_module=reload_module,
     )
     if lean:
@@ -396,6 +399,10 @@ def _hand_weights_to_the_lean_decoder(lm: LanguageModel) -> None:
             lm.config = lm.model.config
         return
     decoder = LlamaDecoder.shared(lm)
+    if lm.compiled_step_dir is not None and decoder.weights == "gguf":
+        from service.language.compiled_layer import load_or_compile
+
+        decoder.compiled = load_or_compile(decoder, lm.compiled_step_dir, lm.compiled_step_threads)
     lm.parameter_count = decoder.parameter_count()
     lm.release_module_weights(decoder)
 

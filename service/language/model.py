@@ -48,6 +48,10 @@ class LanguageModel:
     gguf_weights: Path | None = None
     # Where the packed low-bit weights are kept between starts (beside the converted model); None = not kept.
     lowbit_cache: Path | None = None
+    # Where the compiled decoder layer is kept (compiled_layer.py), and the engine's thread count it is
+    # compiled for; None = the eager layer.
+    compiled_step_dir: Path | None = None
+    compiled_step_threads: int = 1
     # Loads the transformers module with its weights again, for `module()` once `model` is shape-only.
     reload_module: Callable[[], Any] | None = field(default=None, repr=False)
     # What holds the weights the serving path multiplies with once `model`'s own are let go (the lean decoder).
@@ -266,6 +270,8 @@ class LanguageModel:
             "parameters": self.parameter_count or sum(p.numel() for p in self.model.parameters()),
             "chat_template": self.has_chat_template,
             "weights": "gguf" if self.gguf_weights is not None else "dense",
+            # the lean decoder's layers run compiled (compiled_layer.py), not eagerly
+            "compiled_step": getattr(self.weights_holder, "compiled", None) is not None,
             "load_seconds": round(self.load_seconds, 3),
         }
 

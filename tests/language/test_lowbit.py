@@ -6,6 +6,8 @@ kernels (service/language/lowbit.py) and run by the lean decoder.
   scales the kernel runs with, within the rounding of d and m + 8d to bfloat16 plus the output's rounding.
 - Next tokens agree with the float32 de-quantized model on bench/precision.py's 32 prompts (>= 31/32).
 - Batched rows and rows alone, and greedy /generate over an app.
+- Each of these also over the compiled layer (compiled_layer.py, GENAI_COMPILED_STEP=on):
+  "float32-compiled" in the parametrized tests.
 """
 
 from __future__ import annotations
@@ -68,9 +70,23 @@ def lowbit_f32_model(settings: Settings) -> LanguageModel:
     return load_language_model(settings.lm_model, dtype="float32", cache_dir=settings.cache_dir, weights="gguf")
 
 
+@pytest.fixture(scope="module")
+def lowbit_compiled_model(settings: Settings) -> LanguageModel:
+    """GENAI_COMPILED_STEP=on: float32 between the int4 products, the layers compiled."""
+    lm = load_language_model(
+        settings.lm_model, dtype="float32", cache_dir=settings.cache_dir, weights="gguf", compiled_step=2
+    )
+    assert LlamaDecoder.shared(lm).compiled is not None, "the compiled layer did not load (see the log)"
+    return lm
+
+
+FIXTURES = {"bfloat16": "lowbit_model", "float32": "lowbit_f32_model", "float32-compiled": "lowbit_compiled_model"}
+
+
 def lowbit(request: pytest.FixtureRequest, dtype: str) -> LanguageModel:
-    lm: LanguageModel = request.getfixturevalue("lowbit_model" if dtype == "bfloat16" else "lowbit_f32_model")
+    lm: LanguageModel = request.getfixturevalue(FIXTURES[dtype])
     assert LlamaDecoder.shared(lm).weights == "gguf"
+    assert (LlamaDecoder.shared(lm).compiled is not None) == dtype.endswith("compiled")
     return lm
 
 
@@ -174,13 +190,13 @@ def probabilities(lm: LanguageModel, settings: Settings, prompts: list[str]) -> 
         engine.shutdown()
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float32-compiled"])
 def test_next_tokens_agree_with_float32_on_the_precision_prompts(
     dtype: str, settings: Settings, language_model: LanguageModel, request: pytest.FixtureRequest
 ) -> None:
     """bfloat16: every step in bfloat16 (as the dense bfloat16 path, 30/32 in docs/models.md, it is held to
     that); float32: the int4 products and the output head in bfloat16, the rest (norms, residual stream,
-    attention) in float32, held to the default rule (>= 31/32)."""
+    attention) in float32, held to the default rule (>= 31/32); float32-compiled: the same, compiled."""
     prompts = precision_prompts()
     exact = probabilities(language_model, settings, prompts)
     lm = lowbit(request, dtype)
@@ -189,14 +205,18 @@ def test_next_tokens_agree_with_float32_on_the_precision_prompts(
     agree, worst = int(same.sum()), float((exact - low).abs().max())
     parted = [prompts[i] for i in range(len(prompts)) if not same[i]]
     print(f"low-bit ({dtype}) top-1 = float32's: {agree}/{len(prompts)} (not on {parted}); largest |Δp| {worst:.4f}")
-    assert agree >= len(prompts) - (2 if dtype == "bfloat16" else 1), f"top-1 agreement {agree}/{len(prompts)}"
+    # float32-compiled: the same products rounded apart by the fused loops' float32 sums, 29/32 measured (its
+    # three misses are near ties, top two within 0.02): below the default's rule, which is why it is opt-in.
+    allowed = {"bfloat16": 2, "float32": 1, "float32-compiled": 3}[dtype]
+    assert agree >= len(prompts) - allowed, f"top-1 agreement {agree}/{len(prompts)}"
     assert worst < 0.1
     assert int(low[0].argmax()) == lm.encode(" Paris")[0]
 
 
-def test_batched_rows_compute_what_each_computes_alone(
-    lowbit_model: LanguageModel, lowbit_decoder: LlamaDecoder
-) -> None:
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32-compiled"])
+def test_batched_rows_compute_what_each_computes_alone(dtype: str, request: pytest.FixtureRequest) -> None:
+    lowbit_model = lowbit(request, dtype)
+    lowbit_decoder = LlamaDecoder.shared(lowbit_model)
     prompts = [lowbit_model.encode(p) for p in precision_prompts()[:8]]
     together = SlotBatch(lowbit_decoder, 8).prefill(prompts)
     for row, ids in enumerate(prompts):
@@ -206,11 +226,13 @@ def test_batched_rows_compute_what_each_computes_alone(
         assert int(together[row].argmax()) == int(alone.argmax())
 
 
-def test_the_inspection_trace_runs_on_the_low_bit_weights(
-    lowbit_model: LanguageModel, lowbit_decoder: LlamaDecoder
-) -> None:
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32-compiled"])
+def test_the_inspection_trace_runs_on_the_low_bit_weights(dtype: str, request: pytest.FixtureRequest) -> None:
     """What the inspection endpoints read (service/inspect/forward.py's lean inspector): the trace's last
-    layer through the logit lens gives the forward's logits, and attention rows are causal distributions."""
+    layer through the logit lens gives the forward's logits (compiled or not: the trace runs eagerly), and
+    attention rows are causal distributions."""
+    lowbit_model = lowbit(request, dtype)
+    lowbit_decoder = LlamaDecoder.shared(lowbit_model)
     ids = lowbit_model.encode("The capital of France is")
     trace = lowbit_decoder.trace(torch.tensor(ids), attention_layers={0, 29})
     lens = lowbit_decoder.lens_logits(trace.hidden[-1][-1:])[0]
@@ -223,7 +245,7 @@ def test_the_inspection_trace_runs_on_the_low_bit_weights(
         assert float(probs.triu(1).abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float32-compiled"])
 def test_greedy_continuations_batched_and_alone(dtype: str, settings: Settings, request: pytest.FixtureRequest) -> None:
     lowbit_model = lowbit(request, dtype)
     prompts = precision_prompts()[:8]
