@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -31,12 +32,12 @@ def compiled_server(settings: Settings, loaded_models: LoadedModels) -> Iterator
         yield base
 
 
-async def _generate(http: httpx.AsyncClient, prompt: str, tokens: int) -> dict[str, object]:
+async def _generate(http: httpx.AsyncClient, prompt: str, tokens: int) -> dict[str, Any]:
     response = await http.post(
         "/generate", json={"prompt": prompt, "max_new_tokens": tokens, "ignore_eos": True, "temperature": 0}
     )
     assert response.status_code == 200, response.text
-    answer: dict[str, object] = response.json()
+    answer: dict[str, Any] = response.json()
     return answer
 
 
@@ -62,11 +63,11 @@ def test_a_burst_with_a_long_prefill_and_a_leaving_client(compiled_server: str) 
             burst.append(_generate(http, long_prompt, 8))  # a prefill of ~1,350 tokens among the decodes
             model = info["language_model"]["model_id"]
             embeddings = http.post("/v1/embeddings", json={"input": PROMPTS, "model": model})
-            results = await asyncio.gather(*burst, _stream_then_leave(http), embeddings)
+            results: list[Any] = list(await asyncio.gather(*burst, _stream_then_leave(http), embeddings))
             answers = results[:11]
             assert all(a["finish_reason"] == "length" for a in answers)
-            assert [a["usage"]["completion_tokens"] for a in answers] == [24] * 10 + [8]  # type: ignore[index]
-            assert answers[10]["usage"]["prompt_tokens"] > 1000  # type: ignore[index]
+            assert [a["usage"]["completion_tokens"] for a in answers] == [24] * 10 + [8]
+            assert answers[10]["usage"]["prompt_tokens"] > 1000
             assert results[11] == 1
             vectors = results[12]
             assert vectors.status_code == 200, vectors.text
@@ -80,6 +81,6 @@ def test_a_burst_with_a_long_prefill_and_a_leaving_client(compiled_server: str) 
             assert engine["running"] == 0 and engine["waiting"] == 0
             after = [await _generate(http, p, 16) for p in PROMPTS]
             assert [a["ids"] for a in after] == [b["ids"] for b in before]  # alone: the same greedy tokens
-            assert before[0]["text"].startswith(" Paris")  # type: ignore[union-attr]
+            assert before[0]["text"].startswith(" Paris")
 
     asyncio.run(run())
