@@ -22,6 +22,7 @@ from service.digits.provision import load_digit_classifier
 from service.errors import install_error_handlers
 from service.language.engine import GenerationEngine, engine_threads
 from service.language.loading import ModelLoadError, load_language_model
+from service.language.model import LanguageModel
 from service.limits import BodySizeLimitMiddleware
 from service.observability.metrics import ServiceMetrics
 from service.observability.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -54,18 +55,23 @@ def load_models(settings: Settings) -> LoadedModels:
     models.load_seconds["digits"] = time.perf_counter() - started
     if settings.load_language_model:
         started = time.perf_counter()
-        models.language = load_language_model(
-            settings.lm_model,
-            device=settings.device,
-            dtype=settings.dtype,
-            cache_dir=settings.cache_dir,
-            revision=settings.lm_revision,
-            weights=settings.weights,
-            lean=settings.lean_decoder,
-            compiled_step=engine_threads(settings) if settings.compiled_step == "on" else 0,
-        )
+        models.language = load_language(settings)
         models.load_seconds["language"] = time.perf_counter() - started
     return models
+
+
+def load_language(settings: Settings) -> LanguageModel:
+    """The language model the settings name, as serving runs it (blocking)."""
+    return load_language_model(
+        settings.lm_model,
+        device=settings.device,
+        dtype=settings.dtype,
+        cache_dir=settings.cache_dir,
+        revision=settings.lm_revision,
+        weights=settings.weights,
+        lean=settings.lean_decoder,
+        compiled_step=engine_threads(settings) if settings.compiled_step == "on" else 0,
+    )
 
 
 @asynccontextmanager

@@ -95,20 +95,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def _provision_compiled_step(settings: Settings) -> str:
     """Compile the decoder layer now (loading the model compiles it where no compiled copy is cached), so
     that the first `serve` does not; what became of it."""
-    from service.language.engine import engine_threads
+    from service.app import load_language
     from service.language.llama_decoder import LlamaDecoder
-    from service.language.loading import load_language_model
 
-    lm = load_language_model(
-        settings.lm_model,
-        device=settings.device,
-        dtype=settings.dtype,
-        cache_dir=settings.cache_dir,
-        revision=settings.lm_revision,
-        weights=settings.weights,
-        lean=settings.lean_decoder,
-        compiled_step=engine_threads(settings),
-    )
+    lm = load_language(settings)
     holder = lm.weights_holder
     compiled = holder.compiled if isinstance(holder, LlamaDecoder) else None
     path = getattr(compiled, "path", None)
