@@ -5,8 +5,8 @@ products (norms, RoPE, the cache write, attention, casts), each launched from Py
 themselves. AOTInductor (torch.export, then inductor's C++ code generation) fuses them into a few loops and
 runs the whole layer as one call from a compiled library. The same compiled layer serves every layer (its
 weights are inputs, not constants) and every batch size, prompt length, cache length and cache capacity
-(the shapes are symbolic, the cache's row stride too, so views of a larger cache work): one compile, kept on
-disk in cache_dir, read back in milliseconds by later starts.
+(the shapes are symbolic, and so is the distance between the cache's keys and values, so row ranges of a
+larger cache work): one compile, kept on disk in cache_dir, read back in milliseconds by later starts.
 
 The compile needs a C++ compiler and takes 15-40 s on two cores; it happens where the compiled library is
 missing (`python -m service provision` does it ahead of `make serve`). It is opt-in (GENAI_COMPILED_STEP=on):
@@ -153,8 +153,8 @@ def library_path(decoder: LlamaDecoder, folder: Path, threads: int) -> Path:
 
 
 def _example(decoder: LlamaDecoder) -> tuple[torch.Tensor, ...]:
-    """Inputs to trace with: 2 rows of 3 tokens, the cache a view of a larger one (so its row stride is traced
-    as its own symbol, not as the view's contiguous stride)."""
+    """Inputs to trace with: 2 rows of 3 tokens, the cache a view of a larger one (so the stride between its
+    keys and values is traced as its own symbol, not as the view's contiguous stride)."""
     g, hidden = decoder.geometry, decoder.norm_attn[0].shape[0]
     n, s, span, capacity = 2, 3, 20, 64
     group = g.heads // g.kv_heads

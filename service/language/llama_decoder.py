@@ -260,8 +260,8 @@ class LlamaDecoder:
         return self.lm_head(self._rms(x, self.norm_final)).float()
 
     def _compiled_for(self, positions: torch.Tensor, cache: torch.Tensor, span: int) -> CompiledLayers | None:
-        """The compiled layer where this call's cache is laid out as it was traced for (any row stride, the
-        rest contiguous) and its positions are in range (the compiled bounds checks abort the process where
+        """The compiled layer where this call's cache is laid out as it was traced for (any distance between
+        its keys and values, as a row range of a larger cache has; rows, heads and positions contiguous) and its positions are in range (the compiled bounds checks abort the process where
         the eager indexing raises an IndexError); else None: the eager layer."""
         if self.compiled is None or positions.dtype != torch.long:
             return None
