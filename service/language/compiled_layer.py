@@ -204,12 +204,7 @@ def _reproduces_eager(compiled: CompiledInt4Layers, decoder: LlamaDecoder) -> fl
     g = decoder.geometry
     x, cos, sin, mask, cache, rows, positions = _example(decoder)
     x = torch.randn(x.shape, generator=generator).to(g.dtype)
-    angles = positions.float()[..., None] * torch.cat([decoder.inv_freq, decoder.inv_freq])
-    cos, sin = angles.cos().to(g.dtype)[:, :, None, :], angles.sin().to(g.dtype)[:, :, None, :]
-    visible = torch.arange(mask.shape[-1])[None, None, :] <= positions[:, :, None]
-    plain = torch.zeros(visible.shape, dtype=g.cache_dtype).masked_fill_(~visible, float("-inf"))
-    n, s = positions.shape
-    mask = plain[:, None, None].expand(n, g.kv_heads, g.heads // g.kv_heads, s, -1).reshape(mask.shape)
+    cos, sin, mask = decoder.rope_and_mask(positions, mask.shape[-1])
     with torch.inference_mode():
         eager_cache, compiled_cache = cache.clone(), cache.clone()
         want = decoder_layer(g, x, cos, sin, mask, eager_cache, rows, positions, decoder.layer_weights(0))

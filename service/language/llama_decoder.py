@@ -167,6 +167,10 @@ class LlamaDecoder:
         self.geometry = LayerGeometry(
             self.heads, self.kv_heads, self.head_dim, self.intermediate, self.eps, self.dtype, self.cache_dtype
         )
+        self._layer_weights = [
+            LayerWeights(self.norm_attn[i], self.norm_mlp[i], self.qkv[i], self.o[i], self.gate_up[i], self.down[i])
+            for i in range(self.layers)
+        ]  # built once: `forward` hands one to each layer of every step
         # Set by loading.py where compiled_layer.py could compile `decoder_layer` for these weights (GGUF, CPU).
         self.compiled: CompiledLayers | None = None
 
@@ -218,7 +222,7 @@ class LlamaDecoder:
         return rms_norm(x, weight, self.eps, self.dtype)
 
     def layer_weights(self, i: int) -> LayerWeights:
-        return LayerWeights(self.norm_attn[i], self.norm_mlp[i], self.qkv[i], self.o[i], self.gate_up[i], self.down[i])
+        return self._layer_weights[i]
 
     def forward(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, last: torch.Tensor | None
@@ -227,24 +231,10 @@ class LlamaDecoder:
         sequence b), writing their keys and values at those positions; float32 logits [n, vocab] at column
         `last[b]` of each row, or [n, S, vocab] at every column when `last` is None. Keys at positions above
         a query's are masked, so what a row's cache holds beyond its own length is never read."""
-        n, s = ids.shape
-        kv_heads = self.kv_heads
-        group = self.heads // kv_heads
+        n = ids.shape[0]
         span = int(positions.max()) + 1  # keys 0..span-1 are visible to someone
         x = self.embed(ids)  # [n, S, hidden]
-
-        # Rotary embedding, as transformers computes it (float32, then the model's dtype).
-        freqs = positions.float()[..., None] * self.inv_freq  # [n, S, dim/2]
-        angles = torch.cat([freqs, freqs], dim=-1)
-        cos = (angles.cos() * self.rope_scaling).to(self.dtype)[:, :, None, :]  # [n, S, 1, dim]
-        sin = (angles.sin() * self.rope_scaling).to(self.dtype)[:, :, None, :]
-
-        # Additive mask [n*kv_heads, group*S, span]: query (b, s) sees keys at positions <= positions[b, s].
-        visible = torch.arange(span, device=ids.device)[None, None, :] <= positions[:, :, None]  # [n, S, span]
-        mask = torch.zeros(visible.shape, dtype=self.cache_dtype, device=ids.device).masked_fill_(
-            ~visible, float("-inf")
-        )
-        mask = mask[:, None, None].expand(n, kv_heads, group, s, span).reshape(n * kv_heads, group * s, span)
+        cos, sin, mask = self.rope_and_mask(positions, span)
 
         rows = torch.arange(n, device=ids.device)[:, None]
         compiled = self._compiled_for(positions, cache, span)
@@ -258,6 +248,23 @@ class LlamaDecoder:
         if last is not None:
             x = x[torch.arange(n, device=ids.device), last]  # [n, hidden]: only the positions whose logits are wanted
         return self.lm_head(self._rms(x, self.norm_final)).float()
+
+    def rope_and_mask(self, positions: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every layer of a step at `positions` [n, S] shares: RoPE's cos and sin [n, S, 1, head_dim] (as
+        transformers computes them: float32, then the model's dtype) and the additive mask
+        [n*kv_heads, group*S, span] under which query (b, s) sees the keys at positions <= positions[b, s]."""
+        n, s = positions.shape
+        kv_heads, group = self.kv_heads, self.heads // self.kv_heads
+        freqs = positions.float()[..., None] * self.inv_freq  # [n, S, dim/2]
+        angles = torch.cat([freqs, freqs], dim=-1)
+        cos = (angles.cos() * self.rope_scaling).to(self.dtype)[:, :, None, :]
+        sin = (angles.sin() * self.rope_scaling).to(self.dtype)[:, :, None, :]
+        visible = torch.arange(span, device=positions.device)[None, None, :] <= positions[:, :, None]  # [n, S, span]
+        mask = torch.zeros(visible.shape, dtype=self.cache_dtype, device=positions.device).masked_fill_(
+            ~visible, float("-inf")
+        )
+        mask = mask[:, None, None].expand(n, kv_heads, group, s, span).reshape(n * kv_heads, group * s, span)
+        return cos, sin, mask
 
     def _compiled_for(self, positions: torch.Tensor, cache: torch.Tensor, span: int) -> CompiledLayers | None:
         """The compiled layer where this call's cache is laid out as it was traced for (any distance between

@@ -50,18 +50,13 @@ def layer_inputs(
     decoder: LlamaDecoder, n: int, tokens: int, span: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, ...]:
     """x, cos, sin, mask, rows, positions for n rows of `tokens` new tokens, the last of them at span - 1."""
-    g = decoder.geometry
     hidden = decoder.norm_attn[0].shape[0]
     ends = torch.randint(tokens, span + 1, (n,), generator=generator)
     ends[0] = span  # the visible span is the longest row's
     positions = ends[:, None] - tokens + torch.arange(tokens)[None]
-    angles = positions.float()[..., None] * torch.cat([decoder.inv_freq, decoder.inv_freq])
-    visible = torch.arange(span)[None, None, :] <= positions[:, :, None]
-    mask = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))
-    group = g.heads // g.kv_heads
-    mask = mask[:, None, None].expand(n, g.kv_heads, group, tokens, span).reshape(n * g.kv_heads, group * tokens, span)
+    cos, sin, mask = decoder.rope_and_mask(positions, span)
     x = torch.randn(n, tokens, hidden, generator=generator)
-    return x, angles.cos()[:, :, None], angles.sin()[:, :, None], mask, torch.arange(n)[:, None], positions
+    return x, cos, sin, mask, torch.arange(n)[:, None], positions
 
 
 def close(got: torch.Tensor, want: torch.Tensor) -> bool:
